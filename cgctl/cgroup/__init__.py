@@ -1,0 +1,31 @@
+"""The cgroup layer: the only code that reads and writes cgroup files.
+
+``Router`` sends each controller to the backend of the hierarchy that owns
+it, so hybrid hosts (memory on v1, io on v2, ...) work per controller.
+"""
+
+from __future__ import annotations
+
+from typing import Dict
+
+from .backend import Backend
+from .v1 import V1Backend
+from .v2 import V2Backend
+
+# our controller names → v1's, where they differ
+V1_NAMES = {"io": "blkio"}
+CONTROLLERS = ("memory", "cpu", "cpuset", "io")
+
+
+def owner(host, controller: str):
+    """The hierarchy owning ``controller`` (our names; host knows io == blkio), or Unsupported."""
+    return host.owner(controller)
+
+
+class Router:
+    def __init__(self, host):
+        self.host = host
+        self._cache: Dict[int, Backend] = {1: V1Backend(), 2: V2Backend()}
+
+    def backend(self, controller: str) -> Backend:
+        return self._cache[owner(self.host, controller).version]

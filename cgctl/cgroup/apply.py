@@ -1,0 +1,80 @@
+"""Apply an ordered list of writes all-or-nothing.
+
+Every file is read before anything is written (so a missing file fails the
+set before it starts); each write remembers what undoes it; on the first
+failure the writes already made are undone, newest first.
+"""
+
+from __future__ import annotations
+
+import errno as E
+import logging
+import os
+from typing import Callable, List, Optional
+
+from ..errors import CgroupNotFound, KernelRefused
+from . import fs
+from .backend import Write
+
+log = logging.getLogger("cgctl")
+
+
+def hint_for(write: Write, err: int, usage: Callable[[], str]) -> str:
+    """What the operator can do about a refusal, in the kernel's own terms."""
+    name = os.path.basename(write.path)
+    if err == E.EBUSY and name.startswith("memory."):
+        return f"the guest uses {usage()} now, more than the new limit"
+    if err == E.EBUSY and name.startswith("cpuset."):
+        return "a child group (vCPU or emulator pin) still uses CPUs or nodes outside the new set"
+    if err in (E.EOPNOTSUPP, E.ENOTSUP) and write.device:
+        if "bfq" in name:
+            return ("per-device BFQ weights need the disk's scheduler set to bfq "
+                    "(/sys/block/DEV/queue/scheduler)")
+        if name == "io.weight":
+            return "per-device io.weight needs iocost enabled for the disk in the root's io.cost.qos"
+    if err == E.EINVAL:
+        if name.startswith("memory.memsw") or name == "memory.limit_in_bytes":
+            return "swap_hard_limit must stay at or above hard_limit"
+        if name in ("cpu.cfs_quota_us", "cpu.cfs_period_us", "cpu.max"):
+            return "a quota must be at least 1000us and fit within the parent group's bandwidth"
+        if name.startswith("cpuset."):
+            return "the set must name online CPUs/nodes that the parent group allows"
+    if err == E.ERANGE and name.startswith("cpuset."):
+        return "the set names CPUs or nodes this host does not have"
+    if err == E.ERANGE:
+        return "value outside what the kernel accepts for this file"
+    return ""
+
+
+def apply_writes(writes: List[Write], *, guest: Optional[str] = None,
+                 usage: Callable[[], str] = lambda: "unknown") -> None:
+    for w in writes:  # read every touched file first: fail before writing anything
+        try:
+            fs.read(w.path)
+        except FileNotFoundError:
+            raise CgroupNotFound(f"{w.path} vanished (did the guest just stop?)",
+                                 guest=guest, param=w.param, path=w.path) from None
+    done: List[Write] = []
+    for w in writes:
+        try:
+            w.restore = w.compute_restore(fs.read(w.path))
+            fs.write(w.path, w.data)
+        except OSError as exc:
+            rollback(done, guest)
+            if exc.errno == E.ENOENT:
+                raise CgroupNotFound(f"{w.path} vanished (did the guest just stop?)",
+                                     guest=guest, param=w.param, path=w.path,
+                                     errno=exc.errno) from None
+            raise KernelRefused.from_oserror(exc, param=w.param, path=w.path, value=w.data,
+                                             guest=guest,
+                                             hint=hint_for(w, exc.errno, usage)) from None
+        done.append(w)
+
+
+def rollback(done: List[Write], guest: Optional[str]) -> None:
+    for w in reversed(done):
+        try:
+            fs.write(w.path, w.restore)
+        except OSError as exc:
+            # nothing more can be done; say so loudly, the first error still wins
+            log.error("guest %s: could not restore %s to %r: %s", guest, w.path, w.restore, exc)

@@ -1,0 +1,91 @@
+"""What v1 and v2 backends share: the write record, the plan context, device files."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Dict, List, Mapping, Optional
+
+from .. import params as P
+from ..errors import Unsupported
+from . import fs
+from .groups import GuestGroups
+
+
+@dataclass
+class Write:
+    """One write(2) into one cgroup file, and how to undo it."""
+
+    param: str
+    path: str
+    data: str
+    device: Optional[str] = None          # MAJ:MIN for per-device files
+    absent_restore: Optional[str] = None  # what undoes it when the device had no entry
+    restore: Optional[str] = None         # filled in by the controller before writing
+
+    def compute_restore(self, old_content: str) -> str:
+        if self.device is None:
+            return old_content.strip()
+        line = device_line(old_content, self.device)
+        return line if line is not None else self.absent_restore
+
+
+def device_line(content: str, majmin: str) -> Optional[str]:
+    for line in content.splitlines():
+        if line.split(" ", 1)[0] == majmin:
+            return line.strip()
+    return None
+
+
+def parse_device_file(content: str) -> Dict[str, str]:
+    """``MAJ:MIN value...`` lines → {MAJ:MIN: rest}; a ``default N`` line is skipped."""
+    out = {}
+    for line in content.splitlines():
+        head, _, rest = line.strip().partition(" ")
+        if head and head != "default" and ":" in head:
+            out[head] = rest.strip()
+    return out
+
+
+@dataclass
+class PlanContext:
+    groups: GuestGroups
+    old: Mapping[str, P.Value]            # live values before the change (non-device params)
+    new: Mapping[str, P.Value]            # merged values after it
+    changed: List[P.Setting]
+    devnums: Mapping[str, str] = field(default_factory=dict)  # device name -> MAJ:MIN
+
+    def changed_names(self):
+        return {s.param.name for s in self.changed}
+
+
+class Backend:
+    version = 0
+
+    def file_for(self, param: P.Param) -> str:
+        raise NotImplementedError
+
+    def require(self, groups: GuestGroups, param: P.Param, directory: str,
+                filename: str = None) -> str:
+        """The file's path, or Unsupported naming the parameter and the missing file."""
+        name = filename or self.file_for(param)
+        path = os.path.join(directory, name)
+        checked = fs.check_beneath(groups.mount(param.controller), path)
+        if not fs.exists(checked):
+            raise Unsupported(f"unsupported on this host: {path} does not exist"
+                              f"{self.missing_hint(param, name)}", guest=groups.guest,
+                              param=param.name, path=path)
+        return checked
+
+    def missing_hint(self, param: P.Param, filename: str) -> str:
+        return ""
+
+    # implemented by v1 / v2
+    def read(self, param: P.Param, groups: GuestGroups):
+        raise NotImplementedError
+
+    def plan(self, ctx: PlanContext, settings: List[P.Setting]) -> List[Write]:
+        raise NotImplementedError
+
+    def usage_hint(self, groups: GuestGroups) -> str:
+        return ""

@@ -1,0 +1,171 @@
+"""cgroup v1: one hierarchy per controller, libvirt's files and spellings."""
+
+from __future__ import annotations
+
+import os
+from typing import Dict, List
+
+from .. import convert
+from .. import params as P
+from .. import units
+from ..errors import Unsupported
+from . import fs
+from .backend import Backend, PlanContext, Write, parse_device_file
+from .groups import GuestGroups
+
+_QUOTA_PERIOD = {"global_quota": "global_period", "vcpu_quota": "vcpu_period",
+                 "emulator_quota": "emulator_period"}
+_MEMORY_FILES = {"hard_limit": "memory.limit_in_bytes",
+                 "soft_limit": "memory.soft_limit_in_bytes",
+                 "swap_hard_limit": "memory.memsw.limit_in_bytes"}
+
+
+class V1Backend(Backend):
+    version = 1
+
+    def file_for(self, param: P.Param) -> str:
+        if param.v1_file is None:
+            raise Unsupported(f"not available on cgroup v1: {param.v1_note}", param=param.name)
+        return param.v1_file
+
+    def missing_hint(self, param: P.Param, filename: str) -> str:
+        if filename.startswith("memory.memsw"):
+            return " (swap accounting is off: boot with swapaccount=1)"
+        if "bfq" in filename or filename.startswith("blkio.weight"):
+            return " (no proportional block-IO scheduler: load BFQ)"
+        return ""
+
+    # -- files that depend on what the host has ------------------------------
+    def _weight_file(self, groups: GuestGroups, device: bool) -> str:
+        d = groups.machine_dir("io")
+        for name in (("blkio.bfq.weight_device", "blkio.weight_device") if device
+                     else ("blkio.bfq.weight", "blkio.weight")):
+            if fs.exists(os.path.join(d, name)):
+                return name
+        return "blkio.bfq.weight_device" if device else "blkio.bfq.weight"
+
+    # -- reading ---------------------------------------------------------------
+    def read(self, param: P.Param, groups: GuestGroups):
+        name = param.name
+        if param.kind in (P.RATE, P.IOPS) or name == "device_weight":
+            fname = self._weight_file(groups, True) if name == "device_weight" else param.v1_file
+            path = self.require(groups, param, groups.dirs(param)[0], fname)
+            return {dev: _int_or_unlimited(v) for dev, v in parse_device_file(fs.read(path)).items()}
+        if name == "weight":
+            path = self.require(groups, param, groups.dirs(param)[0],
+                                self._weight_file(groups, False))
+            return int(fs.read(path).split()[-1])
+        path = self.require(groups, param, groups.dirs(param)[0])
+        text = fs.read(path)
+        if param.kind == P.BYTES:
+            return convert.v1_memory_read(text)
+        if param.kind == P.QUOTA:
+            return convert.v1_quota_read(text)
+        if param.kind == P.CPULIST:
+            return text.strip()
+        return int(text.strip())
+
+    # -- planning ----------------------------------------------------------------
+    def plan(self, ctx: PlanContext, settings: List[P.Setting]) -> List[Write]:
+        by_name = {s.param.name: s for s in settings if not s.param.per_device}
+        writes: List[Write] = []
+        writes += self._plan_memory(ctx, by_name)
+        for name in ("cpu_shares", "weight"):
+            if name in by_name:
+                s = by_name[name]
+                fname = self._weight_file(ctx.groups, False) if name == "weight" else None
+                path = self.require(ctx.groups, s.param, ctx.groups.dirs(s.param)[0], fname)
+                writes.append(Write(name, path, str(s.value)))
+        for prefix in ("global", "vcpu", "emulator"):
+            writes += self._plan_bandwidth(ctx, by_name, prefix)
+        for name in ("cpuset_cpus", "cpuset_mems"):
+            if name in by_name:
+                writes += self._plan_cpuset(ctx, by_name[name])
+        for s in settings:
+            if s.param.per_device:
+                writes.append(self._plan_device(ctx, s))
+        return writes
+
+    def _plan_memory(self, ctx: PlanContext, by_name: Dict[str, P.Setting]) -> List[Write]:
+        for name in ("min_guarantee", "swap_soft_limit"):
+            if name in by_name:
+                p = by_name[name].param
+                raise Unsupported(f"not available on cgroup v1 ({p.v1_note})",
+                                  guest=ctx.groups.guest, param=name)
+        mem = [n for n in ("hard_limit", "swap_hard_limit") if n in by_name]
+        if len(mem) == 2 and ctx.new["hard_limit"] < ctx.old.get("hard_limit", units.UNLIMITED):
+            order = ["hard_limit", "swap_hard_limit"]   # lowering: RAM first, memsw stays >= it
+        else:
+            order = ["swap_hard_limit", "hard_limit"]   # raising: memsw first
+        order.append("soft_limit")
+        writes = []
+        for name in order:
+            if name in by_name:
+                s = by_name[name]
+                path = self.require(ctx.groups, s.param, ctx.groups.dirs(s.param)[0],
+                                    _MEMORY_FILES[name])
+                writes.append(Write(name, path, convert.v1_memory_write(s.value)))
+        return writes
+
+    def _plan_bandwidth(self, ctx: PlanContext, by_name, prefix: str) -> List[Write]:
+        pname, qname = f"{prefix}_period", f"{prefix}_quota"
+        if pname not in by_name and qname not in by_name:
+            return []
+        writes = []
+        param = P.BY_NAME[pname]
+        for d in ctx.groups.dirs(param):
+            if pname in by_name:   # period before quota
+                path = self.require(ctx.groups, param, d, "cpu.cfs_period_us")
+                writes.append(Write(pname, path, str(by_name[pname].value)))
+            if qname in by_name:
+                period = ctx.new.get(pname, 100000)
+                quota = P.quota_us(by_name[qname].value, period)
+                path = self.require(ctx.groups, P.BY_NAME[qname], d, "cpu.cfs_quota_us")
+                writes.append(Write(qname, path, convert.v1_quota_write(quota)))
+        return writes
+
+    def _plan_cpuset(self, ctx: PlanContext, s: P.Setting) -> List[Write]:
+        """v1 cpusets nest strictly: a child must stay within its parent, so
+        widen the parent first, then set the children, then the parent."""
+        fname = s.param.v1_file
+        top = ctx.groups.dirs(s.param)[0]
+        path = self.require(ctx.groups, s.param, top, fname)
+        children = [os.path.join(top, c, fname) for c in fs.subdirs(top)
+                    if fs.exists(os.path.join(top, c, fname))]
+        writes = []
+        old = units.cpulist_to_set(fs.read(path))
+        new = units.cpulist_to_set(s.value)
+        if children and new != old:
+            # the parent first holds both sets, so every child write fits inside it
+            writes.append(Write(s.param.name, path, units.format_cpulist(old | new)))
+        for c in children:
+            writes.append(Write(s.param.name, fs.check_beneath(ctx.groups.mount("cpuset"), c),
+                                s.value))
+        if not writes or writes[0].data != s.value:
+            writes.append(Write(s.param.name, path, s.value))
+        return writes
+
+    def _plan_device(self, ctx: PlanContext, s: P.Setting) -> Write:
+        dev = ctx.devnums[s.device]
+        if s.param.name == "device_weight":
+            fname = self._weight_file(ctx.groups, True)
+            clear = "default" if "bfq" in fname else "0"
+            value = clear if s.removes else str(s.value)
+        else:
+            fname, clear = s.param.v1_file, "0"
+            value = "0" if s.removes else str(int(s.value))
+        path = self.require(ctx.groups, s.param, ctx.groups.dirs(s.param)[0], fname)
+        return Write(s.param.name, path, f"{dev} {value}", device=dev,
+                     absent_restore=f"{dev} {clear}")
+
+    def usage(self, groups: GuestGroups) -> str:
+        path = os.path.join(groups.libvirt_dir("memory"), "memory.usage_in_bytes")
+        try:
+            return units.format_bytes(int(fs.read(path)))
+        except (OSError, ValueError):
+            return "unknown"
+
+
+def _int_or_unlimited(text: str):
+    t = text.strip()
+    return units.UNLIMITED if t in ("max", "") else int(t.split()[-1])

@@ -1,0 +1,167 @@
+"""cgroup v2: one unified hierarchy; conversions from libvirt's v1-shaped units."""
+
+from __future__ import annotations
+
+import os
+from typing import Dict, List
+
+from .. import convert
+from .. import params as P
+from .. import units
+from ..errors import Unsupported
+from . import fs
+from .backend import Backend, PlanContext, Write, device_line, parse_device_file
+from .groups import GuestGroups
+
+_SIMPLE = {"hard_limit": "memory.max", "soft_limit": "memory.high",
+           "min_guarantee": "memory.min", "swap_soft_limit": "memory.swap.high"}
+_IO_KEYS = {"device_read_bytes_sec": "rbps", "device_write_bytes_sec": "wbps",
+            "device_read_iops_sec": "riops", "device_write_iops_sec": "wiops"}
+
+
+class IoMaxWrite(Write):
+    """io.max takes one key at a time; undo restores that key only."""
+
+    def __init__(self, param, path, dev, key, value):
+        super().__init__(param, path, f"{dev} {key}={value}", device=dev,
+                         absent_restore=f"{dev} {key}=max")
+        self.key = key
+
+    def compute_restore(self, old_content: str) -> str:
+        line = device_line(old_content, self.device)
+        for item in (line or "").split()[1:]:
+            k, _, v = item.partition("=")
+            if k == self.key:
+                return f"{self.device} {k}={v}"
+        return self.absent_restore
+
+
+class V2Backend(Backend):
+    version = 2
+
+    def file_for(self, param: P.Param) -> str:
+        if param.v2_file is None:
+            raise Unsupported(f"not available on cgroup v2: {param.v2_note}", param=param.name)
+        return param.v2_file
+
+    def missing_hint(self, param: P.Param, filename: str) -> str:
+        if filename.startswith("memory.swap"):
+            return " (kernel without swap accounting)"
+        if "bfq" in filename:
+            return " (BFQ not loaded: modprobe bfq)"
+        if filename.startswith(("cpu.", "io.", "memory.", "cpuset.")):
+            return (f" (is the {filename.split('.')[0]} controller enabled in the parent's"
+                    " cgroup.subtree_control?)")
+        return ""
+
+    def _has_bfq(self, groups: GuestGroups) -> bool:
+        return fs.exists(os.path.join(groups.machine_dir("io"), "io.bfq.weight"))
+
+    # -- reading ---------------------------------------------------------------
+    def read(self, param: P.Param, groups: GuestGroups):
+        name = param.name
+        d = groups.dirs(param)[0]
+        if name in _SIMPLE:
+            return convert.v2_read(fs.read(self.require(groups, param, d, _SIMPLE[name])))
+        if name == "swap_hard_limit":
+            swap = convert.v2_read(fs.read(self.require(groups, param, d, "memory.swap.max")))
+            mem = convert.v2_read(fs.read(self.require(groups, param, d, "memory.max")))
+            return convert.swap_max_to_memsw(swap, mem)
+        if name == "cpu_shares":
+            return convert.weight_to_shares(int(fs.read(self.require(groups, param, d))))
+        if param.kind in (P.PERIOD, P.QUOTA):
+            quota, period = convert.cpu_max_parse(fs.read(self.require(groups, param, d)))
+            return period if param.kind == P.PERIOD else quota
+        if param.kind == P.CPULIST:
+            return fs.read(self.require(groups, param, d)).strip()
+        if name in ("weight", "device_weight"):
+            bfq = self._has_bfq(groups)
+            text = fs.read(self.require(groups, param, d, "io.bfq.weight" if bfq else "io.weight"))
+            conv = (lambda w: w) if bfq else convert.io_weight_to_blkio_weight
+            if name == "weight":
+                for line in text.splitlines():
+                    if line.startswith("default"):
+                        return conv(int(line.split()[1]))
+                return conv(100)
+            return {dev: conv(int(v)) for dev, v in parse_device_file(text).items()}
+        key = _IO_KEYS[name]
+        out = {}
+        for dev, rest in parse_device_file(fs.read(self.require(groups, param, d))).items():
+            for item in rest.split():
+                k, _, v = item.partition("=")
+                if k == key and v != "max":
+                    out[dev] = int(v)
+        return out
+
+    # -- planning ----------------------------------------------------------------
+    def plan(self, ctx: PlanContext, settings: List[P.Setting]) -> List[Write]:
+        by_name = {s.param.name: s for s in settings if not s.param.per_device}
+        g = ctx.groups
+        writes: List[Write] = []
+        # memory.swap.max depends on hard_limit too: recompute it when either moves,
+        # and write it before memory.max (DESIGN §3)
+        swap_hard = ctx.new.get("swap_hard_limit", units.UNLIMITED)
+        if "swap_hard_limit" in by_name or ("hard_limit" in by_name and swap_hard != units.UNLIMITED):
+            p = P.BY_NAME["swap_hard_limit"]
+            swap = convert.memsw_to_swap_max(swap_hard, ctx.new.get("hard_limit", units.UNLIMITED))
+            writes.append(Write(p.name, self.require(g, p, g.dirs(p)[0], "memory.swap.max"),
+                                convert.v2_write(swap)))
+        for name in ("hard_limit", "soft_limit", "min_guarantee", "swap_soft_limit"):
+            if name in by_name:
+                p = by_name[name].param
+                writes.append(Write(name, self.require(g, p, g.dirs(p)[0], _SIMPLE[name]),
+                                    convert.v2_write(by_name[name].value)))
+        if "cpu_shares" in by_name:
+            s = by_name["cpu_shares"]
+            writes.append(Write(s.param.name, self.require(g, s.param, g.dirs(s.param)[0]),
+                                str(convert.shares_to_weight(s.value))))
+        for prefix in ("global", "vcpu", "emulator"):
+            pname, qname = f"{prefix}_period", f"{prefix}_quota"
+            if pname in by_name or qname in by_name:
+                period = int(ctx.new.get(pname, 100000))
+                quota = P.quota_us(ctx.new.get(qname, units.UNLIMITED), period)
+                p = P.BY_NAME[pname]
+                for d in g.dirs(p):
+                    writes.append(Write(qname if qname in by_name else pname,
+                                        self.require(g, p, d, "cpu.max"),
+                                        convert.cpu_max_format(quota, period)))
+        for name in ("cpuset_cpus", "cpuset_mems"):
+            if name in by_name:
+                s = by_name[name]
+                writes.append(Write(name, self.require(g, s.param, g.dirs(s.param)[0]), s.value))
+        if "weight" in by_name:
+            s = by_name["weight"]
+            bfq = self._has_bfq(g)
+            value = s.value if bfq else convert.blkio_weight_to_io_weight(s.value)
+            writes.append(Write("weight", self.require(g, s.param, g.dirs(s.param)[0],
+                                                       "io.bfq.weight" if bfq else "io.weight"),
+                                f"default {value}"))
+        for s in settings:
+            if s.param.per_device:
+                writes.append(self._plan_device(ctx, s))
+        return writes
+
+    def _plan_device(self, ctx: PlanContext, s: P.Setting) -> Write:
+        g = ctx.groups
+        dev = ctx.devnums[s.device]
+        d = g.dirs(s.param)[0]
+        if s.param.name == "device_weight":
+            bfq = self._has_bfq(g)
+            fname = "io.bfq.weight" if bfq else "io.weight"
+            if s.removes:
+                value = "default"
+            else:
+                value = str(s.value if bfq else convert.blkio_weight_to_io_weight(s.value))
+            return Write(s.param.name, self.require(g, s.param, d, fname), f"{dev} {value}",
+                         device=dev, absent_restore=f"{dev} default")
+        value = "max" if s.removes else str(int(s.value))
+        return IoMaxWrite(s.param.name, self.require(g, s.param, d, "io.max"), dev,
+                          _IO_KEYS[s.param.name], value)
+
+    def usage(self, groups: GuestGroups) -> str:
+        path = os.path.join(groups.libvirt_dir("memory"), "memory.current")
+        try:
+            return units.format_bytes(int(fs.read(path)))
+        except (OSError, ValueError):
+            return "unknown"
+

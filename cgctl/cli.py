@@ -1,0 +1,329 @@
+"""The ``cgctl`` command: a thin shell over the controller.
+
+Exit status: 0 done; 1 could not be done (guest not running, kernel refused,
+journal unwritable...); 2 the request was wrong (bad value, unknown
+parameter, impossible combination). No traceback reaches an operator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import List, Optional
+
+from . import __version__, consts
+from . import params as P
+from .errors import EXIT_FAILURE, EXIT_USAGE, CgctlError, UsageError
+
+log = logging.getLogger("cgctl")
+
+MODE_HELP = ("--live/--dynamic: now only; --config/--static: from the next start; "
+             "--live --config or --perm: both; --current (default): live if running, else config")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2, as every other usage error
+        raise UsageError(message)
+
+
+def _add_mode(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("mode", MODE_HELP)
+    g.add_argument("--live", "--dynamic", dest="live", action="store_true")
+    g.add_argument("--config", "--static", dest="config", action="store_true")
+    g.add_argument("--perm", "--permanent", dest="perm", action="store_true")
+    g.add_argument("--current", dest="current", action="store_true")
+
+
+def _mode(args) -> str:
+    from .controller import BOTH, CONFIG, CURRENT, LIVE
+    if args.current and (args.live or args.config or args.perm):
+        raise UsageError("--current cannot be combined with --live, --config or --perm")
+    if args.perm or (args.live and args.config):
+        return BOTH
+    if args.live:
+        return LIVE
+    if args.config:
+        return CONFIG
+    return CURRENT
+
+
+_VIRSH = {
+    "memtune": ["hard-limit", "soft-limit", "swap-hard-limit", "min-guarantee", "swap-soft-limit"],
+    "schedinfo": ["cpu-shares", "global-period", "global-quota", "vcpu-period", "vcpu-quota",
+                  "emulator-period", "emulator-quota"],
+    "blkiotune": ["weight", "device-weights", "device-read-bytes-sec", "device-write-bytes-sec",
+                  "device-read-iops-sec", "device-write-iops-sec"],
+    "cpuset": ["cpus", "mems"],
+}
+
+
+def _add_common(p: argparse.ArgumentParser, defaults: bool) -> None:
+    d = (lambda v: v) if defaults else (lambda v: argparse.SUPPRESS)
+    p.add_argument("--json", action="store_true", default=d(False), help="machine-readable output")
+    p.add_argument("--journal", default=d(consts.JOURNAL_PATH), help="journal file")
+    p.add_argument("-c", "--connect", action="append", metavar="URI", default=d(None),
+                   help="libvirt URI (repeatable; default: %s)" % " ".join(consts.DEFAULT_URIS))
+    p.add_argument("-v", "--verbose", action="store_true", default=d(False),
+                   help="log each action")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    top = _Parser(prog="cgctl", description="cgroup v1/v2 resource control for libvirt guests")
+    top.add_argument("--version", action="version", version=f"cgctl {__version__}")
+    _add_common(top, defaults=True)
+    # the same options after the command word; SUPPRESS keeps the top level's value
+    common = _Parser(add_help=False)
+    _add_common(common, defaults=False)
+    sub = top.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    sub.add_parser("params", parents=[common], help="list every parameter")
+    sub.add_parser("host", parents=[common], help="show the host's cgroup hierarchies")
+    p = sub.add_parser("set", parents=[common], help="change parameters: PARAM=VALUE ...")
+    p.add_argument("guest")
+    p.add_argument("assignments", nargs="+", metavar="PARAM=VALUE")
+    _add_mode(p)
+    p = sub.add_parser("unset", parents=[common], help="drop parameters from a guest's config")
+    p.add_argument("guest")
+    p.add_argument("names", nargs="+", metavar="PARAM[=DEVICE]")
+    p.add_argument("--config", "--static", action="store_true", help="(the only mode of unset)")
+    p = sub.add_parser("show", parents=[common], help="live and config values of a guest")
+    p.add_argument("guest")
+    sub.add_parser("list", parents=[common], help="guests with settings in the journal")
+    p = sub.add_parser("history", parents=[common], help="every change, newest last")
+    p.add_argument("guest", nargs="?")
+    p.add_argument("--limit", type=int, default=None)
+    p = sub.add_parser("apply", parents=[common], help="apply the config to running guests now")
+    p.add_argument("guest", nargs="?")
+    p.add_argument("--all", action="store_true")
+    p = sub.add_parser("forget", parents=[common], help="drop a guest's config (history stays)")
+    p.add_argument("guest")
+    sub.add_parser("prune", parents=[common],
+                   help="drop the config of guests libvirt no longer defines")
+    for cmd, opts in _VIRSH.items():
+        p = sub.add_parser(cmd, parents=[common], help=f"virsh-style {cmd}")
+        p.add_argument("guest")
+        for o in opts:
+            p.add_argument(f"--{o}", dest=o.replace("-", "_"), metavar="VALUE")
+        _add_mode(p)
+    p = sub.add_parser("daemon", parents=[common], help="run the listener service")
+    p.add_argument("--config-file", default=consts.CONFIG_PATH)
+    p = sub.add_parser("hook", parents=[common], help="libvirt hook entry point / install")
+    p.add_argument("hook_args", nargs=argparse.REMAINDER)
+    return top
+
+
+# -- output --------------------------------------------------------------------
+def _out(args, data, human) -> None:
+    if args.json:
+        print(json.dumps(data, indent=2, sort_keys=True, default=str))
+    else:
+        human(data)
+
+
+def _table(rows: List[List[str]], header: List[str]) -> None:
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip())
+    for r in rows:
+        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+
+
+def _print_outcome(o: dict) -> None:
+    print(f"guest {o['guest']} ({o['driver']}): {o['mode']}")
+    for c in o["changes"]:
+        dev = f"[{c['device']}]" if c["device"] else ""
+        print(f"  {c['param']}{dev}: {c['old'] if c['old'] is not None else '-'} -> "
+              f"{c['new'] if c['new'] is not None else '-'}")
+    for e in o.get("errors", []):
+        print(f"  FAILED {e['param'] or ''}: {e['message']}")
+
+
+# -- commands ------------------------------------------------------------------
+def cmd_params(args, ctl) -> int:
+    rows = [{"name": p.name, "family": p.family, "unit": p.unit(), "range": p.range_text(),
+             "unlimited": p.unlimited, "per_device": p.per_device, "target": p.target,
+             "v1_file": p.v1_file, "v2_file": p.v2_file, "doc": p.doc,
+             "v1_note": p.v1_note, "v2_note": p.v2_note} for p in P.CATALOGUE]
+    _out(args, rows, lambda rs: _table(
+        [[r["name"], r["unit"], r["range"], r["v1_file"] or "-", r["v2_file"] or "-"] for r in rs],
+        ["PARAMETER", "UNIT", "RANGE", "V1 FILE", "V2 FILE"]))
+    return 0
+
+
+def cmd_host(args, ctl) -> int:
+    d = ctl.host.to_dict()
+
+    def human(d):
+        print(f"mode: {d['mode']}")
+        for h in d["hierarchies"]:
+            ctrls = ",".join(h["controllers"]) or "(no controllers)"
+            print(f"  v{h['version']} {h['mountpoint']}: {ctrls}")
+        print("owners: " + ", ".join(f"{c}=v{v}" for c, v in d["owners"].items()))
+    _out(args, d, human)
+    return 0
+
+
+def cmd_set(args, ctl) -> int:
+    o = ctl.set(args.guest, args.assignments, _mode(args))
+    _out(args, o.to_dict(), _print_outcome)
+    return 0
+
+
+def cmd_virsh(args, ctl) -> int:
+    assignments = []
+    for o in _VIRSH[args.command]:
+        v = getattr(args, o.replace("-", "_"))
+        if v is not None:
+            assignments.append(f"{o}={v}")
+    if not assignments:
+        return cmd_show(args, ctl, only=[P.lookup(o).name for o in _VIRSH[args.command]])
+    o = ctl.set(args.guest, assignments, _mode(args), command=args.command)
+    _out(args, o.to_dict(), _print_outcome)
+    return 0
+
+
+def cmd_unset(args, ctl) -> int:
+    o = ctl.unset(args.guest, args.names)
+    _out(args, o.to_dict(), _print_outcome)
+    return 0
+
+
+def cmd_show(args, ctl, only=None) -> int:
+    d = ctl.show(args.guest)
+    if only:
+        d["params"] = [r for r in d["params"] if r["param"] in only]
+
+    def human(d):
+        state = "running" if d["running"] else "shut off"
+        print(f"guest {d['guest']} ({d['driver']}, {state}, "
+              f"{'persistent' if d['persistent'] else 'transient'}) {d['uuid']}")
+        rows = []
+        for r in d["params"]:
+            if r["unsupported"] and r["config"] is None:
+                continue
+            mark = "*" if r["differs"] else ""
+            rows.append([r["param"], r["live"] if r["live"] is not None else "-",
+                         r["config"] if r["config"] is not None else "-", mark])
+        _table(rows, ["PARAMETER", "LIVE", "CONFIG", "DIFFERS"])
+    _out(args, d, human)
+    return 0
+
+
+def cmd_list(args, ctl) -> int:
+    rows = ctl.list()
+    _out(args, rows, lambda rs: _table(
+        [[r["guest"], r["driver"], r["state"], r["settings"], r["last_change"] or "-"] for r in rs],
+        ["GUEST", "DRIVER", "STATE", "SETTINGS", "LAST CHANGE"]))
+    return 0
+
+
+def cmd_history(args, ctl) -> int:
+    rows = ctl.history(args.guest, args.limit)
+    _out(args, rows, lambda rs: _table(
+        [[r["at"][:23], r["name"], r["command"], r["source"], r["mode"],
+          r["param"] + (f"[{r['device']}]" if r["device"] else ""),
+          r["old_value"] if r["old_value"] is not None else "-",
+          r["new_value"] if r["new_value"] is not None else "-", r["outcome"]] for r in rs],
+        ["TIME", "GUEST", "COMMAND", "SOURCE", "MODE", "PARAMETER", "OLD", "NEW", "OUTCOME"]))
+    return 0
+
+
+def cmd_apply(args, ctl) -> int:
+    if bool(args.guest) == bool(args.all):
+        raise UsageError("apply takes a GUEST or --all")
+    if args.all:
+        from . import runtime
+        guests = []
+        for row in ctl.journal(create=False).guests():
+            if not row.deleted:
+                g = runtime.find_running(row.uuid, ctl.run_dir)
+                if g is not None:
+                    guests.append(g)
+    else:
+        guests = [ctl.find_guest(args.guest)]
+    outcomes = [ctl.apply_config(g, command="apply") for g in guests]
+    _out(args, [o.to_dict() for o in outcomes], lambda os_: [_print_outcome(o) for o in os_])
+    return EXIT_FAILURE if any(o.errors for o in outcomes) else 0
+
+
+def cmd_forget(args, ctl) -> int:
+    row = ctl.journal().find_guest(args.guest)
+    if row is None:
+        raise UsageError("the journal has no such guest", guest=args.guest)
+    dropped = ctl.forget(row.uuid, command="forget")
+    _out(args, {"guest": row.name, "uuid": row.uuid, "dropped": len(dropped)},
+         lambda d: print(f"guest {d['guest']}: dropped {d['dropped']} setting(s); history kept"))
+    return 0
+
+
+def cmd_prune(args, ctl) -> int:
+    from . import virt
+    known = {g.uuid for g in virt.list_guests(ctl.uris) if g.persistent or g.running}
+    pruned = []
+    for row in ctl.journal().guests():
+        if not row.deleted and row.uuid not in known:
+            ctl.forget(row.uuid, command="prune")
+            pruned.append({"guest": row.name, "uuid": row.uuid})
+    _out(args, pruned, lambda rs: print(
+        "\n".join(f"guest {r['guest']}: config dropped (libvirt no longer defines it)"
+                  for r in rs) or "nothing to prune"))
+    return 0
+
+
+def cmd_daemon(args, ctl) -> int:
+    from . import daemon
+    return daemon.main(ctl, config_file=args.config_file)
+
+
+def cmd_hook(args, ctl) -> int:
+    from . import hook
+    return hook.main(args.hook_args, ctl)
+
+
+COMMANDS = {"params": cmd_params, "host": cmd_host, "set": cmd_set, "unset": cmd_unset,
+            "show": cmd_show, "list": cmd_list, "history": cmd_history, "apply": cmd_apply,
+            "forget": cmd_forget, "prune": cmd_prune, "daemon": cmd_daemon, "hook": cmd_hook}
+COMMANDS.update({k: cmd_virsh for k in _VIRSH})
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    as_json = "--json" in argv
+    try:
+        args = build_parser().parse_args(argv)
+        if not args.command:
+            raise UsageError("no command given (try 'cgctl --help')")
+        logging.basicConfig(level=logging.INFO if args.verbose or args.command == "daemon"
+                            else logging.WARNING, format="cgctl: %(message)s", stream=sys.stderr)
+        from .controller import Controller
+        ctl = Controller(journal_path=args.journal,
+                         uris=args.connect or consts.DEFAULT_URIS)
+        try:
+            return COMMANDS[args.command](args, ctl)
+        finally:
+            ctl.close()
+    except CgctlError as exc:
+        return _fail(exc, as_json)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return EXIT_FAILURE
+    except Exception as exc:  # a bug: still one line, with a way to see more
+        if os.environ.get("CGCTL_DEBUG"):
+            raise
+        err = CgctlError(f"internal error: {type(exc).__name__}: {exc} "
+                         "(set CGCTL_DEBUG=1 for a traceback)")
+        return _fail(err, as_json)
+
+
+def _fail(exc: CgctlError, as_json: bool) -> int:
+    print(f"cgctl: error: {exc}", file=sys.stderr)
+    if as_json:
+        print(json.dumps(exc.to_dict(), sort_keys=True))
+    return exc.exit_code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

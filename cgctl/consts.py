@@ -1,0 +1,16 @@
+"""Every path and default cgctl uses, in one place (overridable by environment for tests)."""
+
+import os
+
+CGROUP_ROOT = os.environ.get("CGCTL_CGROUP_ROOT", "/sys/fs/cgroup")
+PROC_ROOT = os.environ.get("CGCTL_PROC_ROOT", "/proc")
+LIBVIRT_RUN_DIR = os.environ.get("CGCTL_LIBVIRT_RUN_DIR", "/run/libvirt")
+LIBVIRT_ETC_DIR = os.environ.get("CGCTL_LIBVIRT_ETC_DIR", "/etc/libvirt")
+JOURNAL_PATH = os.environ.get("CGCTL_JOURNAL", "/var/lib/cgctl/journal.db")
+CONFIG_PATH = os.environ.get("CGCTL_CONFIG", "/etc/cgctl/cgctl.toml")
+DEFAULT_URIS = tuple(
+    u for u in os.environ.get("CGCTL_URIS", "qemu:///system lxc:///system").split() if u
+)
+
+# v1 reads "unlimited" back as PAGE_COUNTER_MAX pages; anything at or above it is unlimited.
+V1_UNLIMITED = 9223372036854771712

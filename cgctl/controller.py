@@ -1,0 +1,307 @@
+"""The one core the CLI, the service and the hook stand on.
+
+A change is: find the guest → decide live/config from the mode → in one
+journal transaction: validate, write the live cgroup (all or nothing),
+record config and history. If the journal cannot commit, the live writes
+are undone, so a failed change leaves cgroups and journal as they were.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Optional, Tuple
+
+from . import consts, devices, hostinfo, live, resolve, runtime
+from . import params as P
+from .cgroup import Router
+from .errors import (CgctlError, GuestNotFound, GuestNotRunning, GuestTransient, UsageError)
+from .journal import Journal
+from .live import Change
+from .runtime import Guest
+
+log = logging.getLogger("cgctl")
+
+LIVE, CONFIG, BOTH, CURRENT = "live", "config", "live+config", "current"
+
+
+@dataclass
+class Outcome:
+    guest: Guest
+    mode: str
+    changes: List[Change] = field(default_factory=list)
+    errors: List[CgctlError] = field(default_factory=list)  # per-parameter failures (apply)
+
+    def to_dict(self) -> dict:
+        return {
+            "guest": self.guest.name, "uuid": self.guest.uuid, "driver": self.guest.driver,
+            "mode": self.mode,
+            "changes": [{"param": c.param, "device": c.device or None, "old": c.old, "new": c.new}
+                        for c in self.changes],
+            "errors": [e.to_dict() for e in self.errors],
+        }
+
+
+def resolve_mode(mode: str, guest: Guest) -> str:
+    """--current → live or config; refuse what libvirt would refuse."""
+    if mode == CURRENT:
+        return LIVE if guest.running else CONFIG
+    if mode in (LIVE, BOTH) and not guest.running:
+        raise GuestNotRunning("domain is not running (use --config to change its next start)",
+                              guest=guest.name)
+    if mode in (CONFIG, BOTH) and not guest.persistent:
+        raise GuestTransient("cannot change the persistent config of a transient domain "
+                             "(use --live)", guest=guest.name)
+    return mode
+
+
+def log_changes(guest: Guest, changes: Iterable[Change], source: str, mode: str) -> None:
+    for c in changes:
+        dev = f"[{c.device}]" if c.device else ""
+        log.info("guest=%s param=%s%s %s -> %s mode=%s source=%s", guest.name, c.param, dev,
+                 c.old if c.old is not None else "-", c.new if c.new is not None else "-",
+                 mode, source)
+
+
+class Controller:
+    def __init__(self, *, journal_path: str = consts.JOURNAL_PATH,
+                 uris: Iterable[str] = consts.DEFAULT_URIS, host=None, run_dir: str = None):
+        self.journal_path = journal_path
+        self.uris = tuple(uris)
+        self._host = host
+        self._journal: Optional[Journal] = None
+        self.run_dir = run_dir or consts.LIBVIRT_RUN_DIR
+
+    # -- the pieces, opened lazily (a live change must not import libvirt) ----
+    @property
+    def host(self):
+        if self._host is None:
+            self._host = hostinfo.detect()
+        return self._host
+
+    @property
+    def router(self) -> Router:
+        return Router(self.host)
+
+    def journal(self, create: bool = True) -> Journal:
+        if self._journal is None or (create and self._journal.missing):
+            if self._journal is not None:
+                self._journal.close()
+            self._journal = Journal(self.journal_path, create=create)
+        return self._journal
+
+    def close(self) -> None:
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
+
+    def find_guest(self, ident: str) -> Guest:
+        if not isinstance(ident, str) or not ident:
+            raise UsageError("no guest named")
+        if len(ident) > 1024:
+            raise UsageError(f"guest name is {len(ident)} characters long; libvirt names are short")
+        if runtime.normalize_uuid(ident) is None:
+            runtime.validate_name(ident)
+        g = runtime.find_running(ident, self.run_dir)
+        if g is not None:
+            return g
+        from . import virt  # only now: a stopped guest needs libvirt to be known
+        return virt.lookup(ident, self.uris)
+
+    def groups(self, guest: Guest):
+        if not guest.running or not guest.pid:
+            raise GuestNotRunning("domain is not running", guest=guest.name)
+        return resolve.groups_for_pid(guest.pid, self.host, guest=guest.name,
+                                      driver=guest.driver)
+
+    def device_numbers(self, guest: Guest, settings) -> Dict[str, str]:
+        if not any(s.param.per_device for s in settings):
+            return {}
+        xml = runtime.status_domain_xml(guest.driver, guest.name, self.run_dir)
+        return {s.device: devices.resolve(s.device, param=s.param.name, domain_xml=xml)
+                for s in settings if s.param.per_device}
+
+    # -- changes ---------------------------------------------------------------
+    def set(self, ident: str, assignments: Iterable[str], mode: str = CURRENT, *,
+            source: str = "cli", command: str = "set") -> Outcome:
+        settings = P.parse_assignments(assignments)
+        guest = self.find_guest(ident)
+        mode = resolve_mode(mode, guest)
+        for s in settings.values():
+            if s.param.qemu_only and guest.driver != "qemu":
+                raise UsageError(f"applies to QEMU guests only; {guest.name} is {guest.driver}",
+                                 guest=guest.name, param=s.param.name)
+        journal = self.journal()
+        writes = []
+        try:
+            with journal.transaction() as tx:
+                old_config = tx.get_config(guest.uuid)
+                if mode in (CONFIG, BOTH):
+                    self._validate_config(guest, old_config, settings)
+                changes = [Change(s.param.name, s.device, old_config.get(s.key), s.text())
+                           for s in settings.values()]
+                if mode in (LIVE, BOTH):
+                    groups = self.groups(guest)
+                    devnums = self.device_numbers(guest, settings.values())
+                    changes, writes = live.set_live(self.router, groups, settings, devnums)
+                if mode in (CONFIG, BOTH):
+                    # a per-device 0/unlimited clears the device's entry from the config
+                    tx.set_config(guest.uuid, guest.name, guest.driver,
+                                  {s.key: None if s.removes else s.text()
+                                   for s in settings.values()})
+                else:
+                    tx.upsert_guest(guest.uuid, guest.name, guest.driver)
+                tx.add_history(guest.uuid, guest.name, command=command, source=source,
+                               mode=mode, changes=changes)
+        except BaseException:
+            if writes:
+                live.undo(writes, guest.name)
+            raise
+        log_changes(guest, changes, source, mode)
+        return Outcome(guest, mode, changes)
+
+    def _validate_config(self, guest: Guest, config, settings) -> None:
+        merged: Dict[str, P.Value] = {}
+        for (name, device), text in config.items():
+            if not device:
+                try:
+                    merged[name] = P.from_text(name, device, text).value
+                except CgctlError:
+                    continue
+        merged.update({s.param.name: s.value for s in settings.values() if not s.param.per_device})
+        P.validate_merged(merged, [s.param.name for s in settings.values()
+                                   if not s.param.per_device], guest=guest.name)
+
+    def unset(self, ident: str, names: Iterable[str], *, source: str = "cli") -> Outcome:
+        """Drop parameters from the guest's config (its next start leaves them to libvirt)."""
+        guest = self.find_guest(ident)
+        wanted = []
+        for n in names:
+            p = P.lookup(n.split("=", 1)[0].split(",", 1)[0])
+            dev = n.split("=", 1)[1] if "=" in n else None
+            wanted.append((p.name, dev))
+        with self.journal().transaction() as tx:
+            config = tx.get_config(guest.uuid)
+            drop = {k: None for k in config
+                    for name, dev in wanted if k[0] == name and (dev is None or k[1] == dev)}
+            if not drop:
+                raise UsageError("nothing to unset: the config holds none of "
+                                 + ", ".join(n for n, _ in wanted), guest=guest.name)
+            old = tx.set_config(guest.uuid, guest.name, guest.driver, drop)
+            changes = [Change(p, d, old[(p, d)], None) for (p, d) in drop]
+            tx.add_history(guest.uuid, guest.name, command="unset", source=source, mode=CONFIG,
+                           changes=changes)
+        log_changes(guest, changes, source, CONFIG)
+        return Outcome(guest, CONFIG, changes)
+
+    def apply_config(self, guest: Guest, *, source: str = "cli", command: str = "apply",
+                     journal: Journal = None) -> Outcome:
+        """Write the guest's journal config into its live cgroups and record the instance.
+
+        All at once when possible; if that is refused, parameter by parameter, so
+        one bad setting (a device that is gone) does not keep the others away.
+        """
+        journal = journal or self.journal()
+        config = journal.get_config(guest.uuid)
+        outcome = Outcome(guest, LIVE)
+        settings: Dict[P.Key, P.Setting] = {}
+        for (name, device), text in config.items():
+            try:
+                settings[(name, device)] = P.from_text(name, device, text)
+            except CgctlError as exc:
+                outcome.errors.append(exc)
+        groups = self.groups(guest)
+        pid, start = runtime.instance_of(guest.pid)
+        if settings:
+            try:
+                outcome.changes = self._apply_set(guest, groups, settings)
+            except CgctlError:
+                for key, s in sorted(settings.items()):
+                    try:
+                        outcome.changes += self._apply_set(guest, groups, {key: s})
+                    except CgctlError as exc:
+                        outcome.errors.append(exc)
+        with journal.transaction() as tx:
+            if outcome.changes:
+                tx.add_history(guest.uuid, guest.name, command=command, source=source,
+                               mode=LIVE, changes=outcome.changes)
+            for exc in outcome.errors:
+                tx.add_history(guest.uuid, guest.name, command=command, source=source,
+                               mode=LIVE, changes=[(exc.param or "", "", None, None)],
+                               outcome=str(exc))
+            tx.set_instance(guest.uuid, pid, start)
+        log_changes(guest, outcome.changes, source, LIVE)
+        for exc in outcome.errors:
+            log.error("guest=%s apply failed source=%s: %s", guest.name, source, exc)
+        return outcome
+
+    def _apply_set(self, guest, groups, settings) -> List[Change]:
+        devnums = self.device_numbers(guest, settings.values())
+        changes, _ = live.set_live(self.router, groups, settings, devnums)
+        return changes
+
+    def forget(self, uuid: str, *, source: str = "cli", command: str = "undefine") -> dict:
+        with self.journal().transaction() as tx:
+            return tx.forget_guest(uuid, command=command, source=source)
+
+    # -- reading -----------------------------------------------------------------
+    def show(self, ident: str) -> dict:
+        guest = self.find_guest(ident)
+        config = self.journal(create=False).get_config(guest.uuid)
+        live_values: Dict[str, object] = {}
+        if guest.running:
+            live_values = live.read_all(self.router, self.groups(guest))
+        rows = []
+        for p in P.CATALOGUE:
+            cfg = {d: v for (n, d), v in config.items() if n == p.name}
+            lv = live_values.get(p.name)
+            rows.append(_show_row(p, lv, cfg, guest.running))
+        return {"guest": guest.name, "uuid": guest.uuid, "driver": guest.driver,
+                "running": guest.running, "persistent": guest.persistent, "params": rows}
+
+    def list(self) -> List[dict]:
+        out = []
+        for g in self.journal(create=False).guests():
+            if g.deleted:
+                continue
+            try:
+                running = runtime.find_running(g.uuid, self.run_dir) is not None
+            except CgctlError:
+                running = False
+            out.append({"guest": g.name, "uuid": g.uuid, "driver": g.driver,
+                        "state": "running" if running else "shut off",
+                        "settings": g.settings, "last_change": g.last_change})
+        return out
+
+    def history(self, ident: Optional[str] = None, limit: Optional[int] = None) -> List[dict]:
+        j = self.journal(create=False)
+        uuid = None
+        if ident:
+            row = j.find_guest(ident)
+            if row is None:
+                raise GuestNotFound("the journal has no history for this guest", guest=ident)
+            uuid = row.uuid
+        return [r.__dict__ for r in j.history(uuid, limit=limit)]
+
+
+def _show_row(p: P.Param, live_value, cfg: Dict[str, str], running: bool) -> dict:
+    if p.per_device:
+        live_text = live.format_value(p, live_value) if running else None
+        config_text = ", ".join(f"{d}={v}" for d, v in sorted(cfg.items())) or None
+        differs = None
+    else:
+        live_text = live.format_value(p, live_value) if running else None
+        config_value = cfg.get("")
+        config_text = None
+        differs = None
+        if config_value is not None:
+            pv = P.parse_value(p, config_value)
+            config_text = live.format_value(p, pv)
+            if running and not isinstance(live_value, CgctlError) and live_value is not None:
+                lv = live_value
+                if p.kind == P.QUOTA and isinstance(pv, str):
+                    differs = None  # a share of CPUs: compare after conversion is ambiguous
+                else:
+                    differs = lv != pv
+    return {"param": p.name, "live": live_text, "config": config_text, "differs": differs,
+            "unsupported": str(live_value) if isinstance(live_value, CgctlError) else None}

@@ -1,0 +1,581 @@
+"""The lifecycle journal: the only code in cgctl that speaks SQLite.
+
+One SQLite file (WAL, ``synchronous=FULL``) keyed by guest UUID holds each
+guest's config settings, the history of every change, and the last instance
+(PID + process start time) its config was applied to.  docs/journal.md
+describes the file for operators.
+
+Writers use one transaction per change::
+
+    with journal.transaction() as tx:           # BEGIN IMMEDIATE: serialized
+        old = tx.get_config(uuid)               # read ...
+        ...                                     # ... validate, write cgroup ...
+        tx.set_config(uuid, name, "qemu", {("hard_limit", ""): "1073741824"})
+        tx.add_history(uuid, name, command="set", source="cli", mode="live+config",
+                       changes=[("hard_limit", "", None, "1073741824")])
+    # committed and on disk here; an exception inside the block rolls back
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno as _errno
+import os
+import pwd
+import sqlite3
+import threading
+import uuid as _uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Tuple, Union
+
+from cgctl import consts
+from cgctl.errors import JournalError, UsageError
+
+ConfigKey = Tuple[str, str]  # (param, device); device is "" for non-device parameters
+Config = Dict[ConfigKey, str]
+
+DRIVERS = ("qemu", "lxc")
+SOURCES = ("cli", "event", "hook", "reconcile")
+MODES = ("live", "config", "live+config")
+
+APPLICATION_ID = 0x63676374  # "cgct" in PRAGMA application_id: marks the file as ours
+BUSY_TIMEOUT = 30.0  # seconds a writer waits for another cgctl process before giving up
+
+# Ordered migrations; MIGRATIONS[i] takes user_version i to i + 1.  Never edit a
+# released entry: append a new one.  All pending ones run in one transaction.
+MIGRATIONS: Tuple[Tuple[str, ...], ...] = (
+    # 1: the first schema
+    (
+        f"PRAGMA application_id = {APPLICATION_ID}",
+        """CREATE TABLE guest (
+            uuid    TEXT PRIMARY KEY,
+            name    TEXT NOT NULL,
+            driver  TEXT NOT NULL CHECK (driver IN ('qemu', 'lxc')),
+            deleted INTEGER NOT NULL DEFAULT 0
+        )""",
+        "CREATE INDEX guest_name ON guest (name)",
+        """CREATE TABLE setting (
+            uuid   TEXT NOT NULL,
+            param  TEXT NOT NULL,
+            device TEXT NOT NULL DEFAULT '',
+            value  TEXT NOT NULL,
+            PRIMARY KEY (uuid, param, device)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE history (
+            id        INTEGER PRIMARY KEY AUTOINCREMENT,
+            at        TEXT NOT NULL,
+            uuid      TEXT NOT NULL,
+            name      TEXT NOT NULL,
+            command   TEXT NOT NULL,
+            source    TEXT NOT NULL CHECK (source IN ('cli', 'event', 'hook', 'reconcile')),
+            mode      TEXT NOT NULL CHECK (mode IN ('live', 'config', 'live+config')),
+            param     TEXT NOT NULL,
+            device    TEXT NOT NULL DEFAULT '',
+            old_value TEXT,
+            new_value TEXT,
+            outcome   TEXT NOT NULL,
+            user      TEXT NOT NULL
+        )""",
+        "CREATE INDEX history_uuid ON history (uuid, at)",
+        """CREATE TABLE instance (
+            uuid       TEXT PRIMARY KEY,
+            pid        INTEGER NOT NULL,
+            start_time REAL NOT NULL,
+            applied_at TEXT NOT NULL
+        )""",
+    ),
+    # 2: history rows carry their own "deleted" mark, so a UUID that is defined
+    #    again later does not revive the history of the guest that was undefined
+    (
+        "ALTER TABLE history ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0",
+        "UPDATE history SET deleted = 1 WHERE uuid IN (SELECT uuid FROM guest WHERE deleted)",
+    ),
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+@dataclass(frozen=True)
+class GuestRow:
+    uuid: str
+    name: str
+    driver: str
+    deleted: bool
+    settings: int  # number of config settings
+    last_change: Optional[str]  # time of the newest history row, ISO 8601 UTC
+
+
+@dataclass(frozen=True)
+class HistoryRow:
+    id: int
+    at: str  # ISO 8601 UTC with microseconds, e.g. 2025-05-01T12:00:00.123456+00:00
+    uuid: str
+    name: str
+    command: str
+    source: str
+    mode: str
+    param: str
+    device: str
+    old_value: Optional[str]
+    new_value: Optional[str]
+    outcome: str  # "ok" or the error text
+    user: str
+    deleted: bool  # the guest was undefined (forgotten) after this row
+
+
+@dataclass(frozen=True)
+class InstanceRow:
+    uuid: str
+    pid: int
+    start_time: float  # process start time (psutil create_time)
+    applied_at: str
+
+
+class Change(NamedTuple):
+    """One parameter's change in a history entry (a plain 4-tuple works too)."""
+
+    param: str
+    device: str
+    old: Optional[str]
+    new: Optional[str]
+
+
+def now() -> str:
+    """The journal's timestamp: UTC, ISO 8601, microseconds; sorts as text."""
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+def _timestamp(when: Union[str, float, datetime]) -> str:
+    if isinstance(when, str):
+        return when
+    if isinstance(when, (int, float)):
+        when = datetime.fromtimestamp(when, timezone.utc)
+    if when.tzinfo is None:
+        raise ValueError("naive datetime: give a timezone")
+    return when.astimezone(timezone.utc).isoformat(timespec="microseconds")
+
+
+def current_user() -> str:
+    """Who is making the change: "login(uid)", plus the sudo caller if any."""
+    uid = os.getuid()
+    try:
+        login = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        login = "?"
+    who = f"{login}({uid})"
+    sudo = os.environ.get("SUDO_USER")
+    if sudo and sudo != login:
+        who += f" via sudo by {sudo}"
+    return who
+
+
+def normalize_uuid(value: str) -> str:
+    """Canonical lower-case form; ValueError if it is not a UUID."""
+    return str(_uuid.UUID(value))
+
+
+def _check(value: str, allowed: Tuple[str, ...], what: str) -> None:
+    if value not in allowed:
+        raise ValueError(f"{what} must be one of {', '.join(allowed)}, not {value!r}")
+
+
+_GUEST_SELECT = """
+    SELECT g.uuid, g.name, g.driver, g.deleted,
+           (SELECT count(*) FROM setting s WHERE s.uuid = g.uuid),
+           (SELECT max(h.at) FROM history h WHERE h.uuid = g.uuid) AS last_change
+    FROM guest g"""
+
+_HISTORY_COLUMNS = ("id, at, uuid, name, command, source, mode, param, device, "
+                    "old_value, new_value, outcome, user, deleted")
+
+
+def _guest(row: tuple) -> GuestRow:
+    return GuestRow(row[0], row[1], row[2], bool(row[3]), row[4], row[5])
+
+
+def _history(row: tuple) -> HistoryRow:
+    return HistoryRow(*row[:-1], deleted=bool(row[-1]))
+
+
+class _Reader:
+    """Queries shared by the journal's convenience readers and transactions."""
+
+    def __init__(self, db: sqlite3.Connection):
+        self._db = db
+
+    def get_config(self, uuid: str) -> Config:
+        rows = self._db.execute(
+            "SELECT param, device, value FROM setting WHERE uuid = ? ORDER BY param, device",
+            (normalize_uuid(uuid),))
+        return {(param, device): value for param, device, value in rows}
+
+    def get_guest(self, uuid: str) -> Optional[GuestRow]:
+        row = self._db.execute(_GUEST_SELECT + " WHERE g.uuid = ?",
+                               (normalize_uuid(uuid),)).fetchone()
+        return _guest(row) if row else None
+
+    def guests(self) -> List[GuestRow]:
+        return [_guest(r) for r in self._db.execute(_GUEST_SELECT + " ORDER BY g.name, g.uuid")]
+
+    def find_guest(self, name_or_uuid: str, driver: Optional[str] = None) -> Optional[GuestRow]:
+        """By UUID, else by name: the live guest, else the most recently changed deleted one.
+
+        Two live guests of different drivers may share a name: give ``driver``
+        (or the UUID), else UsageError.
+        """
+        try:
+            row = self.get_guest(name_or_uuid)
+        except ValueError:
+            row = None
+        if row is not None and driver in (None, row.driver):
+            return row
+        sql = _GUEST_SELECT + " WHERE g.name = ?"
+        args: tuple = (name_or_uuid,)
+        if driver is not None:
+            sql, args = sql + " AND g.driver = ?", args + (driver,)
+        rows = [_guest(r) for r in self._db.execute(
+            sql + " ORDER BY g.deleted, last_change DESC", args)]
+        live = [r for r in rows if not r.deleted]
+        if len(live) > 1:
+            drivers = ", ".join(sorted(r.driver for r in live))
+            raise UsageError(f"the name is used by several guests ({drivers}): "
+                             f"give the UUID or the driver", guest=name_or_uuid)
+        return rows[0] if rows else None
+
+    def history(self, uuid: Optional[str] = None, limit: Optional[int] = None,
+                since: Union[str, float, datetime, None] = None) -> List[HistoryRow]:
+        """Oldest first; ``limit`` keeps the newest ``limit`` rows."""
+        where, args = [], []
+        if uuid is not None:
+            where.append("uuid = ?")
+            args.append(normalize_uuid(uuid))
+        if since is not None:
+            where.append("at >= ?")
+            args.append(_timestamp(since))
+        sql = f"SELECT {_HISTORY_COLUMNS} FROM history"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY id DESC"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(int(limit))
+        return [_history(r) for r in reversed(self._db.execute(sql, args).fetchall())]
+
+    def get_instance(self, uuid: str) -> Optional[InstanceRow]:
+        row = self._db.execute("SELECT uuid, pid, start_time, applied_at FROM instance "
+                               "WHERE uuid = ?", (normalize_uuid(uuid),)).fetchone()
+        return InstanceRow(*row) if row else None
+
+
+class Transaction(_Reader):
+    """One ``BEGIN IMMEDIATE`` transaction; get it from ``Journal.transaction()``."""
+
+    def upsert_guest(self, uuid: str, name: str, driver: str) -> None:
+        """Record the guest (or its new name/driver); a defined-again UUID is live again."""
+        _check(driver, DRIVERS, "driver")
+        self._db.execute(
+            "INSERT INTO guest (uuid, name, driver) VALUES (?, ?, ?) ON CONFLICT (uuid) "
+            "DO UPDATE SET name = excluded.name, driver = excluded.driver, deleted = 0",
+            (normalize_uuid(uuid), name, driver))
+
+    def set_config(self, uuid: str, name: str, driver: str,
+                   changes: Mapping[ConfigKey, Optional[str]]) -> Dict[ConfigKey, Optional[str]]:
+        """Set (value) or remove (None) settings; returns their previous values (None: unset)."""
+        uuid = normalize_uuid(uuid)
+        self.upsert_guest(uuid, name, driver)
+        before = self.get_config(uuid)
+        for (param, device), value in changes.items():
+            if value is None:
+                self._db.execute("DELETE FROM setting WHERE uuid = ? AND param = ? AND device = ?",
+                                 (uuid, param, device))
+            elif isinstance(value, str):
+                self._db.execute(
+                    "INSERT INTO setting (uuid, param, device, value) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (uuid, param, device) DO UPDATE SET value = excluded.value",
+                    (uuid, param, device, value))
+            else:
+                raise TypeError(f"{param}: the journal keeps canonical text, not {value!r}")
+        return {key: before.get(key) for key in changes}
+
+    def add_history(self, uuid: str, name: str, *, command: str, source: str, mode: str,
+                    changes: Iterable[Union[Change, Tuple[str, str, Optional[str], Optional[str]]]],
+                    outcome: str = "ok", user: Optional[str] = None,
+                    at: Union[str, float, datetime, None] = None) -> int:
+        """One row per (param, device, old, new), all with the same time; returns the count."""
+        _check(source, SOURCES, "source")
+        _check(mode, MODES, "mode")
+        stamp = now() if at is None else _timestamp(at)
+        user = current_user() if user is None else user
+        rows = [(stamp, normalize_uuid(uuid), name, command, source, mode,
+                 param, device, old, new, outcome, user)
+                for param, device, old, new in changes]
+        self._db.executemany(
+            "INSERT INTO history (at, uuid, name, command, source, mode, param, device, "
+            "old_value, new_value, outcome, user) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            rows)
+        return len(rows)
+
+    def set_instance(self, uuid: str, pid: int, start_time: float,
+                     applied_at: Union[str, float, datetime, None] = None) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO instance (uuid, pid, start_time, applied_at) "
+            "VALUES (?, ?, ?, ?)",
+            (normalize_uuid(uuid), int(pid), float(start_time),
+             now() if applied_at is None else _timestamp(applied_at)))
+
+    def forget_guest(self, uuid: str, *, command: str = "forget", source: str = "cli",
+                     user: Optional[str] = None) -> Config:
+        """Undefine: drop config and instance, mark guest and history deleted.
+
+        Each dropped setting gets a history row (old value -> NULL, mode
+        "config").  Returns the dropped config; {} for an unknown guest.
+        """
+        uuid = normalize_uuid(uuid)
+        guest = self.get_guest(uuid)
+        if guest is None:
+            return {}
+        dropped = self.get_config(uuid)
+        self.add_history(uuid, guest.name, command=command, source=source, mode="config",
+                         changes=[(p, d, v, None) for (p, d), v in dropped.items()], user=user)
+        self._db.execute("DELETE FROM setting WHERE uuid = ?", (uuid,))
+        self._db.execute("DELETE FROM instance WHERE uuid = ?", (uuid,))
+        self._db.execute("UPDATE guest SET deleted = 1 WHERE uuid = ?", (uuid,))
+        self._db.execute("UPDATE history SET deleted = 1 WHERE uuid = ?", (uuid,))
+        return dropped
+
+
+class Journal:
+    """The journal file.  ``create=False`` never creates it: a missing file reads as empty.
+
+    Safe to share between threads (one connection behind a lock); each process
+    opens its own.  Use as a context manager or call ``close()``.
+    """
+
+    def __init__(self, path: str = consts.JOURNAL_PATH, create: bool = True, *,
+                 busy_timeout: float = BUSY_TIMEOUT):
+        self.path = os.fspath(path)
+        self.busy_timeout = busy_timeout
+        self._lock = threading.RLock()
+        self._in_tx = False
+        self.missing = not create and not os.path.lexists(self.path)
+        if self.missing:
+            # nothing on disk: an empty in-memory journal answers the readers
+            self._db = self._connect(":memory:")
+            self._migrate(self._db)
+        else:
+            self._db = self._open(create)
+        self._reader = _Reader(self._db)
+
+    # -- opening ------------------------------------------------------------------
+
+    def _fail(self, what: str, exc: BaseException) -> JournalError:
+        if isinstance(exc, OSError):
+            code = exc.errno
+            reason = f"{_errno.errorcode.get(code or 0, code)} ({exc.strerror or exc})"
+        else:
+            code = None
+            reason = str(exc)
+            if "locked" in reason or "busy" in reason:
+                reason += (f" (another process held the journal for more than "
+                           f"{self.busy_timeout:g} s)")
+        return JournalError(f"{what} journal {self.path}: {reason}", path=self.path, errno=code)
+
+    def _connect(self, target: str) -> sqlite3.Connection:
+        db = sqlite3.connect(target, timeout=self.busy_timeout, isolation_level=None,
+                             check_same_thread=False)
+        db.execute("PRAGMA synchronous = FULL")
+        return db
+
+    def _create_file(self) -> None:
+        """Create the directory (0700) and an empty file (0600) before SQLite sees them."""
+        directory = os.path.dirname(os.path.abspath(self.path))
+        if not os.path.lexists(directory):  # (a file there: os.open says ENOTDIR)
+            os.makedirs(directory, mode=0o700)
+            os.chmod(directory, 0o700)
+            _fsync_dir(os.path.dirname(directory))
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            return  # another process was first
+        try:
+            os.fchmod(fd, 0o600)  # whatever the umask; SQLite gives -wal/-shm the same mode
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        _fsync_dir(directory)
+
+    def _open(self, create: bool) -> sqlite3.Connection:
+        try:
+            if create and not os.path.lexists(self.path):
+                self._create_file()
+            # fails with the real errno (EROFS, EACCES, EPERM, ENOTDIR, EISDIR) where
+            # SQLite would only say "unable to open database file"
+            os.close(os.open(self.path, os.O_RDWR | os.O_CLOEXEC))
+        except OSError as exc:
+            raise self._fail("cannot open", exc) from exc
+        db = None
+        try:
+            db = self._connect(self.path)
+            self._check_identity(db)
+            mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode != "wal":
+                raise JournalError(f"journal {self.path}: cannot use WAL mode "
+                                   f"(SQLite stayed in {mode!r})", path=self.path)
+            self._migrate(db)
+            return db
+        except sqlite3.Error as exc:
+            if db is not None:
+                db.close()
+            if "not a database" in str(exc):
+                raise JournalError(f"{self.path} is not a SQLite database (it is not a "
+                                   f"cgctl journal): {exc}", path=self.path) from exc
+            raise self._fail("cannot open", exc) from exc
+        except BaseException:
+            if db is not None:
+                db.close()
+            raise
+
+    def _identity(self, db: sqlite3.Connection) -> Tuple[int, int, List[str]]:
+        # one snapshot: another process may be creating the schema right now
+        own = not db.in_transaction
+        if own:
+            db.execute("BEGIN")
+        try:
+            app_id = db.execute("PRAGMA application_id").fetchone()[0]
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            tables = [r[0] for r in db.execute(
+                "SELECT name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY name")]
+        finally:
+            if own:
+                db.execute("COMMIT")
+        return app_id, version, tables
+
+    def _check_identity(self, db: sqlite3.Connection) -> int:
+        """Our journal (or an empty file we may initialize)?  Returns its schema version."""
+        app_id, version, tables = self._identity(db)
+        fresh = app_id == 0 and version == 0 and not tables
+        if app_id != APPLICATION_ID and not fresh:
+            shown = ", ".join(tables[:5]) + (", ..." if len(tables) > 5 else "")
+            raise JournalError(f"{self.path} is a SQLite database but not a cgctl journal "
+                               f"(application_id {app_id:#x}, user_version {version}, "
+                               f"tables: {shown or 'none'}); refusing to touch it",
+                               path=self.path)
+        if version > SCHEMA_VERSION:
+            raise JournalError(f"journal {self.path} has schema version {version}, newer than "
+                               f"this cgctl knows ({SCHEMA_VERSION}): upgrade cgctl",
+                               path=self.path)
+        return version
+
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        if db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+            return
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            version = self._check_identity(db)  # again, under the write lock
+            for number in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS[number - 1]:
+                    db.execute(statement)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
+    # -- use ----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        """BEGIN IMMEDIATE ... COMMIT (durable when the block exits); ROLLBACK on exception."""
+        if self.missing:
+            raise JournalError(f"journal {self.path} does not exist (opened without create)",
+                               path=self.path)
+        with self._lock:
+            if self._in_tx:
+                raise RuntimeError("journal transactions do not nest")
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise self._fail("cannot lock", exc) from exc
+            self._in_tx = True
+            tx = Transaction(self._db)
+            try:
+                try:
+                    yield tx
+                except BaseException:
+                    if self._db.in_transaction:  # SQLite may have rolled back already
+                        self._db.execute("ROLLBACK")
+                    raise
+                try:
+                    self._db.execute("COMMIT")
+                except sqlite3.Error as exc:
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                    raise self._fail("cannot commit to", exc) from exc
+            except sqlite3.Error as exc:
+                raise self._fail("cannot write to", exc) from exc
+            finally:
+                tx._db = None  # a Transaction is not usable after its block
+                self._in_tx = False
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[_Reader]:
+        with self._lock:
+            try:
+                yield self._reader
+            except sqlite3.Error as exc:
+                raise self._fail("cannot read", exc) from exc
+
+    def get_config(self, uuid: str) -> Config:
+        with self._reading() as r:
+            return r.get_config(uuid)
+
+    def get_guest(self, uuid: str) -> Optional[GuestRow]:
+        with self._reading() as r:
+            return r.get_guest(uuid)
+
+    def guests(self) -> List[GuestRow]:
+        with self._reading() as r:
+            return r.guests()
+
+    def find_guest(self, name_or_uuid: str, driver: Optional[str] = None) -> Optional[GuestRow]:
+        with self._reading() as r:
+            return r.find_guest(name_or_uuid, driver)
+
+    def history(self, uuid: Optional[str] = None, limit: Optional[int] = None,
+                since: Union[str, float, datetime, None] = None) -> List[HistoryRow]:
+        with self._reading() as r:
+            return r.history(uuid, limit, since)
+
+    def get_instance(self, uuid: str) -> Optional[InstanceRow]:
+        with self._reading() as r:
+            return r.get_instance(uuid)
+
+    def integrity_check(self) -> str:
+        """SQLite's own verdict on the file: "ok" or the problems it found."""
+        with self._reading() as r:
+            return "\n".join(row[0] for row in r._db.execute("PRAGMA integrity_check"))
+
+    def forget_guest(self, uuid: str, *, command: str = "forget", source: str = "cli",
+                     user: Optional[str] = None) -> Config:
+        with self.transaction() as tx:
+            return tx.forget_guest(uuid, command=command, source=source, user=user)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> "Journal":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _fsync_dir(directory: str) -> None:
+    """Make a new directory entry durable (the file's own fsync does not)."""
+    fd = os.open(directory or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

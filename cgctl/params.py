@@ -1,0 +1,333 @@
+"""The parameter catalogue: what each setting means, its unit, range and files.
+
+Pure code, no I/O. Names are libvirt's (``virsh memtune``, ``schedinfo``,
+``blkiotune``) so operators feel at home.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Mapping, Optional, Tuple, Union
+
+from . import units
+from .errors import UsageError
+from .units import UNLIMITED, Number
+
+# kinds of value
+BYTES = "bytes"        # memory, in bytes; bare CLI number = KiB
+SHARES = "shares"      # cpu.shares
+PERIOD = "period"      # microseconds
+QUOTA = "quota"        # microseconds, unlimited, or a share of CPUs ("150%")
+CPULIST = "cpulist"    # kernel list syntax
+WEIGHT = "weight"      # block-IO weight
+RATE = "rate"          # per-device bytes/s; bare number = bytes
+IOPS = "iops"          # per-device IO/s
+
+# where a parameter is written (DESIGN §4)
+LIBVIRT = "libvirt"    # the libvirt-owned group (".../libvirt" when it exists)
+MACHINE = "machine"    # the machine group itself: weights are relative to siblings
+VCPUS = "vcpus"        # every vcpuN group (QEMU only)
+EMULATOR = "emulator"  # the emulator group (QEMU only)
+
+PAGE_COUNTER_MAX = 9223372036854771712  # v1's "unlimited", bytes
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    family: str              # virsh command family: memtune, schedinfo, cpuset, blkiotune
+    controller: str          # v2 controller name (v1's blkio is "io" here)
+    kind: str
+    minimum: int
+    maximum: int
+    unlimited: bool
+    per_device: bool
+    target: str
+    v1_file: Optional[str]   # None: unsupported on v1
+    v2_file: Optional[str]   # None: unsupported on v2
+    doc: str
+    qemu_only: bool = False
+    v1_note: str = ""
+    v2_note: str = ""
+
+    def unit(self) -> str:
+        return {
+            BYTES: "bytes (bare number: KiB)", SHARES: "shares", PERIOD: "microseconds",
+            QUOTA: "microseconds or % of one CPU", CPULIST: "CPU/node list",
+            WEIGHT: "weight", RATE: "bytes/s", IOPS: "IO/s",
+        }[self.kind]
+
+    def range_text(self) -> str:
+        if self.kind == CPULIST:
+            return "e.g. 0-3,6"
+        hi = "unlimited" if self.unlimited else str(self.maximum)
+        return f"{self.minimum}..{hi}"
+
+
+_MEM_MAX = PAGE_COUNTER_MAX
+_QUOTA_MAX = 17592186044415  # kernel: max_cfs_quota_period-bound quota (2^44 - 1 us)
+
+CATALOGUE: Tuple[Param, ...] = (
+    Param("hard_limit", "memtune", "memory", BYTES, 0, _MEM_MAX, True, False, LIBVIRT,
+          "memory.limit_in_bytes", "memory.max",
+          "Most RAM the guest may use; above it the kernel reclaims, then OOM-kills."),
+    Param("soft_limit", "memtune", "memory", BYTES, 0, _MEM_MAX, True, False, LIBVIRT,
+          "memory.soft_limit_in_bytes", "memory.high",
+          "Point to which the guest is reclaimed when the host is short of memory.",
+          v2_note="memory.high THROTTLES the guest above it, even with free host memory."),
+    Param("swap_hard_limit", "memtune", "memory", BYTES, 0, _MEM_MAX, True, False, LIBVIRT,
+          "memory.memsw.limit_in_bytes", "memory.swap.max",
+          "Most RAM plus swap the guest may use; must be >= hard_limit.",
+          v2_note="written as memory.swap.max = swap_hard_limit - hard_limit."),
+    Param("min_guarantee", "memtune", "memory", BYTES, 0, _MEM_MAX, True, False, LIBVIRT,
+          None, "memory.min",
+          "RAM protected from reclaim.", v1_note="cgroup v1 has no memory guarantee."),
+    Param("swap_soft_limit", "memtune", "memory", BYTES, 0, _MEM_MAX, True, False, LIBVIRT,
+          None, "memory.swap.high",
+          "Swap use above which the guest is throttled.",
+          v1_note="cgroup v1 has no swap throttle point."),
+    Param("cpu_shares", "schedinfo", "cpu", SHARES, 2, 262144, False, False, MACHINE,
+          "cpu.shares", "cpu.weight",
+          "Relative CPU weight against other guests (1024 = default).",
+          v2_note="converted to cpu.weight (1..10000) by the runc/crun formula."),
+    Param("global_period", "schedinfo", "cpu", PERIOD, 1000, 1000000, False, False, LIBVIRT,
+          "cpu.cfs_period_us", "cpu.max",
+          "Bandwidth period of the whole guest, microseconds."),
+    Param("global_quota", "schedinfo", "cpu", QUOTA, 1000, _QUOTA_MAX, True, False, LIBVIRT,
+          "cpu.cfs_quota_us", "cpu.max",
+          "CPU time the whole guest may use per period; '150%' = 1.5 CPUs."),
+    Param("vcpu_period", "schedinfo", "cpu", PERIOD, 1000, 1000000, False, False, VCPUS,
+          "cpu.cfs_period_us", "cpu.max", "Bandwidth period of each vCPU.", qemu_only=True),
+    Param("vcpu_quota", "schedinfo", "cpu", QUOTA, 1000, _QUOTA_MAX, True, False, VCPUS,
+          "cpu.cfs_quota_us", "cpu.max", "CPU time each vCPU may use per period.",
+          qemu_only=True),
+    Param("emulator_period", "schedinfo", "cpu", PERIOD, 1000, 1000000, False, False, EMULATOR,
+          "cpu.cfs_period_us", "cpu.max", "Bandwidth period of QEMU's own threads.",
+          qemu_only=True),
+    Param("emulator_quota", "schedinfo", "cpu", QUOTA, 1000, _QUOTA_MAX, True, False, EMULATOR,
+          "cpu.cfs_quota_us", "cpu.max", "CPU time QEMU's own threads may use per period.",
+          qemu_only=True),
+    Param("cpuset_cpus", "cpuset", "cpuset", CPULIST, 0, 0, False, False, LIBVIRT,
+          "cpuset.cpus", "cpuset.cpus", "Host CPUs the guest may run on."),
+    Param("cpuset_mems", "cpuset", "cpuset", CPULIST, 0, 0, False, False, LIBVIRT,
+          "cpuset.mems", "cpuset.mems", "NUMA nodes the guest may allocate from."),
+    Param("weight", "blkiotune", "io", WEIGHT, 10, 1000, False, False, MACHINE,
+          "blkio.bfq.weight", "io.bfq.weight",
+          "Relative block-IO weight against other guests.",
+          v1_note="blkio.bfq.weight, else blkio.weight.",
+          v2_note="io.bfq.weight, else io.weight converted 1 + (w-10)*9999//990."),
+    Param("device_weight", "blkiotune", "io", WEIGHT, 10, 1000, False, True, MACHINE,
+          "blkio.bfq.weight_device", "io.bfq.weight",
+          "Block-IO weight on one disk: DEV,W (0 removes).",
+          v1_note="blkio.bfq.weight_device, else blkio.weight_device.",
+          v2_note="io.bfq.weight 'MAJ:MIN W', else io.weight (needs io.cost.qos)."),
+    Param("device_read_bytes_sec", "blkiotune", "io", RATE, 0, 2**64 - 2, True, True, LIBVIRT,
+          "blkio.throttle.read_bps_device", "io.max", "Read bytes/s on one disk: DEV,N."),
+    Param("device_write_bytes_sec", "blkiotune", "io", RATE, 0, 2**64 - 2, True, True, LIBVIRT,
+          "blkio.throttle.write_bps_device", "io.max", "Write bytes/s on one disk: DEV,N."),
+    Param("device_read_iops_sec", "blkiotune", "io", IOPS, 0, 2**64 - 2, True, True, LIBVIRT,
+          "blkio.throttle.read_iops_device", "io.max", "Read IO/s on one disk: DEV,N."),
+    Param("device_write_iops_sec", "blkiotune", "io", IOPS, 0, 2**64 - 2, True, True, LIBVIRT,
+          "blkio.throttle.write_iops_device", "io.max", "Write IO/s on one disk: DEV,N."),
+)
+
+BY_NAME: Dict[str, Param] = {p.name: p for p in CATALOGUE}
+
+# spellings operators bring from virsh and seed 004
+ALIASES = {
+    "hard-limit": "hard_limit", "soft-limit": "soft_limit", "swap-hard-limit": "swap_hard_limit",
+    "min-guarantee": "min_guarantee", "swap-soft-limit": "swap_soft_limit",
+    "shares": "cpu_shares", "cpu-shares": "cpu_shares",
+    "cpuset": "cpuset_cpus", "cpus": "cpuset_cpus", "mems": "cpuset_mems",
+    "blkio_weight": "weight", "device-weight": "device_weight", "device-weights": "device_weight",
+    "device-read-bytes-sec": "device_read_bytes_sec",
+    "device-write-bytes-sec": "device_write_bytes_sec",
+    "device-read-iops-sec": "device_read_iops_sec",
+    "device-write-iops-sec": "device_write_iops_sec",
+}
+
+Value = Union[int, float, str]   # int/UNLIMITED for numbers, str for cpu lists and "150%"
+Key = Tuple[str, str]            # (parameter name, device name or "")
+
+
+def lookup(name: str) -> Param:
+    canon = ALIASES.get(name, name.replace("-", "_"))
+    try:
+        return BY_NAME[canon]
+    except KeyError:
+        raise UsageError(f"unknown parameter {name!r} (see 'cgctl params')", param=name) from None
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One parsed value for one parameter (and, for per-device ones, one device)."""
+
+    param: Param
+    device: str
+    value: Value
+
+    @property
+    def key(self) -> Key:
+        return (self.param.name, self.device)
+
+    @property
+    def removes(self) -> bool:
+        """True for a per-device value that clears the device's entry (0 or unlimited)."""
+        return self.param.per_device and (self.value == 0 or self.value == UNLIMITED)
+
+    def text(self) -> str:
+        """Canonical text, as the journal keeps it."""
+        return canonical_text(self.param, self.value)
+
+
+def canonical_text(param: Param, value: Value) -> str:
+    """The journal's spelling: exact, and read back the same by ``parse_value``
+    (sizes carry a unit, since a bare memory number would mean KiB)."""
+    if isinstance(value, str):
+        return value
+    if param.kind in (BYTES, RATE):
+        return units.format_bytes(value)
+    return units.format_number(value)
+
+
+def parse_value(param: Param, text: str) -> Value:
+    """Parse one value (without a device) for ``param``; range-checked."""
+    text = str(text)
+    if "\x00" in text or "\n" in text:
+        raise UsageError("value holds a NUL or newline", param=param.name)
+    try:
+        value = _parse_kind(param, text)
+    except UsageError as exc:
+        raise UsageError(exc.message, param=param.name) from None
+    _check_range(param, value, text)
+    return value
+
+
+def _parse_kind(param: Param, text: str) -> Value:
+    k = param.kind
+    if k == BYTES:
+        v = units.parse_size(text, bare_unit=1024, allow_unlimited=param.unlimited,
+                             what="memory size")
+        if v == PAGE_COUNTER_MAX:
+            # what v1 reads back for "no limit" means the same thing; above it is out of range
+            return UNLIMITED
+        # the kernel counts whole pages and rounds down; so do we, so that the
+        # journal and the live value compare equal
+        return v if v == UNLIMITED else (v // units.PAGE_SIZE) * units.PAGE_SIZE
+    if k == RATE:
+        return units.parse_size(text, bare_unit=1, allow_unlimited=True, what="byte rate")
+    if k in (SHARES, WEIGHT, IOPS):
+        return units.parse_int(text, what=param.unit(), allow_unlimited=param.unlimited)
+    if k == PERIOD:
+        return units.parse_time_us(text, what="period")
+    if k == QUOTA:
+        t = text.strip()
+        if t.endswith("%"):
+            try:
+                pct = float(t[:-1])
+            except ValueError:
+                raise UsageError(f"{text!r} is not a percentage of one CPU") from None
+            if not (0 < pct <= 100000) or pct != pct:
+                raise UsageError(f"{text!r}: a CPU share must be above 0% and at most 100000%")
+            return f"{pct:g}%"
+        return units.parse_time_us(text, allow_unlimited=True, what="quota")
+    if k == CPULIST:
+        return units.parse_cpulist(text, what="CPU list" if param.name == "cpuset_cpus"
+                                   else "NUMA node list")
+    raise AssertionError(k)  # pragma: no cover
+
+
+def _check_range(param: Param, value: Value, text: str) -> None:
+    if isinstance(value, str) or value == UNLIMITED:
+        return
+    lo, hi = param.minimum, param.maximum
+    if param.per_device and value == 0:
+        return  # 0 clears a device's entry
+    if value < lo or value > hi:
+        raise UsageError(f"{text!r} is out of range ({param.range_text()} {param.unit()})",
+                         param=param.name)
+
+
+def parse_device_value(param: Param, text: str) -> List[Tuple[str, Value]]:
+    """``DEV,N[,DEV,N...]`` → [(device, value), ...] for a per-device parameter."""
+    parts = [p.strip() for p in str(text).split(",")]
+    if len(parts) < 2 or len(parts) % 2:
+        raise UsageError(f"{text!r}: expected DEVICE,VALUE (e.g. /dev/vda,50M)", param=param.name)
+    out = []
+    for dev, raw in zip(parts[::2], parts[1::2]):
+        check_device_name(dev, param.name)
+        out.append((dev, parse_value(param, raw)))
+    return out
+
+
+def check_device_name(dev: str, param: str = None) -> None:
+    if not dev:
+        raise UsageError("empty device name", param=param)
+    if any(c in dev for c in "\x00\n ") or len(dev) > 4096:
+        raise UsageError(f"{dev!r} is not a device name", param=param)
+    if "/.." in dev or dev.startswith(".."):
+        raise UsageError(f"{dev!r}: '..' is not allowed in a device name", param=param)
+
+
+def parse_assignment(text: str) -> List[Setting]:
+    """``hard_limit=1G`` or ``device_read_bytes_sec=/dev/vda,10M`` → settings."""
+    name, sep, raw = str(text).partition("=")
+    if not sep:
+        raise UsageError(f"{text!r}: expected PARAM=VALUE (see 'cgctl params')")
+    param = lookup(name.strip())
+    if param.per_device:
+        return [Setting(param, dev, v) for dev, v in parse_device_value(param, raw)]
+    return [Setting(param, "", parse_value(param, raw))]
+
+
+def parse_assignments(items: Iterable[str]) -> Dict[Key, Setting]:
+    out: Dict[Key, Setting] = {}
+    for item in items:
+        for s in parse_assignment(item):
+            if s.key in out and out[s.key].value != s.value:
+                raise UsageError(f"given twice with different values", param=s.param.name)
+            out[s.key] = s
+    if not out:
+        raise UsageError("no parameter given (PARAM=VALUE ...)")
+    return out
+
+
+def from_text(name: str, device: str, text: str) -> Setting:
+    """Rebuild a setting from the journal's canonical text."""
+    p = lookup(name)
+    return Setting(p, device, parse_value(p, text))
+
+
+def quota_us(value: Value, period: int) -> Number:
+    """A quota in microseconds; a '150%' share is taken against ``period``."""
+    if isinstance(value, str) and value.endswith("%"):
+        us = int(round(float(value[:-1]) / 100.0 * period))
+        return max(us, 1000)
+    return value
+
+
+def validate_merged(values: Mapping[str, Value], changed: Iterable[str], guest: str = None) -> None:
+    """Cross-parameter rules over the merged (current + new) values.
+
+    ``values`` maps non-device parameter names to their values after the
+    change; only rules touching a ``changed`` parameter are enforced, so a
+    pre-existing odd state does not block unrelated changes.
+    """
+    changed = set(changed)
+
+    def rule(a: str, b: str, why: str, unlimited_counts: bool = False):
+        if (a in changed or b in changed) and a in values and b in values:
+            va, vb = values[a], values[b]
+            if (unlimited_counts or va != UNLIMITED) and va > vb:
+                raise UsageError(
+                    f"{a} ({units.format_bytes(va)}) would exceed {b} "
+                    f"({units.format_bytes(vb)}): {why}", guest=guest, param=a if a in changed else b)
+
+    rule("hard_limit", "swap_hard_limit", "swap_hard_limit counts RAM plus swap",
+         unlimited_counts=True)
+    rule("soft_limit", "hard_limit", "a soft limit above the hard limit never acts")
+    rule("min_guarantee", "hard_limit", "a guarantee cannot exceed the hard limit")
+
+
+def family(name: str) -> List[Param]:
+    return [p for p in CATALOGUE if p.family == name]

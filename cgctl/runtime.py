@@ -1,0 +1,266 @@
+"""Find a running guest from libvirt's runtime files, without importing libvirt.
+
+The fast ``--live`` path and the hook use this module: ``import libvirt`` alone costs 40-55 ms
+and a hook must never call libvirt (DESIGN §7). While a guest is active, libvirt 9.0 keeps in
+``/run/libvirt/<driver>/``:
+
+- ``NAME.pid``: the guest's main PID (see below);
+- ``NAME.xml``: a ``<domstatus state=.. pid=..>`` holding the live ``<domain>`` (name, uuid),
+  mode 0600 (so only root can look guests up here).
+
+Both are removed on a clean stop; after a crash or a host reboot they may remain, so a PID is
+trusted only when the process is alive and its command line names this very guest.
+
+Which PID (checked on this machine, libvirt 9.0, cgroup v1, no systemd):
+- QEMU: ``NAME.pid`` is the qemu-system process. Its main thread sits in
+  ``cpu,cpuacct,cpuset:machine/qemu-ID-NAME.libvirt-qemu/emulator`` and in the machine group
+  itself for memory, blkio, devices, freezer; vCPU threads are in ``.../vcpuN``. Its argv holds
+  ``-uuid UUID``, which identifies it.
+- LXC: ``NAME.pid`` is the ``libvirt_lxc`` controller (``libvirt_lxc --name NAME ...``), not the
+  container's init (the controller's child). libvirt moves the controller itself into the
+  machine group, so ``/proc/PID/cgroup`` shows ``machine/lxc-PID-NAME.libvirt-lxc`` for every
+  controller (the ID in the group name is this very PID); the init and its children are in the
+  same group. The domain's ID (``virsh domid``) is the same PID.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid as uuidlib
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Optional, Tuple
+
+from cgctl import consts, errors
+
+DRIVERS = ("qemu", "lxc")
+SYSTEM_URIS = {"qemu": "qemu:///system", "lxc": "lxc:///system"}
+
+
+@dataclass(frozen=True)
+class Guest:
+    """One libvirt guest as cgctl sees it.
+
+    ``driver`` is ``'qemu'`` or ``'lxc'`` (``virt`` may also report other libvirt drivers,
+    e.g. ``'test'``); ``running`` means active (running or paused); ``pid`` is the main PID
+    while running (see the module docstring), else None.
+    Defined here rather than in ``virt`` so that code which must not import libvirt can use it.
+    """
+
+    name: str
+    uuid: str
+    driver: str
+    uri: str
+    running: bool
+    persistent: bool
+    pid: Optional[int]
+
+
+# --------------------------------------------------------------------------- names
+
+def validate_name(name: str) -> str:
+    """Return ``name`` if it can only ever be a guest name, never a path; else UsageError."""
+    if not isinstance(name, str) or not name:
+        raise errors.UsageError(f"invalid guest name {name!r}: empty")
+    bad = [c for c in ("/", "\0", "\n") if c in name]
+    if bad or name in (".", ".."):
+        why = "a guest name cannot be '.' or '..'" if not bad else \
+            f"a guest name cannot contain {', '.join(repr(c) for c in bad)}"
+        raise errors.UsageError(f"invalid guest name {name!r}: {why}")
+    return name
+
+
+def normalize_uuid(ident: str) -> Optional[str]:
+    """The canonical lower-case form of ``ident`` if it is a UUID (with or without dashes)."""
+    if not isinstance(ident, str) or len(ident) not in (32, 36):
+        return None
+    try:
+        return str(uuidlib.UUID(ident))
+    except ValueError:
+        return None
+
+
+# --------------------------------------------------------------------------- runtime files
+
+def read_pid(driver: str, name: str, run_dir: str = consts.LIBVIRT_RUN_DIR) -> Optional[int]:
+    """The PID libvirt recorded for a guest, or None if there is no (valid) pid file."""
+    path = os.path.join(run_dir, driver, validate_name(name) + ".pid")
+    try:
+        with open(path, "rb") as f:
+            pid = int(f.read(32).split()[0])
+    except (FileNotFoundError, NotADirectoryError, ValueError, IndexError):
+        return None
+    except OSError as e:
+        raise _unreadable(path, e) from e
+    return pid if pid > 0 else None
+
+
+@dataclass(frozen=True)
+class _Status:
+    name: str
+    uuid: str
+    pid: Optional[int]  # from <domstatus pid=..>
+
+
+def _read_status(path: str) -> Optional[_Status]:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as e:
+        raise _unreadable(path, e) from e
+    return _parse_status(data)
+
+
+def _parse_status(data: bytes) -> Optional[_Status]:
+    try:
+        root = ET.fromstring(data)
+    except ET.ParseError:
+        return None  # half-written or foreign file: not a guest we can trust
+    dom = root.find("domain") if root.tag == "domstatus" else None
+    if dom is None:
+        return None
+    name, uuid = dom.findtext("name"), normalize_uuid(dom.findtext("uuid") or "")
+    if not name or not uuid:
+        return None
+    try:
+        pid = int(root.get("pid", ""))
+    except ValueError:
+        pid = None
+    return _Status(name=name, uuid=uuid, pid=pid)
+
+
+def _unreadable(path: str, exc: OSError) -> errors.LibvirtError:
+    return errors.LibvirtError(
+        f"cannot read libvirt's runtime state {path}: {exc.strerror} (cgctl needs root here)",
+        path=path, errno=exc.errno)
+
+
+def _statuses(driver: str, run_dir: str, uuid: str) -> Iterator[Tuple[str, _Status]]:
+    """(file name, status) of every status XML in a driver's run dir that mentions ``uuid``."""
+    directory = os.path.join(run_dir, driver)
+    try:
+        entries = list(os.scandir(directory))
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    except OSError as e:
+        raise _unreadable(directory, e) from e
+    needle = uuid.encode()
+    for entry in entries:
+        if not entry.name.endswith(".xml") or not entry.is_file(follow_symlinks=False):
+            continue
+        try:
+            with open(entry.path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            continue  # the guest stopped while we looked
+        except OSError as e:
+            raise _unreadable(entry.path, e) from e
+        if needle not in data.lower():
+            continue
+        status = _parse_status(data)
+        if status is not None:
+            yield entry.name[:-len(".xml")], status
+
+
+# --------------------------------------------------------------------------- process identity
+
+def _argv(pid: int, proc_root: str) -> Optional[list]:
+    try:
+        with open(os.path.join(proc_root, str(pid), "cmdline"), "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    if not raw:
+        return None  # zombie or kernel thread
+    return [a.decode("utf-8", "surrogateescape") for a in raw.rstrip(b"\0").split(b"\0")]
+
+
+def _is_guest_process(driver: str, pid: int, name: str, uuid: str, proc_root: str) -> bool:
+    """True if PID is alive and is this guest's main process (not a reused PID)."""
+    argv = _argv(pid, proc_root)
+    if not argv:
+        return False
+    if driver == "qemu":
+        # qemu-system-* ... -uuid UUID ...
+        return any(a == "-uuid" and normalize_uuid(b) == uuid for a, b in zip(argv, argv[1:]))
+    if driver == "lxc":
+        # libvirt_lxc --name NAME --console ... (the controller; see the module docstring)
+        return os.path.basename(argv[0]) == "libvirt_lxc" and any(
+            a == "--name" and b == name for a, b in zip(argv, argv[1:]))
+    return False
+
+
+# --------------------------------------------------------------------------- public API
+
+def find_running(ident: str, run_dir: str = consts.LIBVIRT_RUN_DIR, *,
+                 etc_dir: str = consts.LIBVIRT_ETC_DIR, proc_root: str = consts.PROC_ROOT,
+                 drivers: Iterable[str] = DRIVERS) -> Optional[Guest]:
+    """The running guest named ``ident`` (a name or a UUID), or None if none runs.
+
+    None also when libvirt's files are stale (the recorded process is gone or is no longer
+    this guest). Never calls libvirt. UsageError for a name that could be read as a path.
+    """
+    drivers = tuple(drivers)
+    uuid = normalize_uuid(ident) if isinstance(ident, str) else None
+    if uuid:
+        for driver in drivers:
+            for name, status in _statuses(driver, run_dir, uuid):
+                if status.uuid == uuid and status.name == name:
+                    guest = _running(driver, name, status, run_dir, etc_dir, proc_root)
+                    if guest:
+                        return guest
+    # a name (a UUID-shaped string is also a valid name)
+    name = validate_name(ident)
+    for driver in drivers:
+        status = _read_status(os.path.join(run_dir, driver, name + ".xml"))
+        if status is not None and status.name == name:
+            guest = _running(driver, name, status, run_dir, etc_dir, proc_root)
+            if guest:
+                return guest
+    return None
+
+
+def _running(driver: str, name: str, status: _Status, run_dir: str, etc_dir: str,
+             proc_root: str) -> Optional[Guest]:
+    validate_name(name)
+    pid = read_pid(driver, name, run_dir) or status.pid
+    if not pid or (status.pid and status.pid != pid):
+        return None
+    if not _is_guest_process(driver, pid, name, status.uuid, proc_root):
+        return None
+    return Guest(name=name, uuid=status.uuid, driver=driver, uri=SYSTEM_URIS[driver],
+                 running=True, persistent=is_persistent(driver, name, etc_dir), pid=pid)
+
+
+def is_persistent(driver: str, name: str, etc_dir: str = consts.LIBVIRT_ETC_DIR) -> bool:
+    """A guest is persistent (defined) when libvirt keeps its config in /etc/libvirt/<driver>/."""
+    return os.path.isfile(os.path.join(etc_dir, driver, validate_name(name) + ".xml"))
+
+
+def instance_of(pid: int) -> Tuple[int, float]:
+    """(pid, start time) of a process: tells one run of a guest from the next.
+
+    The start time is psutil's ``create_time()`` (seconds since the epoch), the value the
+    journal stores. GuestNotRunning if the process is gone.
+    """
+    import psutil  # lazily: not every caller needs it
+
+    try:
+        return pid, psutil.Process(pid).create_time()
+    except psutil.NoSuchProcess as e:
+        raise errors.GuestNotRunning(f"process {pid} is gone") from e
+
+
+def status_domain_xml(driver: str, name: str, run_dir: str = consts.LIBVIRT_RUN_DIR) -> Optional[str]:
+    """The live ``<domain>`` XML of a running guest from libvirt's status file (for disk
+    targets → host devices), or None."""
+    path = os.path.join(run_dir, driver, validate_name(name) + ".xml")
+    try:
+        with open(path, "rb") as f:
+            root = ET.fromstring(f.read())
+    except (OSError, ET.ParseError):
+        return None
+    dom = root.find("domain") if root.tag == "domstatus" else None
+    return ET.tostring(dom, encoding="unicode") if dom is not None else None
