@@ -249,13 +249,16 @@ class Controller:
         guest = self.find_guest(ident)
         config = self.journal(create=False).get_config(guest.uuid)
         live_values: Dict[str, object] = {}
+        groups = None
         if guest.running:
-            live_values = live.read_all(self.router, self.groups(guest))
+            groups = self.groups(guest)
+            live_values = live.read_all(self.router, groups)
         rows = []
         for p in P.CATALOGUE:
             cfg = {d: v for (n, d), v in config.items() if n == p.name}
             lv = live_values.get(p.name)
-            rows.append(_show_row(p, lv, cfg, guest.running))
+            norm = self.router.backend(p.controller).normalize if guest.running else None
+            rows.append(_show_row(p, lv, cfg, guest.running, norm, groups))
         return {"guest": guest.name, "uuid": guest.uuid, "driver": guest.driver,
                 "running": guest.running, "persistent": guest.persistent, "params": rows}
 
@@ -284,7 +287,8 @@ class Controller:
         return [r.__dict__ for r in j.history(uuid, limit=limit)]
 
 
-def _show_row(p: P.Param, live_value, cfg: Dict[str, str], running: bool) -> dict:
+def _show_row(p: P.Param, live_value, cfg: Dict[str, str], running: bool, normalize=None,
+              groups=None) -> dict:
     if p.per_device:
         live_text = live.format_value(p, live_value) if running else None
         config_text = ", ".join(f"{d}={v}" for d, v in sorted(cfg.items())) or None
@@ -302,6 +306,6 @@ def _show_row(p: P.Param, live_value, cfg: Dict[str, str], running: bool) -> dic
                 if p.kind == P.QUOTA and isinstance(pv, str):
                     differs = None  # a share of CPUs: compare after conversion is ambiguous
                 else:
-                    differs = lv != pv
+                    differs = lv != (normalize(p, pv, groups) if normalize else pv)
     return {"param": p.name, "live": live_text, "config": config_text, "differs": differs,
             "unsupported": str(live_value) if isinstance(live_value, CgctlError) else None}

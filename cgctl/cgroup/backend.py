@@ -87,5 +87,6 @@ class Backend:
     def plan(self, ctx: PlanContext, settings: List[P.Setting]) -> List[Write]:
         raise NotImplementedError
 
-    def usage_hint(self, groups: GuestGroups) -> str:
-        return ""
+    def normalize(self, param: P.Param, value, groups: GuestGroups = None):
+        """What reading ``value`` back after writing it gives (lossy conversions)."""
+        return value

@@ -65,8 +65,11 @@ def read(path: str) -> str:
 
 
 def write(path: str, data: str) -> None:
-    """One write(2) of ``data``; raises the kernel's OSError unchanged."""
-    fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    """One write(2) of ``data``; raises the kernel's OSError unchanged.
+
+    O_TRUNC is what a shell's ``echo >`` does too; cgroupfs ignores it, plain
+    files (tests' fake trees) need it."""
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         payload = data.encode()
         n = os.write(fd, payload)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from typing import Dict, List
 
 from .. import convert
 from .. import params as P
 from .. import units
-from ..errors import Unsupported
+from ..errors import KernelRefused, Unsupported
 from . import fs
 from .backend import Backend, PlanContext, Write, device_line, parse_device_file
 from .groups import GuestGroups
@@ -93,6 +94,15 @@ class V2Backend(Backend):
                     out[dev] = int(v)
         return out
 
+    def normalize(self, param: P.Param, value, groups: GuestGroups = None):
+        # shares → weight → shares is many-to-one: 2048 reads back as 2045
+        if param.name == "cpu_shares" and isinstance(value, int):
+            return convert.weight_to_shares(convert.shares_to_weight(value))
+        if param.name == "weight" and isinstance(value, int) and groups is not None \
+                and not self._has_bfq(groups):
+            return convert.io_weight_to_blkio_weight(convert.blkio_weight_to_io_weight(value))
+        return value
+
     # -- planning ----------------------------------------------------------------
     def plan(self, ctx: PlanContext, settings: List[P.Setting]) -> List[Write]:
         by_name = {s.param.name: s for s in settings if not s.param.per_device}
@@ -106,6 +116,8 @@ class V2Backend(Backend):
             swap = convert.memsw_to_swap_max(swap_hard, ctx.new.get("hard_limit", units.UNLIMITED))
             writes.append(Write(p.name, self.require(g, p, g.dirs(p)[0], "memory.swap.max"),
                                 convert.v2_write(swap)))
+        if "hard_limit" in by_name:
+            self._refuse_oom(g, by_name["hard_limit"].value)
         for name in ("hard_limit", "soft_limit", "min_guarantee", "swap_soft_limit"):
             if name in by_name:
                 p = by_name[name].param
@@ -140,6 +152,23 @@ class V2Backend(Backend):
             if s.param.per_device:
                 writes.append(self._plan_device(ctx, s))
         return writes
+
+    def _refuse_oom(self, g: GuestGroups, limit) -> None:
+        """v1 refuses a limit below usage (EBUSY); v2 accepts it and OOM-kills the
+        guest. Refuse it here the way v1 does, so the operator's guest survives."""
+        if limit == units.UNLIMITED:
+            return
+        try:
+            current = int(fs.read(os.path.join(g.libvirt_dir("memory"), "memory.current")))
+        except (OSError, ValueError):
+            return
+        if limit < current:
+            raise KernelRefused(
+                f"the guest uses {units.format_bytes(current)} now, more than the new limit "
+                f"{units.format_bytes(limit)}; cgroup v2 would OOM-kill it instead of refusing, "
+                "so cgctl refuses (lower it in steps, or let the guest free memory first)",
+                guest=g.guest, param="hard_limit", errno=errno.EBUSY,
+                path=os.path.join(g.libvirt_dir("memory"), "memory.max"))
 
     def _plan_device(self, ctx: PlanContext, s: P.Setting) -> Write:
         g = ctx.groups

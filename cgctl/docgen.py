@@ -1,0 +1,52 @@
+"""Generate docs/parameters.md from the catalogue (``python -m cgctl.docgen``).
+
+tests/unit/test_docs.py fails when the committed file differs from this output.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from . import params as P
+
+HEADER = """# Parameters
+
+Generated from `cgctl/params.py` by `python -m cgctl.docgen > docs/parameters.md`; a test keeps it
+current. Names are libvirt's (`virsh memtune`, `schedinfo`, `blkiotune`); `cgctl set` also takes the
+virsh spellings with dashes (`hard-limit`).
+
+Values: memory sizes take `B`, `K`/`KiB`, `M`/`MiB`, `G`/`GiB`, `T`/`TiB` (binary), `KB`/`MB`/`GB`
+(decimal); a bare memory number is **KiB**, exactly as in virsh; `unlimited`, `-1` and `max` mean no
+limit. Memory is rounded down to whole 4 KiB pages, as the kernel does. Times take `us`, `ms`, `s`
+(bare: microseconds). A quota may be a share of CPUs: `150%` is 1.5 CPUs at the period in force.
+Per-device parameters take `DEVICE,VALUE[,DEVICE,VALUE...]`; a value of `0` (or `unlimited` for
+throttles) removes the device's entry. Where the parameter is written: **libvirt group** is the
+guest's own group (`.../libvirt` on systemd hosts); **machine group** is the guest's group among its
+siblings (weights are relative to siblings); **vcpuN** / **emulator** are QEMU's per-thread groups.
+"""
+
+TARGETS = {P.LIBVIRT: "libvirt group", P.MACHINE: "machine group", P.VCPUS: "every vcpuN",
+           P.EMULATOR: "emulator"}
+
+
+def render() -> str:
+    out = [HEADER]
+    for fam in ("memtune", "schedinfo", "cpuset", "blkiotune"):
+        out.append(f"\n## {fam}\n")
+        out.append("| parameter | unit | range | written to | cgroup v1 | cgroup v2 | meaning |")
+        out.append("|---|---|---|---|---|---|---|")
+        for p in P.family(fam):
+            v1 = f"`{p.v1_file}`" if p.v1_file else "unsupported"
+            v2 = f"`{p.v2_file}`" if p.v2_file else "unsupported"
+            if p.v1_note:
+                v1 += f" ({p.v1_note.rstrip('.')})"
+            if p.v2_note:
+                v2 += f" ({p.v2_note.rstrip('.')})"
+            extra = " QEMU only." if p.qemu_only else ""
+            out.append(f"| `{p.name}` | {p.unit()} | {p.range_text()} | {TARGETS[p.target]} "
+                       f"| {v1} | {v2} | {p.doc}{extra} |")
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.stdout.write(render())
