@@ -24,6 +24,7 @@ import os
 import pwd
 import sqlite3
 import threading
+import time
 import uuid as _uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -390,9 +391,12 @@ class Journal:
         """Create the directory (0700) and an empty file (0600) before SQLite sees them."""
         directory = os.path.dirname(os.path.abspath(self.path))
         if not os.path.lexists(directory):  # (a file there: os.open says ENOTDIR)
-            os.makedirs(directory, mode=0o700)
-            os.chmod(directory, 0o700)
-            _fsync_dir(os.path.dirname(directory))
+            try:
+                os.makedirs(directory, mode=0o700)
+                os.chmod(directory, 0o700)
+                _fsync_dir(os.path.dirname(directory))
+            except FileExistsError:
+                pass  # another process was first
         try:
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         except FileExistsError:
@@ -417,7 +421,7 @@ class Journal:
         try:
             db = self._connect(self.path)
             self._check_identity(db)
-            mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            mode = self._use_wal(db)
             if mode != "wal":
                 raise JournalError(f"journal {self.path}: cannot use WAL mode "
                                    f"(SQLite stayed in {mode!r})", path=self.path)
@@ -435,6 +439,18 @@ class Journal:
                 db.close()
             raise
 
+    def _use_wal(self, db: sqlite3.Connection) -> str:
+        """Switch to WAL.  SQLite answers "locked" at once, without waiting, while
+        other processes are creating the same file: wait for them here."""
+        deadline = time.monotonic() + self.busy_timeout
+        while True:
+            try:
+                return db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.005)
+
     def _identity(self, db: sqlite3.Connection) -> Tuple[int, int, List[str]]:
         # one snapshot: another process may be creating the schema right now
         own = not db.in_transaction
@@ -446,7 +462,7 @@ class Journal:
             tables = [r[0] for r in db.execute(
                 "SELECT name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY name")]
         finally:
-            if own:
+            if own and db.in_transaction:
                 db.execute("COMMIT")
         return app_id, version, tables
 
