@@ -23,6 +23,7 @@ from .runtime import Guest
 log = logging.getLogger("cgctl")
 
 LIVE, CONFIG, BOTH, CURRENT = "live", "config", "live+config", "current"
+STALE = "stale:"   # device of a clear for a renumbered device's old MAJ:MIN ("stale:7:0")
 
 
 @dataclass
@@ -71,6 +72,8 @@ class Controller:
         self._host = host
         self._journal: Optional[Journal] = None
         self.run_dir = run_dir or consts.LIBVIRT_RUN_DIR
+        # (uuid, param, device name) -> (MAJ:MIN, value text) this process last wrote
+        self._written: Dict[Tuple[str, str, str], Tuple[str, str]] = {}
 
     # -- the pieces, opened lazily (a live change must not import libvirt) ----
     @property
@@ -115,11 +118,31 @@ class Controller:
                                       driver=guest.driver)
 
     def device_numbers(self, guest: Guest, settings) -> Dict[str, str]:
+        """Operator's device name → whole-disk MAJ:MIN now (DESIGN §3: at apply time)."""
         if not any(s.param.per_device for s in settings):
             return {}
-        xml = runtime.status_domain_xml(guest.driver, guest.name, self.run_dir)
-        return {s.device: devices.resolve(s.device, param=s.param.name, domain_xml=xml)
+        xml = self._domain_xml(guest, [s.device for s in settings if s.param.per_device])
+        return {s.device: devices.resolve(s.device, param=s.param.name, guest=guest.name,
+                                          domain_xml=xml)
                 for s in settings if s.param.per_device}
+
+    def _domain_xml(self, guest: Guest, names) -> Optional[str]:
+        """The live domain XML, only when a bare name may be a guest disk target."""
+        if any("/" not in n for n in names):
+            return runtime.status_domain_xml(guest.driver, guest.name, self.run_dir)
+        return None
+
+    def device_names(self, guest: Guest, names) -> Dict[str, List[str]]:
+        """MAJ:MIN → the operator's names resolving to it now (unresolvable names left out)."""
+        names = sorted(set(n for n in names if n))
+        xml = self._domain_xml(guest, names)
+        out: Dict[str, List[str]] = {}
+        for n in names:
+            try:
+                out.setdefault(devices.resolve(n, guest=guest.name, domain_xml=xml), []).append(n)
+            except CgctlError:
+                continue
+        return out
 
     # -- changes ---------------------------------------------------------------
     def set(self, ident: str, assignments: Iterable[str], mode: str = CURRENT, *,
@@ -144,6 +167,7 @@ class Controller:
                     groups = self.groups(guest)
                     devnums = self.device_numbers(guest, settings.values())
                     changes, writes = live.set_live(self.router, groups, settings, devnums)
+                    self._remember_devnums(guest, settings, devnums)
                 if mode in (CONFIG, BOTH):
                     # a per-device 0/unlimited clears the device's entry from the config
                     tx.set_config(guest.uuid, guest.name, guest.driver,
@@ -201,8 +225,22 @@ class Controller:
         All at once when possible; if that is refused, parameter by parameter, so
         one bad setting (a device that is gone) does not keep the others away.
         """
+        return self._apply_journal(guest, source=source, command=command, journal=journal)
+
+    def apply_devices(self, guest: Guest, *, source: str = "event", command: str = "device",
+                      journal: Journal = None) -> Outcome:
+        """Re-apply only the guest's per-device settings from its journal config: a disk
+        appeared or changed (udev), maybe with other numbers. Names are resolved again;
+        the instance record is left alone (this is not a whole-config apply)."""
+        return self._apply_journal(guest, source=source, command=command, journal=journal,
+                                   devices_only=True)
+
+    def _apply_journal(self, guest: Guest, *, source: str, command: str,
+                       journal: Optional[Journal], devices_only: bool = False) -> Outcome:
         journal = journal or self.journal()
         config = journal.get_config(guest.uuid)
+        if devices_only:
+            config = {k: v for k, v in config.items() if k[1]}
         outcome = Outcome(guest, LIVE)
         settings: Dict[P.Key, P.Setting] = {}
         for (name, device), text in config.items():
@@ -229,7 +267,8 @@ class Controller:
                 tx.add_history(guest.uuid, guest.name, command=command, source=source,
                                mode=LIVE, changes=[(exc.param or "", "", None, None)],
                                outcome=str(exc))
-            tx.set_instance(guest.uuid, pid, start)
+            if not devices_only:
+                tx.set_instance(guest.uuid, pid, start)
         log_changes(guest, outcome.changes, source, LIVE)
         for exc in outcome.errors:
             log.error("guest=%s apply failed source=%s: %s", guest.name, source, exc)
@@ -237,8 +276,47 @@ class Controller:
 
     def _apply_set(self, guest, groups, settings) -> List[Change]:
         devnums = self.device_numbers(guest, settings.values())
+        settings = dict(settings)
+        settings.update(self._stale_entries(guest, groups, settings, devnums))
         changes, _ = live.set_live(self.router, groups, settings, devnums)
+        self._remember_devnums(guest, settings, devnums)
         return changes
+
+    def _remember_devnums(self, guest: Guest, settings, devnums) -> None:
+        for s in settings.values():
+            if s.param.per_device and not s.device.startswith(STALE):
+                key = (guest.uuid, s.param.name, s.device)
+                if s.removes:
+                    self._written.pop(key, None)
+                else:
+                    self._written[key] = (devnums[s.device], s.text())
+
+    def _stale_entries(self, guest, groups, settings, devnums) -> Dict[P.Key, P.Setting]:
+        """Clears for the numbers a renumbered device had when this process last wrote it.
+
+        A loop (or nbd) device keeps its numbers and their cgroup entries after detach,
+        and whatever is attached there next must not inherit the limit. Only an entry
+        still holding exactly what cgctl wrote is cleared, and only numbers no name in
+        this set resolves to now. (A device really removed takes its entries with it:
+        the kernel drops them.) Memory of one process: the service's, which re-applies
+        on udev events; a one-shot `cgctl apply` after a renumbering cannot know."""
+        out: Dict[P.Key, P.Setting] = {}
+        now = set(devnums.values())
+        for s in settings.values():
+            if not s.param.per_device:
+                continue
+            prev = self._written.get((guest.uuid, s.param.name, s.device))
+            if prev is None or prev[0] == devnums.get(s.device) or prev[0] in now:
+                continue
+            try:
+                held = live.read_value(self.router, groups, s.param).get(prev[0])
+            except CgctlError:
+                continue
+            if held is not None and P.canonical_text(s.param, held) == prev[1]:
+                pseudo = f"{STALE}{prev[0]}"
+                devnums[pseudo] = prev[0]
+                out[(s.param.name, pseudo)] = P.Setting(s.param, pseudo, 0)
+        return out
 
     def forget(self, uuid: str, *, source: str = "cli", command: str = "undefine") -> dict:
         with self.journal().transaction() as tx:
@@ -250,15 +328,17 @@ class Controller:
         config = self.journal(create=False).get_config(guest.uuid)
         live_values: Dict[str, object] = {}
         groups = None
+        names: Dict[str, List[str]] = {}
         if guest.running:
             groups = self.groups(guest)
             live_values = live.read_all(self.router, groups)
+            names = self.device_names(guest, [d for (_, d) in config])
         rows = []
         for p in P.CATALOGUE:
             cfg = {d: v for (n, d), v in config.items() if n == p.name}
             lv = live_values.get(p.name)
             norm = self.router.backend(p.controller).normalize if guest.running else None
-            rows.append(_show_row(p, lv, cfg, guest.running, norm, groups))
+            rows.append(_show_row(p, lv, cfg, guest.running, norm, groups, names))
         return {"guest": guest.name, "uuid": guest.uuid, "driver": guest.driver,
                 "running": guest.running, "persistent": guest.persistent, "params": rows}
 
@@ -288,11 +368,19 @@ class Controller:
 
 
 def _show_row(p: P.Param, live_value, cfg: Dict[str, str], running: bool, normalize=None,
-              groups=None) -> dict:
+              groups=None, names: Dict[str, List[str]] = None) -> dict:
+    devs = None
     if p.per_device:
         live_text = live.format_value(p, live_value) if running else None
         config_text = ", ".join(f"{d}={v}" for d, v in sorted(cfg.items())) or None
         differs = None
+        if running and isinstance(live_value, dict):
+            devs = _device_rows(p, live_value, cfg, names or {})
+            live_text = ", ".join(
+                f"{r['device']} ({r['majmin']})={r['live']}" if r["device"] else
+                f"{r['majmin']}={r['live']}" for r in devs if r["live"] is not None) or "-"
+            if cfg:
+                differs = any(r["differs"] for r in devs if r["config"] is not None)
     else:
         live_text = live.format_value(p, live_value) if running else None
         config_value = cfg.get("")
@@ -307,5 +395,30 @@ def _show_row(p: P.Param, live_value, cfg: Dict[str, str], running: bool, normal
                     differs = None  # a share of CPUs: compare after conversion is ambiguous
                 else:
                     differs = lv != (normalize(p, pv, groups) if normalize else pv)
-    return {"param": p.name, "live": live_text, "config": config_text, "differs": differs,
-            "unsupported": str(live_value) if isinstance(live_value, CgctlError) else None}
+    row = {"param": p.name, "live": live_text, "config": config_text, "differs": differs,
+           "unsupported": str(live_value) if isinstance(live_value, CgctlError) else None}
+    if devs is not None:
+        row["devices"] = devs
+    return row
+
+
+def _device_rows(p: P.Param, live_value: Dict[str, object], cfg: Dict[str, str],
+                 names: Dict[str, List[str]]) -> List[dict]:
+    """One row per device: the operator's name (where the config names it) beside MAJ:MIN;
+    a configured device with no live entry, or that resolves to nothing now, differs."""
+    rows = []
+    seen = set()
+    for majmin, value in sorted(live_value.items()):
+        for n in [n for n in names.get(majmin, []) if n in cfg] or [None]:
+            seen.add(n)
+            ctext = cfg.get(n) if n else None
+            rows.append({"device": n, "majmin": majmin, "live": P.canonical_text(p, value),
+                         "config": ctext,
+                         "differs": None if ctext is None else
+                         P.canonical_text(p, value) != P.canonical_text(p, P.parse_value(p, ctext))})
+    for n, ctext in sorted(cfg.items()):
+        if n not in seen:
+            majmin = next((mm for mm, ns in names.items() if n in ns), None)
+            rows.append({"device": n, "majmin": majmin, "live": None, "config": ctext,
+                         "differs": True})
+    return rows

@@ -2,26 +2,74 @@
 
 The journal keeps the operator's name; numbers are looked up on every apply,
 so a device that comes back with other numbers still gets its limits.
-Accepted: ``/dev/vda``, ``/dev/disk/by-id/...``, ``/dev/mapper/...``, a bare
-kernel name (``vda``), or a guest's disk target (``vdb``) whose source in the
-domain XML is a host block device. A partition resolves to its whole disk (the
-kernel refuses partitions); device-mapper and loop devices resolve to themselves.
+Accepted names:
+
+- a path: ``/dev/vda``, ``/dev/disk/by-id/...``, ``/dev/disk/by-path/...``,
+  ``/dev/mapper/...`` (symlinks are followed, as operators expect);
+- a guest's disk target (``vdb``) whose ``<disk type='block'>`` source in the
+  domain XML is a host block device; a target backed by a file, a network
+  volume or a pool volume is an error, never a silent fall-back to the host's
+  own ``/dev/vdb``;
+- a bare kernel name (``loop3``, ``dm-0``, ``sdb``).
+
+A partition resolves to its whole disk (the kernel refuses partitions with
+ENODEV); device-mapper and loop devices resolve to themselves. pyudev does the
+lookup; without pyudev, ``/sys/dev/block`` gives the same answer.
+
+Per-device weights also need the disk's IO scheduler to support them
+(``check_bfq``): cgctl says so and names the command, but never changes the
+scheduler itself (host policy).
 """
 
 from __future__ import annotations
 
+import errno as E
 import os
 import stat
 import xml.etree.ElementTree as ET
-from typing import Dict, Optional
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
 
-from .errors import UsageError
+from .errors import Unsupported, UsageError
+
+try:  # the main path; the fallback keeps `import cgctl` working without it
+    import pyudev
+except ImportError:  # pragma: no cover - exercised by test_devices_fallback
+    pyudev = None
 
 SYS_DEV_BLOCK = os.environ.get("CGCTL_SYS_DEV_BLOCK", "/sys/dev/block")
+SYS_CLASS_BLOCK = "/sys/class/block"
+
+_context = None
 
 
-def disk_sources(domain_xml: Optional[str]) -> Dict[str, str]:
-    """Guest disk target (``vda``) → host block device path, from domain XML."""
+def udev_context():
+    global _context
+    if _context is None:
+        _context = pyudev.Context()
+    return _context
+
+
+@dataclass(frozen=True)
+class BlockDevice:
+    """What an operator's name stands for right now."""
+
+    name: str                        # as the operator gave it (the journal's key)
+    node: str                        # the path looked at (XML source for a guest target)
+    majmin: str                      # the whole disk's MAJ:MIN: what cgroup files take
+    disk: str                        # the whole disk's kernel name (vda, loop0, dm-0)
+    partition: Optional[str] = None  # the partition's kernel name, when the name was one
+
+
+@dataclass(frozen=True)
+class GuestDisk:
+    target: str             # vda
+    type: str               # block, file, network, volume, dir, nvme
+    source: Optional[str]   # the host path (block: dev, file: file), else a description
+
+
+def guest_disks(domain_xml: Optional[str]) -> Dict[str, GuestDisk]:
+    """Guest disk target → its type and source, from domain XML."""
     if not domain_xml:
         return {}
     try:
@@ -30,38 +78,166 @@ def disk_sources(domain_xml: Optional[str]) -> Dict[str, str]:
         return {}
     out = {}
     for disk in root.iter("disk"):
-        if disk.get("type") != "block":
-            continue
         src, tgt = disk.find("source"), disk.find("target")
-        if src is not None and tgt is not None and src.get("dev") and tgt.get("dev"):
-            out[tgt.get("dev")] = src.get("dev")
+        if tgt is None or not tgt.get("dev"):
+            continue
+        kind = disk.get("type", "file")
+        source = None
+        if src is not None:
+            source = (src.get("dev") or src.get("file") or src.get("dir")
+                      or "/".join(filter(None, (src.get("pool"), src.get("volume"))))
+                      or "/".join(filter(None, (src.get("protocol"), src.get("name")))) or None)
+        out[tgt.get("dev")] = GuestDisk(tgt.get("dev"), kind, source)
     return out
 
 
-def resolve(name: str, *, param: str = None, domain_xml: Optional[str] = None) -> str:
-    """``MAJ:MIN`` of the whole disk behind ``name``."""
-    path = name
-    if "/" not in name:
-        path = disk_sources(domain_xml).get(name) or os.path.join("/dev", name)
+def disk_sources(domain_xml: Optional[str]) -> Dict[str, str]:
+    """Guest disk target (``vda``) → host block device path, for ``type='block'`` disks."""
+    return {t: d.source for t, d in guest_disks(domain_xml).items()
+            if d.type == "block" and d.source}
+
+
+def _guest_target(name: str, disk: GuestDisk, guest: Optional[str], param: Optional[str]) -> str:
+    who = f" of guest {guest}" if guest else ""
+    if disk.type == "block" and disk.source:
+        return disk.source
+    what = {"file": "a file", "network": "a network disk", "volume": "a storage pool volume",
+            "dir": "a directory"}.get(disk.type, f"a {disk.type!r} disk")
+    src = f" ({disk.source})" if disk.source else ""
+    raise UsageError(f"disk {name}{who} is {what}{src}, not a block device: per-device limits "
+                     "need a block device", guest=guest, param=param)
+
+
+def lookup(name: str, *, param: Optional[str] = None, guest: Optional[str] = None,
+           domain_xml: Optional[str] = None) -> BlockDevice:
+    """The whole disk behind ``name`` now; UsageError when there is none."""
+    if "/" in name:
+        if not name.startswith("/"):
+            raise UsageError(f"{name!r}: give a device path from / (e.g. /dev/vda) "
+                             "or a bare name (vda)", guest=guest, param=param)
+        path = name
+    else:
+        disk = guest_disks(domain_xml).get(name)
+        if disk is not None:
+            path = _guest_target(name, disk, guest, param)
+        elif os.path.exists(os.path.join("/dev", name)):
+            path = os.path.join("/dev", name)
+        else:
+            return _by_kernel_name(name, param=param, guest=guest)
     try:
-        st = os.stat(path)  # follows /dev/disk/by-* links, as operators expect
+        st = os.stat(path)  # follows /dev/disk/by-* and /dev/mapper links
     except FileNotFoundError:
-        raise UsageError(f"no such device {name!r}", param=param) from None
+        raise UsageError(f"no such device {name!r}" + (f" ({path})" if path != name else ""),
+                         guest=guest, param=param, path=path, errno=E.ENOENT) from None
     except OSError as exc:
-        raise UsageError(f"cannot look at device {name!r}: {exc.strerror}", param=param) from None
+        raise UsageError(f"cannot look at device {name!r}: {exc.strerror}", guest=guest,
+                         param=param, path=path, errno=exc.errno) from None
     if not stat.S_ISBLK(st.st_mode):
-        raise UsageError(f"{name!r} is not a block device", param=param)
-    return whole_disk(os.major(st.st_rdev), os.minor(st.st_rdev))
+        what = "a directory" if stat.S_ISDIR(st.st_mode) else \
+            "a character device" if stat.S_ISCHR(st.st_mode) else \
+            "a regular file" if stat.S_ISREG(st.st_mode) else "not a device"
+        raise UsageError(f"{name!r} is not a block device ({what})", guest=guest, param=param,
+                         path=path, errno=E.ENOTBLK)
+    disk, part = _whole_disk(st.st_rdev, name, param=param, guest=guest)
+    return BlockDevice(name, path, disk[0], disk[1], part)
 
 
-def whole_disk(major: int, minor: int) -> str:
-    """A partition's parent disk; anything else itself."""
-    sysdir = os.path.join(SYS_DEV_BLOCK, f"{major}:{minor}")
+def resolve(name: str, *, param: Optional[str] = None, guest: Optional[str] = None,
+            domain_xml: Optional[str] = None) -> str:
+    """``MAJ:MIN`` of the whole disk behind ``name``."""
+    return lookup(name, param=param, guest=guest, domain_xml=domain_xml).majmin
+
+
+def _by_kernel_name(name: str, *, param, guest) -> BlockDevice:
+    """A kernel name with no /dev node of that name (e.g. ``cciss!c0d0``)."""
+    try:
+        with open(os.path.join(SYS_CLASS_BLOCK, name, "dev")) as f:
+            major, minor = (int(x) for x in f.read().split(":"))
+    except (OSError, ValueError):
+        raise UsageError(f"no such device {name!r} (neither a disk of the guest nor /dev/{name})",
+                         guest=guest, param=param, errno=E.ENOENT) from None
+    disk, part = _whole_disk(os.makedev(major, minor), name, param=param, guest=guest)
+    return BlockDevice(name, os.path.join(SYS_CLASS_BLOCK, name), disk[0], disk[1], part)
+
+
+def _whole_disk(devnum: int, name: str, *, param, guest) -> Tuple[Tuple[str, str], Optional[str]]:
+    """((MAJ:MIN, kernel name) of the disk, partition's kernel name or None)."""
+    majmin = f"{os.major(devnum)}:{os.minor(devnum)}"
+    if pyudev is None:
+        return _whole_disk_sysfs(majmin, name, param=param, guest=guest)
+    try:
+        dev = pyudev.Devices.from_device_number(udev_context(), "block", devnum)
+    except pyudev.DeviceNotFoundError:
+        raise UsageError(f"no such device {name!r}: its node names {majmin}, which the kernel "
+                         "does not have (a stale node?)", guest=guest, param=param,
+                         errno=E.ENODEV) from None
+    if dev.device_type == "partition":
+        disk = dev.find_parent("block", "disk")
+        if disk is None:
+            raise UsageError(f"partition {dev.sys_name} ({name!r}) has no parent disk",
+                             guest=guest, param=param, errno=E.ENODEV)
+        n = disk.device_number
+        return (f"{os.major(n)}:{os.minor(n)}", disk.sys_name), dev.sys_name
+    return (majmin, dev.sys_name), None
+
+
+def _whole_disk_sysfs(majmin: str, name: str, *, param, guest):
+    sysdir = os.path.join(SYS_DEV_BLOCK, majmin)
+    if not os.path.exists(sysdir):
+        raise UsageError(f"no such device {name!r}: its node names {majmin}, which the kernel "
+                         "does not have (a stale node?)", guest=guest, param=param,
+                         errno=E.ENODEV)
+    real = os.path.realpath(sysdir)
     if os.path.exists(os.path.join(sysdir, "partition")):
-        parent = os.path.dirname(os.path.realpath(sysdir))
-        try:
-            with open(os.path.join(parent, "dev")) as f:
-                return f.read().strip()
-        except OSError:
-            pass
-    return f"{major}:{minor}"
+        parent = os.path.dirname(real)
+        with open(os.path.join(parent, "dev")) as f:
+            return (f.read().strip(), os.path.basename(parent)), os.path.basename(real)
+    return (majmin, os.path.basename(real)), None
+
+
+# -- IO schedulers ---------------------------------------------------------------
+
+def kernel_name(majmin: str) -> str:
+    """``vda`` for ``254:0`` (from uevent; the number itself when unknown)."""
+    try:
+        with open(os.path.join(SYS_DEV_BLOCK, majmin, "uevent")) as f:
+            for line in f:
+                if line.startswith("DEVNAME="):
+                    return line.strip().split("=", 1)[1]
+    except OSError:
+        pass
+    return majmin
+
+
+def io_scheduler(majmin: str) -> Tuple[Optional[str], List[str]]:
+    """(current scheduler, available ones) of a whole disk; (None, []) when it has no
+    queue/scheduler file (then nothing is known)."""
+    try:
+        with open(os.path.join(SYS_DEV_BLOCK, majmin, "queue", "scheduler")) as f:
+            words = f.read().split()
+    except OSError:
+        return None, []
+    current = next((w[1:-1] for w in words if w.startswith("[")), None)
+    return current, [w.strip("[]") for w in words]
+
+
+def uses_scheduler(majmin: str, want: str) -> bool:
+    return io_scheduler(majmin)[0] == want
+
+
+def check_scheduler(majmin: str, want: str, *, device: str, param: str = None,
+                    guest: str = None) -> None:
+    """Unsupported (errno EOPNOTSUPP, as the kernel would say) unless the disk uses ``want``."""
+    current, available = io_scheduler(majmin)
+    if current is None or current == want:
+        return  # unknown: let the kernel decide (its refusal gets a hint too)
+    disk = kernel_name(majmin)
+    named = f"/dev/{disk}" if device in (disk, f"/dev/{disk}") else f"{device} (/dev/{disk})"
+    how = (f"echo {want} > /sys/block/{disk}/queue/scheduler" if want in available
+           else f"{want} is not available for this disk: modprobe {want}, then "
+                f"echo {want} > /sys/block/{disk}/queue/scheduler")
+    raise Unsupported(f"device {named} uses {current}; per-device weights need {want}: {how} "
+                      f"(the kernel refuses them with EOPNOTSUPP; cgctl never changes "
+                      f"the scheduler itself)", guest=guest, param=param,
+                      path=os.path.join(SYS_DEV_BLOCK, majmin, "queue", "scheduler"),
+                      errno=E.EOPNOTSUPP)

@@ -11,7 +11,12 @@ the v2 lane (tests/realcg/test_v2_kernel_facts.py checks them there):
   disappears; io.weight / io.bfq.weight keep a ``default`` line and
   per-device lines (``MAJ:MIN default`` removes one);
 - per-device io.weight → EOPNOTSUPP unless iocost is on for the device;
-  per-device io.bfq.weight → EOPNOTSUPP unless the disk uses bfq.
+  writing ``MAJ:MIN enable=…`` to the root's io.cost.qos attaches iocost to the
+  disk for good: per-device io.weight keeps working after ``enable=0``;
+  per-device io.bfq.weight → EOPNOTSUPP unless the disk uses bfq;
+- memory.* limits take K/M/G/T suffixes and are rounded down to whole pages;
+- cpuset.cpus naming a CPU beyond the root's → ERANGE, cpuset.mems naming a
+  node the root does not have → EINVAL (tests/realcg/test_engine_v2.py).
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from cgctl.cgroup import fs as cgfs
 
 _MEMORY = {"memory.max", "memory.high", "memory.low", "memory.min", "memory.swap.max",
            "memory.swap.high"}
+_SUFFIX = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+PAGE = 4096
 
 
 def _err(code, path):
@@ -65,13 +72,38 @@ class FakeKernel:
                 raise _err(errno.EINVAL, path)
             return self._store(path, f"{parts[0]} {period}\n")
         elif name in _MEMORY:
-            if d != "max" and not d.isdigit():
+            if d != "max":
+                m = re.fullmatch(r"(\d+)([KMGT]?)", d, re.I)
+                if not m:
+                    raise _err(errno.EINVAL, path)
+                d = str(int(m.group(1)) * _SUFFIX[m.group(2).upper()] // PAGE * PAGE)
+        elif name == "io.cost.qos":
+            dev = d.split(" ", 1)[0]
+            if not re.fullmatch(r"\d+:\d+", dev):
                 raise _err(errno.EINVAL, path)
+            self.iocost.add(dev)   # attached for good, whatever enable= says
+        elif name in ("cpuset.cpus", "cpuset.mems"):
+            self._cpuset(path, name, d)
         elif name == "io.max":
             return self._io_max(path, d)
         elif name in ("io.weight", "io.bfq.weight"):
             return self._weight(path, name, d)
         self._store(path, d + "\n")
+
+    def _cpuset(self, path, name, d):
+        """v2 only checks the list against what the machine has (the root's
+        effective set); a child may name CPUs its parent lacks (.effective narrows)."""
+        root = os.path.dirname(path)
+        while os.path.exists(os.path.join(os.path.dirname(root), "cgroup.controllers")) \
+                and os.path.dirname(root) != root:
+            root = os.path.dirname(root)
+        have = _cpulist(self._read(os.path.join(root, name + ".effective")))
+        try:
+            want = _cpulist(d)
+        except ValueError:
+            raise _err(errno.EINVAL, path) from None
+        if want - have:
+            raise _err(errno.ERANGE if name == "cpuset.cpus" else errno.EINVAL, path)
 
     def _io_max(self, path, d):
         dev, _, rest = d.partition(" ")
@@ -121,3 +153,13 @@ class FakeKernel:
                 per[head] = rest
         self._store(path, f"default {default}\n" + "".join(
             f"{k} {v}\n" for k, v in sorted(per.items())))
+
+
+def _cpulist(text):
+    out = set()
+    for part in text.strip().split(","):
+        if not part:
+            continue
+        lo, _, hi = part.partition("-")
+        out.update(range(int(lo), int(hi or lo) + 1))
+    return out

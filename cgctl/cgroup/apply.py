@@ -12,6 +12,7 @@ import logging
 import os
 from typing import Callable, List, Optional
 
+from .. import devices
 from ..errors import CgroupNotFound, KernelRefused
 from . import fs
 from .backend import Write
@@ -27,11 +28,15 @@ def hint_for(write: Write, err: int, usage: Callable[[], str]) -> str:
     if err == E.EBUSY and name.startswith("cpuset."):
         return "a child group (vCPU or emulator pin) still uses CPUs or nodes outside the new set"
     if err in (E.EOPNOTSUPP, E.ENOTSUP) and write.device:
+        disk = devices.kernel_name(write.device)
+        sched = devices.io_scheduler(write.device)[0] or "unknown"
         if "bfq" in name:
-            return ("per-device BFQ weights need the disk's scheduler set to bfq "
-                    "(/sys/block/DEV/queue/scheduler)")
+            return (f"per-device BFQ weights need the disk's scheduler set to bfq; {disk} uses "
+                    f"{sched} (echo bfq > /sys/block/{disk}/queue/scheduler)")
         if name == "io.weight":
-            return "per-device io.weight needs iocost enabled for the disk in the root's io.cost.qos"
+            return (f"per-device io.weight needs iocost enabled for the disk in the root's "
+                    f"io.cost.qos (echo '{write.device} enable=1' > io.cost.qos), or {disk}'s "
+                    f"scheduler set to bfq (it uses {sched})")
     if err == E.EINVAL:
         if name.startswith("memory.memsw") or name == "memory.limit_in_bytes":
             return "swap_hard_limit must stay at or above hard_limit"

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
-from typing import Dict, List
+from typing import Dict, List, Optional
 
-from .. import convert
+from .. import convert, devices
 from .. import params as P
 from .. import units
 from ..errors import Unsupported
@@ -83,7 +83,9 @@ class V1Backend(Backend):
                 writes += self._plan_cpuset(ctx, by_name[name])
         for s in settings:
             if s.param.per_device:
-                writes.append(self._plan_device(ctx, s))
+                w = self._plan_device(ctx, s)
+                if w is not None:
+                    writes.append(w)
         return writes
 
     def _plan_memory(self, ctx: PlanContext, by_name: Dict[str, P.Setting]) -> List[Write]:
@@ -145,16 +147,25 @@ class V1Backend(Backend):
             writes.append(Write(s.param.name, path, s.value))
         return writes
 
-    def _plan_device(self, ctx: PlanContext, s: P.Setting) -> Write:
+    def _plan_device(self, ctx: PlanContext, s: P.Setting) -> Optional[Write]:
         dev = ctx.devnums[s.device]
         if s.param.name == "device_weight":
             fname = self._weight_file(ctx.groups, True)
-            clear = "default" if "bfq" in fname else "0"
-            value = clear if s.removes else str(s.value)
+            path = self.require(ctx.groups, s.param, ctx.groups.dirs(s.param)[0], fname)
+            bfq = "bfq" in fname
+            clear = "default" if bfq else "0"   # the kernel: bfq says ERANGE to "0"
+            if s.removes:
+                if dev not in parse_device_file(fs.read(path)):
+                    return None  # nothing to clear (and off-bfq the kernel refuses even that)
+                value = clear
+            else:
+                devices.check_scheduler(dev, "bfq" if bfq else "cfq", device=s.device,
+                                        param=s.param.name, guest=ctx.groups.guest)
+                value = str(s.value)
         else:
             fname, clear = s.param.v1_file, "0"
             value = "0" if s.removes else str(int(s.value))
-        path = self.require(ctx.groups, s.param, ctx.groups.dirs(s.param)[0], fname)
+            path = self.require(ctx.groups, s.param, ctx.groups.dirs(s.param)[0], fname)
         return Write(s.param.name, path, f"{dev} {value}", device=dev,
                      absent_restore=f"{dev} {clear}")
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import Dict, List
+from typing import Dict, List, Optional
 
-from .. import convert
+from .. import convert, devices
 from .. import params as P
 from .. import units
 from ..errors import KernelRefused, Unsupported
@@ -84,7 +84,12 @@ class V2Backend(Backend):
                     if line.startswith("default"):
                         return conv(int(line.split()[1]))
                 return conv(100)
-            return {dev: conv(int(v)) for dev, v in parse_device_file(text).items()}
+            out = {dev: conv(int(v)) for dev, v in parse_device_file(text).items()}
+            if bfq and fs.exists(os.path.join(d, "io.weight")):
+                # disks off bfq take their weight from iocost's io.weight
+                for dev, v in parse_device_file(fs.read(os.path.join(d, "io.weight"))).items():
+                    out.setdefault(dev, convert.io_weight_to_blkio_weight(int(v)))
+            return out
         key = _IO_KEYS[name]
         out = {}
         for dev, rest in parse_device_file(fs.read(self.require(groups, param, d))).items():
@@ -150,7 +155,9 @@ class V2Backend(Backend):
                                 f"default {value}"))
         for s in settings:
             if s.param.per_device:
-                writes.append(self._plan_device(ctx, s))
+                w = self._plan_device(ctx, s)
+                if w is not None:
+                    writes.append(w)
         return writes
 
     def _refuse_oom(self, g: GuestGroups, limit) -> None:
@@ -170,18 +177,23 @@ class V2Backend(Backend):
                 guest=g.guest, param="hard_limit", errno=errno.EBUSY,
                 path=os.path.join(g.libvirt_dir("memory"), "memory.max"))
 
-    def _plan_device(self, ctx: PlanContext, s: P.Setting) -> Write:
+    def _plan_device(self, ctx: PlanContext, s: P.Setting) -> Optional[Write]:
         g = ctx.groups
         dev = ctx.devnums[s.device]
         d = g.dirs(s.param)[0]
         if s.param.name == "device_weight":
-            bfq = self._has_bfq(g)
+            # per disk: BFQ when the disk uses it, else iocost (io.weight, which the
+            # kernel refuses with EOPNOTSUPP until io.cost.qos enables the disk)
+            bfq = self._has_bfq(g) and devices.io_scheduler(dev)[0] in ("bfq", None)
             fname = "io.bfq.weight" if bfq else "io.weight"
+            path = self.require(g, s.param, d, fname)
             if s.removes:
+                if dev not in parse_device_file(fs.read(path)):
+                    return None  # nothing to clear
                 value = "default"
             else:
                 value = str(s.value if bfq else convert.blkio_weight_to_io_weight(s.value))
-            return Write(s.param.name, self.require(g, s.param, d, fname), f"{dev} {value}",
+            return Write(s.param.name, path, f"{dev} {value}",
                          device=dev, absent_restore=f"{dev} default")
         value = "max" if s.removes else str(int(s.value))
         return IoMaxWrite(s.param.name, self.require(g, s.param, d, "io.max"), dev,

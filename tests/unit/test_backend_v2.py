@@ -173,3 +173,33 @@ def test_limit_below_usage_is_refused_not_oom_killed(v2):
     assert ei.value.errno == errno.EBUSY and "600M" in str(ei.value)
     assert kernel.writes == []
     live.set_live(router, groups, s("hard_limit=1G"))
+
+
+def test_cpuset_beyond_the_host_rolls_back(v2):
+    """As on the real kernel (tests/realcg/test_engine_v2.py): ERANGE for CPUs
+    the host lacks, after memory.max and cpu.weight were written."""
+    m, router, groups, _ = v2
+    with pytest.raises(KernelRefused) as ei:
+        live.set_live(router, groups, s("hard_limit=1G", "cpu_shares=300", "cpuset_cpus=0-63"))
+    assert ei.value.errno == errno.ERANGE and "does not have" in str(ei.value)
+    assert read(f"{m.libvirt}/memory.max") == "max"
+    assert read(f"{m.machine}/cpu.weight") == "100"
+    with pytest.raises(KernelRefused) as ei:
+        live.set_live(router, groups, s("cpu_shares=300", "cpuset_mems=1"))
+    assert ei.value.errno == errno.EINVAL
+    live.set_live(router, groups, s("cpuset_cpus=1", "cpuset_mems=0"))
+    assert read(f"{m.libvirt}/cpuset.cpus") == "1"
+
+
+def test_iocost_stays_attached_after_enable_0(v2):
+    """Seen on 6.1: once io.cost.qos named a disk, per-device io.weight works on
+    it for the rest of the boot, even after "enable=0"."""
+    m, router, groups, kernel = v2
+    dev = {"/dev/x": "8:0"}
+    with pytest.raises(KernelRefused):
+        live.set_live(router, groups, s("device_weight=/dev/x,500"), devnums=dev)
+    from cgctl.cgroup import fs as cgfs
+    cgfs.write("/sys/fs/cgroup/io.cost.qos", "8:0 enable=1")
+    cgfs.write("/sys/fs/cgroup/io.cost.qos", "8:0 enable=0")
+    live.set_live(router, groups, s("device_weight=/dev/x,500"), devnums=dev)
+    assert "8:0 4950" in read(f"{m.machine}/io.weight")
