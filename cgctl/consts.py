@@ -14,3 +14,7 @@ DEFAULT_URIS = tuple(
 
 # v1 reads "unlimited" back as PAGE_COUNTER_MAX pages; anything at or above it is unlimited.
 V1_UNLIMITED = 9223372036854771712
+
+# the libvirt hook (cgctl/hook.py)
+LIBVIRT_HOOKS_DIR = os.environ.get("CGCTL_LIBVIRT_HOOKS_DIR", "/etc/libvirt/hooks")
+HOOK_RUN_DIR = os.environ.get("CGCTL_HOOK_RUN_DIR", "/run/cgctl")  # early appliers' lock files

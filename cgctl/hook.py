@@ -1,0 +1,744 @@
+"""libvirt's hook: ``cgctl hook qemu|lxc NAME OP SUBOP EXTRA``, the domain XML on stdin (DESIGN §7).
+
+libvirt runs every executable in ``/etc/libvirt/hooks/qemu.d/`` (and ``lxc.d/``) as
+``SCRIPT NAME OP SUBOP EXTRA`` and waits for it, synchronously, holding the guest's lock. So this
+module never imports libvirt (``cgctl.virt``): calling back into libvirt from here deadlocks. It
+finds the guest from libvirt's runtime files instead (``cgctl.runtime``), imports little, and is
+bounded in time (``HOOK_TIMEOUT``, enforced by a watchdog thread that exits the process, so even a
+journal lock held by another process cannot hold libvirt up).
+
+What each call does:
+
+- ``prepare begin`` / ``start begin`` (QEMU and LXC): launch the **early applier** and return at
+  once. The applier is a double-forked process in its own session, stdio on /dev/null and every
+  other descriptor closed (libvirt reads the hook's stdout/stderr to EOF, so a child holding them
+  would hold libvirt). It polls every ``EARLY_POLL`` s, for at most ``EARLY_TIMEOUT`` s, until
+  the guest's process exists (pid file + argv naming this guest: for QEMU that is after exec, so
+  libvirt has placed it in its cgroup and written its own XML tunables), its machine cgroup
+  exists, and (if the config has vCPU/emulator settings) its ``vcpuN``/``emulator`` groups exist;
+  then it applies the journal config once. On a normal QEMU boot that is before libvirt sends
+  ``cont`` to the vCPUs, which closes the exposure window ``started begin`` leaves open.
+- ``started begin``: apply the journal config now (synchronously, the authority; libvirt may have
+  rewritten vCPU quotas after the early write). A failure is logged and exits 0, unless the hook
+  is **strict**: then it exits 1 and libvirt kills the guest and fails the start (fail closed).
+- ``reconnect begin`` (libvirtd restarted): always exit 0 (non-zero kills a *running* guest).
+  Re-applies only if the journal's last applied instance is not this process, so ``--live``
+  changes on a guest that kept running are kept.
+- anything else (``stopped``, ``release``, ``migrate``, ``restore``...): nothing, exit 0, no output
+  (libvirt would take output of ``migrate``/``restore`` as a replacement XML).
+
+Strictness: ``--strict``/``--no-strict``, else the environment's ``CGCTL_HOOK_STRICT``, else
+``hook_strict`` in the configuration file (``/etc/cgctl/cgctl.toml``), else not strict. libvirt
+runs hooks with a cleaned environment, so ``cgctl hook install --strict`` writes the flag into the
+installed script. ``hook_early_apply = false`` (or ``--no-early-apply``) turns the early applier off.
+
+Messages: one line each on stderr (libvirt logs it, and shows it in the error of a refused start)
+and to syslog (``cgctl-hook``, facility daemon) when there is one.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from . import consts
+
+DRIVERS = ("qemu", "lxc")
+SCRIPT_NAME = "cgctl"  # the file installed in <hooks>/qemu.d/ and lxc.d/
+MARKER = "# cgctl-hook: installed by 'cgctl hook install'; 'cgctl hook uninstall' removes it"
+
+HOOK_TIMEOUT = float(os.environ.get("CGCTL_HOOK_TIMEOUT", "5"))  # hard bound of one call, s
+EARLY_TIMEOUT = float(os.environ.get("CGCTL_HOOK_EARLY_TIMEOUT", "20"))  # applier's life, s
+EARLY_POLL = 0.005  # s between two looks at the guest's pid file / cgroup
+STDIN_LIMIT = 16 << 20  # a domain XML is a few KiB; never read without bound
+
+EXIT_OK, EXIT_REFUSE, EXIT_USAGE = 0, 1, 2
+STRICT_ENV = "CGCTL_HOOK_STRICT"
+EARLY_ENV = "CGCTL_HOOK_EARLY_APPLY"
+
+# (op, subop) -> what to do; anything else is a no-op
+ACTIONS = {
+    ("prepare", "begin"): "early",
+    ("start", "begin"): "early",
+    ("started", "begin"): "started",
+    ("reconnect", "begin"): "reconnect",
+}
+
+
+class HookUsage(Exception):
+    """The hook was called with arguments libvirt never gives."""
+
+
+class HookFailure(Exception):
+    """The config could not be put in force (logged; fatal only for a strict ``started``)."""
+
+
+class Options:
+    """Options given before the driver word (and baked into the installed script)."""
+
+    __slots__ = ("journal", "config_file", "strict", "early")
+
+    def __init__(self):
+        self.journal = None
+        self.config_file = consts.CONFIG_PATH
+        self.strict = None  # None: from the environment, then the config file
+        self.early = None
+
+    def argv(self) -> list:
+        """These options as arguments again (for the installed script)."""
+        out = []
+        if self.journal:
+            out += ["--journal", self.journal]
+        if self.config_file != consts.CONFIG_PATH:
+            out += ["--config-file", self.config_file]
+        if self.strict is not None:
+            out.append("--strict" if self.strict else "--no-strict")
+        if self.early is not None:
+            out.append("--early-apply" if self.early else "--no-early-apply")
+        return out
+
+
+def parse_options(args) -> tuple:
+    """Leading options → (Options, remaining words)."""
+    opts, rest = Options(), list(args)
+    if rest and rest[0] == "--":  # `cgctl hook -- --strict qemu ...` (argparse's REMAINDER)
+        rest.pop(0)
+    flags = {"--strict": ("strict", True), "--no-strict": ("strict", False),
+             "--early-apply": ("early", True), "--no-early-apply": ("early", False)}
+    while rest and rest[0].startswith("--"):
+        word = rest.pop(0)
+        key, eq, value = word.partition("=")
+        if word in flags:
+            setattr(opts, *flags[word])
+        elif key in ("--journal", "--config-file"):
+            if not eq:
+                if not rest:
+                    raise HookUsage(f"{key} needs a value")
+                value = rest.pop(0)
+            setattr(opts, key[2:].replace("-", "_"), value)
+        else:
+            raise HookUsage(f"unknown option {word!r}")
+    return opts, rest
+
+
+# --------------------------------------------------------------------------- messages
+
+class Log:
+    """One line per message: stderr (libvirt's log) and syslog."""
+
+    def __init__(self, driver: str, name: str, op: str):
+        self.prefix = f"cgctl hook: {driver} guest={name} op={op}"
+
+    def __call__(self, msg: str, error: bool = False) -> None:
+        line = " ".join(f"{self.prefix}: {msg}".split("\n"))
+        try:
+            os.write(2, (line + "\n").encode("utf-8", "replace"))
+        except OSError:
+            pass
+        _syslog(line, error)
+
+
+def _syslog(line: str, error: bool) -> None:
+    try:
+        import syslog
+        syslog.openlog("cgctl-hook", syslog.LOG_PID, syslog.LOG_DAEMON)
+        syslog.syslog(syslog.LOG_ERR if error else syslog.LOG_INFO, line)
+    except Exception:  # no syslog here: stderr has it
+        pass
+
+
+def _route_cgctl_log(log: Log) -> None:
+    """The controller's one-line-per-change messages go where the hook's go."""
+    import logging
+
+    class _Handler(logging.Handler):
+        def emit(self, record):
+            log(record.getMessage(), error=record.levelno >= logging.ERROR)
+
+    lg = logging.getLogger("cgctl")
+    lg.handlers[:] = [_Handler()]
+    lg.setLevel(logging.INFO)
+    lg.propagate = False
+
+
+# --------------------------------------------------------------------------- settings
+
+def read_config_file(path: str, log=None) -> dict:
+    """The keys the hook uses from the cgctl configuration file (others are the service's)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        if log:
+            log(f"cannot read {path}: {exc.strerror}; hook defaults used", error=True)
+        return {}
+    try:
+        try:
+            import tomllib
+        except ModuleNotFoundError:  # Python < 3.11
+            import tomli as tomllib
+        doc = tomllib.loads(data.decode("utf-8"))
+    except Exception as exc:
+        if log:
+            log(f"cannot parse {path}: {exc}; hook defaults used", error=True)
+        return {}
+    out = {}
+    for key in ("hook_strict", "hook_early_apply"):
+        if key in doc:
+            if isinstance(doc[key], bool):
+                out[key] = doc[key]
+            elif log:
+                log(f"{path}: {key} must be true or false, not {doc[key]!r}; ignored", error=True)
+    return out
+
+
+def _env_bool(name: str):
+    v = os.environ.get(name)
+    if v is None or v.strip() == "":
+        return None
+    return v.strip().lower() in ("1", "yes", "true", "on")
+
+
+def resolve_settings(opts: Options, log=None) -> tuple:
+    """(strict, early) from the options, the environment, the configuration file."""
+    strict, early = opts.strict, opts.early
+    if strict is None:
+        strict = _env_bool(STRICT_ENV)
+    if early is None:
+        early = _env_bool(EARLY_ENV)
+    if strict is None or early is None:
+        cfg = read_config_file(opts.config_file, log)
+        if strict is None:
+            strict = cfg.get("hook_strict", False)
+        if early is None:
+            early = cfg.get("hook_early_apply", True)
+    return strict, early
+
+
+# --------------------------------------------------------------------------- entry points
+
+def main(hook_args, ctl=None) -> int:
+    """``cgctl hook ...``: libvirt's call, or ``install`` / ``uninstall``."""
+    try:
+        opts, rest = parse_options(hook_args)
+        if rest and rest[0] in ("install", "uninstall"):
+            return _install_main(rest[0], rest[1:], opts, ctl)
+        if len(rest) not in (4, 5) or rest[0] not in DRIVERS:
+            raise HookUsage("usage: cgctl hook [--strict] [--journal PATH] qemu|lxc NAME OP SUBOP "
+                            "[EXTRA] (domain XML on stdin), or cgctl hook install|uninstall")
+    except HookUsage as exc:
+        print(f"cgctl hook: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    driver, name, op, subop = rest[:4]
+    return run(driver, name, op, subop, opts, ctl)
+
+
+def run(driver: str, name: str, op: str, subop: str, opts: Options, ctl=None) -> int:
+    action = ACTIONS.get((op, subop))
+    log = Log(driver, name, op)
+    xml = _read_stdin()
+    _quiet_stdio()
+    if action is None:
+        return EXIT_OK
+    # strict as far as known before reading the configuration file (which might hang)
+    state = {"strict": bool(opts.strict if opts.strict is not None else _env_bool(STRICT_ENV))}
+    _start_watchdog(HOOK_TIMEOUT, lambda: EXIT_REFUSE if action == "started" and state["strict"]
+                    else EXIT_OK, log)
+    try:
+        state["strict"], early = resolve_settings(opts, log)
+        if action == "early":
+            if early:
+                _launch_early(driver, name, xml, opts, log)
+            return EXIT_OK
+        if action == "started":
+            _started(driver, name, xml, opts, ctl, log)
+            return EXIT_OK
+        _reconnect(driver, name, opts, ctl, log)
+        return EXIT_OK
+    except BaseException as exc:  # a hook never lets a traceback or an exit code slip out
+        if isinstance(exc, (HookFailure,)):
+            why = str(exc)
+        else:
+            why = _describe(exc)
+        if action == "started" and state["strict"]:
+            log(f"{why}; refusing the start (hook_strict: the guest must not run without "
+                "its limits)", error=True)
+            return EXIT_REFUSE
+        if action == "started":
+            log(f"{why}; the guest starts without them (not strict: set hook_strict = true "
+                "to refuse the start instead)", error=True)
+        else:
+            log(why, error=True)
+        return EXIT_OK
+
+
+def _describe(exc: BaseException) -> str:
+    from .errors import CgctlError
+    if isinstance(exc, CgctlError):
+        return f"cannot apply the journal config: {exc}"
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted"
+    return f"cannot apply the journal config: internal error: {type(exc).__name__}: {exc}"
+
+
+def _read_stdin() -> bytes:
+    """The domain XML libvirt writes to stdin (empty if stdin is a terminal or closed)."""
+    try:
+        if os.isatty(0):
+            return b""
+    except OSError:
+        return b""
+    chunks, size = [], 0
+    while size < STDIN_LIMIT:
+        try:
+            b = os.read(0, 65536)
+        except OSError:
+            break
+        if not b:
+            break
+        chunks.append(b)
+        size += len(b)
+    return b"".join(chunks)
+
+
+def _quiet_stdio() -> None:
+    """stdin and stdout on /dev/null: nothing of libvirt's stays open but stderr (the log)."""
+    try:
+        fd = os.open(os.devnull, os.O_RDWR)
+    except OSError:
+        return
+    for target in (0, 1):
+        try:
+            os.dup2(fd, target)
+        except OSError:
+            pass
+    os.close(fd)
+
+
+def _start_watchdog(seconds: float, code, log: Log) -> None:
+    """Exit the process with ``code()`` if this call is still running after ``seconds``.
+
+    A thread, not SIGALRM: a Python signal handler cannot run while SQLite waits for a lock,
+    and this bound must hold whatever the main thread is doing.
+    """
+    import threading
+
+    def fire():
+        c = code()
+        log(f"still running after {seconds:g} s: giving up "
+            f"({'refusing the start' if c else 'exit 0'})", error=True)
+        os._exit(c)
+
+    t = threading.Timer(seconds, fire)
+    t.daemon = True
+    t.start()
+
+
+def _controller(opts: Options, ctl=None):
+    from .controller import Controller
+    if ctl is not None and (opts.journal is None or opts.journal == ctl.journal_path):
+        return ctl
+    return Controller(journal_path=opts.journal or consts.JOURNAL_PATH)
+
+
+# --------------------------------------------------------------------------- domain XML
+
+class DomainInfo:
+    __slots__ = ("name", "uuid", "vcpus")
+
+    def __init__(self, name, uuid, vcpus):
+        self.name, self.uuid, self.vcpus = name, uuid, vcpus
+
+
+def parse_domain_xml(xml: bytes) -> DomainInfo:
+    """Name, UUID and vCPU count from the domain XML; HookFailure if it is not one."""
+    import xml.etree.ElementTree as ET
+    from .runtime import normalize_uuid
+    if not xml.strip():
+        raise HookFailure("no domain XML on stdin")
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError as exc:
+        raise HookFailure(f"malformed domain XML on stdin ({exc})") from None
+    if root.tag == "domstatus":  # not what libvirt sends, but harmless
+        root = root.find("domain") if root.find("domain") is not None else root
+    if root.tag != "domain":
+        raise HookFailure(f"stdin holds <{root.tag}>, not a <domain> XML")
+    uuid = normalize_uuid((root.findtext("uuid") or "").strip())
+    if not uuid:
+        raise HookFailure("the domain XML on stdin has no valid <uuid>")
+    vcpus = 0
+    v = root.find("vcpu")
+    if v is not None:
+        try:
+            vcpus = int(v.get("current") or (v.text or "0").strip())
+        except ValueError:
+            vcpus = 0
+    return DomainInfo((root.findtext("name") or "").strip(), uuid, vcpus)
+
+
+def _domain_or_log(xml: bytes, name: str, log: Log):
+    try:
+        info = parse_domain_xml(xml)
+    except HookFailure as exc:
+        log(str(exc), error=True)
+        return None
+    if info.name and info.name != name:
+        log(f"the domain XML on stdin names {info.name!r}, not {name!r}; ignored", error=True)
+        return None
+    return info
+
+
+# --------------------------------------------------------------------------- started / reconnect
+
+def _started(driver: str, name: str, xml: bytes, opts: Options, ctl, log: Log) -> None:
+    from . import runtime
+    from .errors import GuestNotRunning
+    info = _domain_or_log(xml, name, log)  # malformed: logged, the runtime files decide
+    ctl = _controller(opts, ctl)
+    _route_cgctl_log(log)
+    guest = runtime.find_running(name, ctl.run_dir, drivers=(driver,))
+    if info and guest and guest.uuid != info.uuid:
+        raise HookFailure(f"libvirt's runtime files say {name} is {guest.uuid}, the domain XML "
+                          f"says {info.uuid}")
+    uuid = info.uuid if info else (guest.uuid if guest else None)
+    if uuid is None:
+        raise HookFailure("cannot tell which guest this is: no usable domain XML on stdin and "
+                          f"no running {driver} guest named {name}")
+    config = ctl.journal(create=False).get_config(uuid)
+    if not config:
+        return  # nothing configured: nothing to enforce, strict or not
+    if guest is None:
+        raise GuestNotRunning(f"libvirt says the guest started, but no running {driver} process "
+                              f"of it was found under {ctl.run_dir}", guest=name)
+    outcome = ctl.apply_config(guest, source="hook", command="hook started")
+    if outcome.errors:
+        raise HookFailure(f"{len(outcome.errors)} of {len(config)} setting(s) not applied: "
+                          + "; ".join(str(e) for e in outcome.errors))
+    log(f"applied {len(outcome.changes)} setting(s) from the journal")
+
+
+def same_instance(last, inst) -> bool:
+    """The journal's last applied instance (an InstanceRow or None) is ``inst`` (pid, start)."""
+    return last is not None and last.pid == inst[0] and abs(last.start_time - inst[1]) < 1e-3
+
+
+def _reconnect(driver: str, name: str, opts: Options, ctl, log: Log) -> None:
+    """libvirtd restarted and found the guest running: re-apply only to a new instance."""
+    from . import runtime
+    ctl = _controller(opts, ctl)
+    _route_cgctl_log(log)
+    guest = runtime.find_running(name, ctl.run_dir, drivers=(driver,))
+    if guest is None:
+        return
+    journal = ctl.journal(create=False)
+    if not journal.get_config(guest.uuid):
+        return
+    last = journal.get_instance(guest.uuid)
+    pid, start = runtime.instance_of(guest.pid)
+    if same_instance(last, (pid, start)):
+        return  # this very process has its config (and maybe later --live changes): keep them
+    outcome = ctl.apply_config(guest, source="hook", command="hook reconnect")
+    if outcome.errors:
+        raise HookFailure(f"{len(outcome.errors)} setting(s) not applied: "
+                          + "; ".join(str(e) for e in outcome.errors))
+
+
+# --------------------------------------------------------------------------- the early applier
+
+def lock_path(driver: str, uuid: str) -> str:
+    return os.path.join(consts.HOOK_RUN_DIR, f"early-{driver}-{uuid}.lock")
+
+
+def _try_lock(path: str):
+    """An fd holding an exclusive lock on ``path``, or None if another process holds it."""
+    import fcntl
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _launch_early(driver: str, name: str, xml: bytes, opts: Options, log: Log) -> None:
+    info = _domain_or_log(xml, name, log)
+    if info is None:
+        return
+    from .runtime import validate_name
+    validate_name(name)
+    path = lock_path(driver, info.uuid)
+    fd = _try_lock(path)
+    if fd is None:
+        return  # launched at `prepare begin` and still waiting: one is enough
+    os.close(fd)
+    launched = _monotonic()
+    _detach(lambda: early_apply(driver, name, info.uuid, info.vcpus, opts, launched))
+
+
+def _monotonic() -> float:
+    import time
+    return time.monotonic()
+
+
+def _detach(work) -> None:
+    """Run ``work`` in a grandchild in its own session, with no descriptor of ours open.
+
+    The intermediate child is reaped here, so the hook leaves no zombie and libvirt sees
+    our exit as soon as we return.
+    """
+    pid = os.fork()
+    if pid:
+        os.waitpid(pid, 0)
+        return
+    code = 0
+    try:
+        os.setsid()
+        if os.fork():
+            os._exit(0)
+        os.chdir("/")
+        null = os.open(os.devnull, os.O_RDWR)
+        for target in (0, 1, 2):
+            os.dup2(null, target)
+        os.closerange(3, max(os.sysconf("SC_OPEN_MAX"), 1 << 16))  # includes `null`
+        import signal
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)  # the hard bound: the kernel kills us
+        signal.alarm(int(EARLY_TIMEOUT) + 5)
+        work()
+    except BaseException as exc:  # nothing to print to: syslog only
+        _syslog(f"cgctl hook: early applier failed: {type(exc).__name__}: {exc}", True)
+        code = 1
+    finally:
+        os._exit(code)
+
+
+def early_apply(driver: str, name: str, uuid: str, vcpus: int, opts: Options,
+                launched: float) -> str:
+    """Wait for the guest's process and cgroup, then apply its journal config once.
+
+    Returns what happened (also recorded in the journal's history as ``hook early``).
+    """
+    import contextlib
+    fd = _try_lock(lock_path(driver, uuid))
+    if fd is None:
+        return "another early applier waits for this guest"
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    try:
+        what = _early_apply(driver, name, uuid, vcpus, opts, launched)
+        _syslog(f"cgctl hook: {driver} guest={name} op=early: {what}", False)
+        return what
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(lock_path(driver, uuid))  # still ours: we hold the lock
+        os.close(fd)
+
+
+def _early_apply(driver, name, uuid, vcpus, opts, launched) -> str:
+    import time
+    from . import params as P
+    from . import resolve, runtime
+    from .errors import CgroupNotFound, UnsafePath
+
+    log = Log(driver, name, "early")
+    _route_cgctl_log(log)
+    deadline = launched + EARLY_TIMEOUT
+    ctl = _controller(opts)
+    journal = ctl.journal(create=False)
+    config = journal.get_config(uuid)
+    if not config:
+        return "nothing in the journal"
+    sub = [P.BY_NAME[n] for n, _ in config if n in P.BY_NAME
+           and P.BY_NAME[n].target in (P.VCPUS, P.EMULATOR)] if driver == "qemu" else []
+    host = ctl.host
+    while time.monotonic() < deadline:
+        pid = runtime.read_pid(driver, name, ctl.run_dir)
+        # argv naming this guest: for QEMU, after exec (libvirt placed it in its cgroup and
+        # wrote its own tunables before that); a stale pid file fails this test
+        if pid and runtime._is_guest_process(driver, pid, name, uuid, consts.PROC_ROOT):
+            try:
+                groups = resolve.groups_for_pid(pid, host, guest=name, driver=driver)
+            except (CgroupNotFound, UnsafePath):
+                groups = None
+            if groups is not None and _subgroups_ready(groups, sub, vcpus):
+                last = journal.get_instance(uuid)
+                inst = runtime.instance_of(pid)
+                if same_instance(last, inst):
+                    return "already applied to this instance"
+                guest = runtime.Guest(name=name, uuid=uuid, driver=driver,
+                                      uri=runtime.SYSTEM_URIS[driver], running=True,
+                                      persistent=runtime.is_persistent(driver, name), pid=pid)
+                outcome = ctl.apply_config(guest, source="hook", command="hook early")
+                return (f"applied {len(outcome.changes)} setting(s), "
+                        f"{len(outcome.errors)} failed, {time.monotonic() - launched:.3f} s "
+                        "after the hook")
+        time.sleep(EARLY_POLL)
+    log(f"the guest's cgroup did not appear within {EARLY_TIMEOUT:g} s; "
+        "`started begin` and the service apply the config", error=True)
+    return "timed out"
+
+
+def _subgroups_ready(groups, params, vcpus: int) -> bool:
+    from .errors import CgctlError
+    for p in params:
+        try:
+            dirs = groups.dirs(p)
+        except CgctlError:
+            return False
+        if p.target == "vcpus" and len(dirs) < max(vcpus, 1):
+            return False
+    return True
+
+
+# --------------------------------------------------------------------------- install / uninstall
+
+def script_text(driver: str, command) -> str:
+    import shlex
+    cmd = " ".join(shlex.quote(str(a)) for a in command)
+    return (f"#!/bin/sh\n{MARKER}\n"
+            f"# libvirt (>= 6.5) runs every executable in {driver}.d/ as SCRIPT NAME OP SUBOP "
+            "EXTRA,\n# the domain XML on stdin. It looks for hooks only when it starts: restart "
+            "libvirtd\n# (or virtqemud/virtlxcd) after installing or removing this file.\n"
+            f"exec {cmd} {driver} \"$@\"\n")
+
+
+def is_ours(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096).decode("utf-8", "replace").splitlines()[:3]
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return False
+    return MARKER in head
+
+
+def hook_command(cgctl: str, opts: Options) -> list:
+    """What the installed script executes (before the driver word and libvirt's arguments)."""
+    if os.path.basename(cgctl).startswith("python"):
+        return [cgctl, "-m", "cgctl.hook", *opts.argv()]
+    return [cgctl, "hook", "--", *opts.argv()]
+
+
+def install(hooks_dir: str, command, drivers=DRIVERS) -> list:
+    """Install our script into ``<hooks_dir>/<driver>.d/``; returns [(path, what happened)].
+
+    A file there that is not ours is never touched (CgctlError naming it).
+    """
+    from .errors import CgctlError
+    done = []
+    for driver in drivers:
+        d = os.path.join(hooks_dir, f"{driver}.d")
+        path = os.path.join(d, SCRIPT_NAME)
+        if os.path.lexists(path) and not is_ours(path):
+            raise CgctlError(f"{path} exists and was not installed by cgctl: left as it is "
+                             "(move it away, or install cgctl's hook by hand under another "
+                             "name)", path=path)
+        os.makedirs(d, mode=0o755, exist_ok=True)
+        text = script_text(driver, command)
+        existed = os.path.exists(path)
+        tmp = f"{path}.cgctl-tmp-{os.getpid()}"
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, path)
+        done.append((path, "updated" if existed else "installed"))
+    return done
+
+
+def uninstall(hooks_dir: str, drivers=DRIVERS) -> list:
+    done = []
+    for driver in drivers:
+        path = os.path.join(hooks_dir, f"{driver}.d", SCRIPT_NAME)
+        if not os.path.lexists(path):
+            done.append((path, "absent"))
+        elif is_ours(path):
+            os.unlink(path)
+            done.append((path, "removed"))
+        else:
+            done.append((path, "kept (not installed by cgctl)"))
+    return done
+
+
+def other_hooks(hooks_dir: str, drivers=DRIVERS) -> list:
+    """The operator's own hooks beside ours (kept, and still run by libvirt)."""
+    found = []
+    for driver in drivers:
+        single = os.path.join(hooks_dir, driver)
+        if os.path.isfile(single):
+            found.append(single)
+        d = os.path.join(hooks_dir, f"{driver}.d")
+        try:
+            names = sorted(os.listdir(d))
+        except OSError:
+            continue
+        found += [os.path.join(d, n) for n in names
+                  if n != SCRIPT_NAME and not n.startswith(f"{SCRIPT_NAME}.cgctl-tmp")]
+    return found
+
+
+def _install_main(verb: str, args, opts: Options, ctl) -> int:
+    import argparse
+    from .errors import CgctlError
+    p = argparse.ArgumentParser(prog=f"cgctl hook {verb}")
+    p.add_argument("--hooks-dir", default=consts.LIBVIRT_HOOKS_DIR,
+                   help="libvirt's hooks directory (default %(default)s)")
+    p.add_argument("--drivers", default=",".join(DRIVERS), help="qemu,lxc (default)")
+    if verb == "install":
+        p.add_argument("--cgctl", default=sys.executable,
+                       help="the python (with cgctl installed) or cgctl executable the hook "
+                            "runs (default: this python, %(default)s)")
+        p.add_argument("--journal", default=None, help="journal file the hook uses")
+        p.add_argument("--config-file", default=None)
+        g = p.add_mutually_exclusive_group()
+        g.add_argument("--strict", dest="strict", action="store_true", default=None,
+                       help="refuse to start a guest whose limits cannot be applied")
+        g.add_argument("--no-strict", dest="strict", action="store_false")
+        g = p.add_mutually_exclusive_group()
+        g.add_argument("--early-apply", dest="early", action="store_true", default=None)
+        g.add_argument("--no-early-apply", dest="early", action="store_false",
+                       help="apply only at `started begin` (after the vCPUs run)")
+    try:
+        a = p.parse_args(args)
+    except SystemExit as exc:
+        return EXIT_USAGE if exc.code else EXIT_OK
+    drivers = [d for d in a.drivers.split(",") if d]
+    if any(d not in DRIVERS for d in drivers):
+        print(f"cgctl hook {verb}: error: --drivers takes qemu and/or lxc", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        if verb == "uninstall":
+            for path, what in uninstall(a.hooks_dir, drivers):
+                print(f"{path}: {what}")
+        else:
+            opts.journal = a.journal or opts.journal or (ctl.journal_path if ctl else None) \
+                or consts.JOURNAL_PATH
+            opts.journal = os.path.abspath(opts.journal)
+            if a.config_file:
+                opts.config_file = os.path.abspath(a.config_file)
+            if a.strict is not None:
+                opts.strict = a.strict
+            if a.early is not None:
+                opts.early = a.early
+            cgctl = a.cgctl if os.path.isabs(a.cgctl) else os.path.abspath(a.cgctl)
+            for path, what in install(a.hooks_dir, hook_command(cgctl, opts), drivers):
+                print(f"{path}: {what}")
+            for other in other_hooks(a.hooks_dir, drivers):
+                print(f"{other}: kept (libvirt runs it too)")
+        print("libvirtd reads the hooks directory only when it starts: restart libvirtd "
+              "(or virtqemud and virtlxcd) now")
+    except CgctlError as exc:
+        print(f"cgctl hook {verb}: error: {exc}", file=sys.stderr)
+        return EXIT_REFUSE
+    except OSError as exc:
+        print(f"cgctl hook {verb}: error: {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return EXIT_REFUSE
+    return EXIT_OK
+
+
+if __name__ == "__main__":  # the installed script: python -m cgctl.hook [OPTIONS] DRIVER ARGS...
+    sys.exit(main(sys.argv[1:]))
