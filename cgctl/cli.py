@@ -8,7 +8,6 @@ parameter, impossible combination). No traceback reaches an operator.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -118,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
 # -- output --------------------------------------------------------------------
 def _out(args, data, human) -> None:
     if args.json:
+        import json  # only here: json's import is a few ms of every command's start
         print(json.dumps(data, indent=2, sort_keys=True, default=str))
     else:
         human(data)
@@ -290,6 +290,11 @@ COMMANDS.update({k: cmd_virsh for k in _VIRSH})
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["hook"]:
+        # libvirt's calling convention and the hook's own options are the hook's to parse,
+        # and the hook must start fast: hand it everything before building any parser
+        from . import hook
+        return hook.main(argv[1:])
     as_json = "--json" in argv
     try:
         args = build_parser().parse_args(argv)
@@ -321,6 +326,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 def _fail(exc: CgctlError, as_json: bool) -> int:
     print(f"cgctl: error: {exc}", file=sys.stderr)
     if as_json:
+        import json
         print(json.dumps(exc.to_dict(), sort_keys=True))
     return exc.exit_code
 

@@ -63,7 +63,11 @@ class Backend:
     version = 0
 
     def file_for(self, param: P.Param) -> str:
-        raise NotImplementedError
+        name = getattr(param, f"v{self.version}_file")
+        if name is None:
+            note = getattr(param, f"v{self.version}_note")
+            raise Unsupported(f"not available on cgroup v{self.version}: {note}", param=param.name)
+        return name
 
     def require(self, groups: GuestGroups, param: P.Param, directory: str,
                 filename: str = None) -> str:

@@ -13,8 +13,6 @@ from . import fs
 from .backend import Backend, PlanContext, Write, parse_device_file
 from .groups import GuestGroups
 
-_QUOTA_PERIOD = {"global_quota": "global_period", "vcpu_quota": "vcpu_period",
-                 "emulator_quota": "emulator_period"}
 _MEMORY_FILES = {"hard_limit": "memory.limit_in_bytes",
                  "soft_limit": "memory.soft_limit_in_bytes",
                  "swap_hard_limit": "memory.memsw.limit_in_bytes"}
@@ -22,11 +20,6 @@ _MEMORY_FILES = {"hard_limit": "memory.limit_in_bytes",
 
 class V1Backend(Backend):
     version = 1
-
-    def file_for(self, param: P.Param) -> str:
-        if param.v1_file is None:
-            raise Unsupported(f"not available on cgroup v1: {param.v1_note}", param=param.name)
-        return param.v1_file
 
     def missing_hint(self, param: P.Param, filename: str) -> str:
         if filename.startswith("memory.memsw"):

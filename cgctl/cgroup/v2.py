@@ -40,11 +40,6 @@ class IoMaxWrite(Write):
 class V2Backend(Backend):
     version = 2
 
-    def file_for(self, param: P.Param) -> str:
-        if param.v2_file is None:
-            raise Unsupported(f"not available on cgroup v2: {param.v2_note}", param=param.name)
-        return param.v2_file
-
     def missing_hint(self, param: P.Param, filename: str) -> str:
         if filename.startswith("memory.swap"):
             return " (kernel without swap accounting)"
