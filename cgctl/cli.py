@@ -8,7 +8,6 @@ parameter, impossible combination). No traceback reaches an operator.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from typing import List, Optional
@@ -17,7 +16,6 @@ from . import __version__, consts
 from . import params as P
 from .errors import EXIT_FAILURE, EXIT_USAGE, CgctlError, UsageError
 
-log = logging.getLogger("cgctl")
 
 MODE_HELP = ("--live/--dynamic: now only; --config/--static: from the next start; "
              "--live --config or --perm: both; --current (default): live if running, else config")
@@ -300,8 +298,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         args = build_parser().parse_args(argv)
         if not args.command:
             raise UsageError("no command given (try 'cgctl --help')")
-        logging.basicConfig(level=logging.INFO if args.verbose or args.command == "daemon"
-                            else logging.WARNING, format="cgctl: %(message)s", stream=sys.stderr)
+        if args.verbose or args.command == "daemon":
+            import logging  # only here: see cgctl/log.py
+            logging.basicConfig(level=logging.INFO, format="cgctl: %(message)s",
+                                stream=sys.stderr)
         from .controller import Controller
         ctl = Controller(journal_path=args.journal,
                          uris=args.connect or consts.DEFAULT_URIS)

@@ -8,11 +8,9 @@ are undone, so a failed change leaves cgroups and journal as they were.
 
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Tuple
 
-from . import consts, devices, hostinfo, live, resolve, runtime
+from . import consts, devices, hostinfo, live, log, resolve, runtime
 from . import params as P
 from .cgroup import Router
 from .errors import (CgctlError, GuestNotFound, GuestNotRunning, GuestTransient, UsageError)
@@ -20,18 +18,20 @@ from .journal import Journal
 from .live import Change
 from .runtime import Guest
 
-log = logging.getLogger("cgctl")
 
 LIVE, CONFIG, BOTH, CURRENT = "live", "config", "live+config", "current"
 STALE = "stale:"   # device of a clear for a renumbered device's old MAJ:MIN ("stale:7:0")
 
 
-@dataclass
 class Outcome:
-    guest: Guest
-    mode: str
-    changes: List[Change] = field(default_factory=list)
-    errors: List[CgctlError] = field(default_factory=list)  # per-parameter failures (apply)
+    """What one change or apply did to one guest."""
+
+    def __init__(self, guest: Guest, mode: str, changes: Optional[List[Change]] = None,
+                 errors: Optional[List[CgctlError]] = None):
+        self.guest = guest
+        self.mode = mode
+        self.changes: List[Change] = changes or []
+        self.errors: List[CgctlError] = errors or []  # per-parameter failures (apply)
 
     def to_dict(self) -> dict:
         return {
@@ -364,7 +364,7 @@ class Controller:
             if row is None:
                 raise GuestNotFound("the journal has no history for this guest", guest=ident)
             uuid = row.uuid
-        return [r.__dict__ for r in j.history(uuid, limit=limit)]
+        return [r._asdict() for r in j.history(uuid, limit=limit)]
 
 
 def _show_row(p: P.Param, live_value, cfg: Dict[str, str], running: bool, normalize=None,

@@ -27,15 +27,24 @@ import errno as E
 import os
 import stat
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple, NamedTuple
 
 from .errors import Unsupported, UsageError
 
-try:  # the main path; the fallback keeps `import cgctl` working without it
-    import pyudev
-except ImportError:  # pragma: no cover - exercised by test_devices_fallback
-    pyudev = None
+# pyudev is the main path, imported on first use: it costs ~15 ms, and most
+# commands never name a device. False = not tried yet; None = not installed.
+pyudev = False
+
+
+def _pyudev():
+    global pyudev
+    if pyudev is False:
+        try:
+            import pyudev as mod
+        except ImportError:  # pragma: no cover - the fallback is tested by patching None
+            mod = None
+        pyudev = mod
+    return pyudev
 
 SYS_DEV_BLOCK = os.environ.get("CGCTL_SYS_DEV_BLOCK", "/sys/dev/block")
 SYS_CLASS_BLOCK = "/sys/class/block"
@@ -46,12 +55,11 @@ _context = None
 def udev_context():
     global _context
     if _context is None:
-        _context = pyudev.Context()
+        _context = _pyudev().Context()
     return _context
 
 
-@dataclass(frozen=True)
-class BlockDevice:
+class BlockDevice(NamedTuple):
     """What an operator's name stands for right now."""
 
     name: str                        # as the operator gave it (the journal's key)
@@ -61,8 +69,7 @@ class BlockDevice:
     partition: Optional[str] = None  # the partition's kernel name, when the name was one
 
 
-@dataclass(frozen=True)
-class GuestDisk:
+class GuestDisk(NamedTuple):
     target: str             # vda
     type: str               # block, file, network, volume, dir, nvme
     source: Optional[str]   # the host path (block: dev, file: file), else a description
@@ -163,11 +170,12 @@ def _by_kernel_name(name: str, *, param, guest) -> BlockDevice:
 def _whole_disk(devnum: int, name: str, *, param, guest) -> Tuple[Tuple[str, str], Optional[str]]:
     """((MAJ:MIN, kernel name) of the disk, partition's kernel name or None)."""
     majmin = f"{os.major(devnum)}:{os.minor(devnum)}"
-    if pyudev is None:
+    udev = _pyudev()
+    if udev is None:
         return _whole_disk_sysfs(majmin, name, param=param, guest=guest)
     try:
-        dev = pyudev.Devices.from_device_number(udev_context(), "block", devnum)
-    except pyudev.DeviceNotFoundError:
+        dev = udev.Devices.from_device_number(udev_context(), "block", devnum)
+    except udev.DeviceNotFoundError:
         raise UsageError(f"no such device {name!r}: its node names {majmin}, which the kernel "
                          "does not have (a stale node?)", guest=guest, param=param,
                          errno=E.ENODEV) from None

@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, Optional, NamedTuple
 
 from cgctl import consts, errors
 
@@ -41,13 +40,12 @@ def _names(controller: str) -> tuple:
     return (controller, alias) if alias else (controller,)
 
 
-@dataclass(frozen=True)
-class Hierarchy:
+class Hierarchy(NamedTuple):
     version: int                 # 1 or 2
     mountpoint: str              # as in mounts, unescaped
     controllers: frozenset[str]  # controllers this hierarchy owns
     name: Optional[str] = None   # v1 named hierarchy, e.g. 'systemd'
-    read_only: bool = field(default=False, compare=False)
+    read_only: bool = False
 
     def to_dict(self) -> dict:
         return {
@@ -59,12 +57,11 @@ class Hierarchy:
         }
 
 
-@dataclass(frozen=True)
-class Host:
+class Host(NamedTuple):
     hierarchies: tuple[Hierarchy, ...]
     enabled: frozenset[str]       # enabled in /proc/cgroups; if unknown, what is mounted
     mode: str                     # 'v1' | 'v2' | 'hybrid' | 'none'
-    enabled_known: bool = field(default=True, compare=False)  # False: no /proc/cgroups
+    enabled_known: bool = True  # False: no /proc/cgroups
 
     def owner(self, controller: str) -> Hierarchy:
         """The hierarchy that owns `controller` (v1 first); 'blkio' and 'io' are one controller."""
@@ -103,9 +100,8 @@ class Host:
         }
 
 
-@dataclass(frozen=True)
-class _Mount:
-    index: int
+class _Mount(NamedTuple):
+    pos: int
     fstype: str
     mountpoint: str
     options: tuple
@@ -131,7 +127,7 @@ def _visible(mounts: list) -> list:
     visible = []
     for m in mounts:
         hidden = False
-        for later in mounts[m.index + 1:]:
+        for later in mounts[m.pos + 1:]:
             top = later.mountpoint.rstrip("/")
             if top and (m.mountpoint == later.mountpoint or m.mountpoint.startswith(top + "/")):
                 hidden = True
@@ -146,7 +142,7 @@ def _preference(prefer_root: str) -> Callable:
 
     def key(m: _Mount):
         under = m.mountpoint == root or m.mountpoint.startswith(root + "/")
-        return (not under, len(m.mountpoint), m.index)
+        return (not under, len(m.mountpoint), m.pos)
     return key
 
 
@@ -192,12 +188,12 @@ def parse(mounts_text: str, cgroups_text: Optional[str],
 
     chosen = []
     for (ctrls, name), m in v1.items():
-        chosen.append((m.index, Hierarchy(1, m.mountpoint, ctrls, name, "ro" in m.options)))
+        chosen.append((m.pos, Hierarchy(1, m.mountpoint, ctrls, name, "ro" in m.options)))
     v1_owned = frozenset().union(*(h.controllers for _, h in chosen))
     if v2 is not None:
         text = v2_controllers(v2.mountpoint)
         ctrls = frozenset((text or "").split()) - v1_owned  # v1 wins a double claim
-        chosen.append((v2.index, Hierarchy(2, v2.mountpoint, ctrls, None, "ro" in v2.options)))
+        chosen.append((v2.pos, Hierarchy(2, v2.mountpoint, ctrls, None, "ro" in v2.options)))
     hierarchies = tuple(h for _, h in sorted(chosen, key=lambda pair: pair[0]))
 
     has_v1_controllers = any(h.version == 1 and h.controllers for h in hierarchies)

@@ -25,12 +25,10 @@ import pwd
 import sqlite3
 import threading
 import time
-import uuid as _uuid
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Tuple, Union
 
-from cgctl import consts
+from cgctl import consts, units
 from cgctl.errors import JournalError, UsageError
 
 ConfigKey = Tuple[str, str]  # (param, device); device is "" for non-device parameters
@@ -96,8 +94,7 @@ MIGRATIONS: Tuple[Tuple[str, ...], ...] = (
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-@dataclass(frozen=True)
-class GuestRow:
+class GuestRow(NamedTuple):
     uuid: str
     name: str
     driver: str
@@ -106,8 +103,7 @@ class GuestRow:
     last_change: Optional[str]  # time of the newest history row, ISO 8601 UTC
 
 
-@dataclass(frozen=True)
-class HistoryRow:
+class HistoryRow(NamedTuple):
     id: int
     at: str  # ISO 8601 UTC with microseconds, e.g. 2025-05-01T12:00:00.123456+00:00
     uuid: str
@@ -124,8 +120,7 @@ class HistoryRow:
     deleted: bool  # the guest was undefined (forgotten) after this row
 
 
-@dataclass(frozen=True)
-class InstanceRow:
+class InstanceRow(NamedTuple):
     uuid: str
     pid: int
     start_time: float  # process start time (psutil create_time)
@@ -172,7 +167,10 @@ def current_user() -> str:
 
 def normalize_uuid(value: str) -> str:
     """Canonical lower-case form; ValueError if it is not a UUID."""
-    return str(_uuid.UUID(value))
+    canon = units.normalize_uuid(value)
+    if canon is None:
+        raise ValueError(f"not a UUID: {value!r}")
+    return canon
 
 
 def _check(value: str, allowed: Tuple[str, ...], what: str) -> None:

@@ -6,8 +6,7 @@ Pure code, no I/O. Names are libvirt's (``virsh memtune``, ``schedinfo``,
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Mapping, Optional, Tuple, Union
+from typing import Dict, Iterable, List, Mapping, Optional, Tuple, Union, NamedTuple
 
 from . import units
 from .errors import UsageError
@@ -32,8 +31,7 @@ EMULATOR = "emulator"  # the emulator group (QEMU only)
 PAGE_COUNTER_MAX = 9223372036854771712  # v1's "unlimited", bytes
 
 
-@dataclass(frozen=True)
-class Param:
+class Param(NamedTuple):
     name: str
     family: str              # virsh command family: memtune, schedinfo, cpuset, blkiotune
     controller: str          # v2 controller name (v1's blkio is "io" here)
@@ -158,8 +156,7 @@ def lookup(name: str) -> Param:
         raise UsageError(f"unknown parameter {name!r} (see 'cgctl params')", param=name) from None
 
 
-@dataclass(frozen=True)
-class Setting:
+class Setting(NamedTuple):
     """One parsed value for one parameter (and, for per-device ones, one device)."""
 
     param: Param

@@ -26,19 +26,17 @@ Which PID (checked on this machine, libvirt 9.0, cgroup v1, no systemd):
 from __future__ import annotations
 
 import os
-import uuid as uuidlib
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
-from typing import Iterable, Iterator, Optional, Tuple
+from typing import Iterable, Iterator, Optional, Tuple, NamedTuple
 
 from cgctl import consts, errors
+from cgctl.units import normalize_uuid  # noqa: F401  (public here too)
 
 DRIVERS = ("qemu", "lxc")
 SYSTEM_URIS = {"qemu": "qemu:///system", "lxc": "lxc:///system"}
 
 
-@dataclass(frozen=True)
-class Guest:
+class Guest(NamedTuple):
     """One libvirt guest as cgctl sees it.
 
     ``driver`` is ``'qemu'`` or ``'lxc'`` (``virt`` may also report other libvirt drivers,
@@ -70,16 +68,6 @@ def validate_name(name: str) -> str:
     return name
 
 
-def normalize_uuid(ident: str) -> Optional[str]:
-    """The canonical lower-case form of ``ident`` if it is a UUID (with or without dashes)."""
-    if not isinstance(ident, str) or len(ident) not in (32, 36):
-        return None
-    try:
-        return str(uuidlib.UUID(ident))
-    except ValueError:
-        return None
-
-
 # --------------------------------------------------------------------------- runtime files
 
 def read_pid(driver: str, name: str, run_dir: str = consts.LIBVIRT_RUN_DIR) -> Optional[int]:
@@ -95,8 +83,7 @@ def read_pid(driver: str, name: str, run_dir: str = consts.LIBVIRT_RUN_DIR) -> O
     return pid if pid > 0 else None
 
 
-@dataclass(frozen=True)
-class _Status:
+class _Status(NamedTuple):
     name: str
     uuid: str
     pid: Optional[int]  # from <domstatus pid=..>

@@ -61,7 +61,7 @@ class DeviceWatcher:
 
     def __init__(self, callback: Callback, *, source: Optional[str] = None,
                  settle: float = 0.3, actions: Iterable[str] = ACTIONS, context=None):
-        if devices.pyudev is None:
+        if devices._pyudev() is None:
             raise CgctlError("pyudev is not installed: cannot watch block devices")
         self.callback = callback
         self.source = source or default_source()

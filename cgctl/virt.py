@@ -8,12 +8,20 @@ libvirt error leaves this module as a cgctl error (see ``translate_error``).
 from __future__ import annotations
 
 import contextlib
-from typing import Iterable, Iterator, List, Optional
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator, List, Optional
 
 from cgctl import consts, errors, runtime
 from cgctl.runtime import Guest  # noqa: F401  (the public home of Guest is here too)
 
-__all__ = ["Guest", "lookup", "list_guests", "open_connection", "translate_error", "guest_from_domain"]
+__all__ = ["Guest", "lookup", "list_guests", "open_connection", "translate_error", "guest_from_domain",
+           "start_event_loop", "event_loop_alive", "add_timer", "remove_timer", "LifecycleEvent",
+           "EventConnection"]
+
+log = logging.getLogger("cgctl")
 
 _handler_installed = False
 
@@ -152,3 +160,208 @@ def list_guests(uris: Iterable[str] = consts.DEFAULT_URIS, *, conn=None) -> List
                 except errors.GuestNotFound:
                     continue  # undefined while we listed
     return out
+
+
+# --------------------------------------------------------------------------- the service's side
+# Long-lived connections that deliver lifecycle events (cgctl.daemon). libvirt's rule: an event
+# loop implementation must be registered before the connections that should use it are opened
+# (keepalive and events of remote connections run on it).
+
+_loop_lock = threading.Lock()
+_loop_thread: Optional[threading.Thread] = None
+
+
+def _run_event_loop(libvirt) -> None:
+    while True:
+        try:
+            libvirt.virEventRunDefaultImpl()
+        except Exception as exc:  # keep the loop alive: every event and keepalive depends on it
+            log.error("libvirt event loop: %s", exc)
+            time.sleep(0.1)  # not a busy loop if the error repeats
+
+
+def event_loop_alive() -> bool:
+    """True once ``start_event_loop()`` ran and its thread still runs."""
+    return _loop_thread is not None and _loop_thread.is_alive()
+
+
+def start_event_loop() -> threading.Thread:
+    """Register libvirt's default event loop and run it in a daemon thread (idempotent).
+
+    Call it before opening any connection that should deliver events or keep alive.
+    """
+    global _loop_thread
+    libvirt = _libvirt()
+    with _loop_lock:
+        if _loop_thread is None:
+            libvirt.virEventRegisterDefaultImpl()
+            _loop_thread = threading.Thread(target=_run_event_loop, args=(libvirt,),
+                                            name="libvirt-event-loop", daemon=True)
+            _loop_thread.start()
+        return _loop_thread
+
+
+def add_timer(interval_s: float, callback: Callable[[], None]) -> int:
+    """Run ``callback()`` every ``interval_s`` seconds in libvirt's event loop thread."""
+    libvirt = _libvirt()
+
+    def fire(_timer, _opaque):
+        try:
+            callback()
+        except Exception as exc:  # a timer must not take the loop down
+            log.error("libvirt event loop timer: %s", exc)
+    return libvirt.virEventAddTimeout(max(1, int(interval_s * 1000)), fire, None)
+
+
+def remove_timer(timer_id: int) -> None:
+    with contextlib.suppress(Exception):
+        _libvirt().virEventRemoveTimeout(timer_id)
+
+
+@dataclass(frozen=True)
+class LifecycleEvent:
+    """One domain lifecycle event in words: ``event`` 'started', 'stopped', 'undefined', ...
+    and ``detail`` 'booted', 'restored', 'renamed', ... (libvirt's names, lower case)."""
+
+    uri: str
+    name: str
+    uuid: str
+    event: str
+    detail: str
+
+
+def _names(libvirt, prefix: str) -> dict:
+    """{value: word} of libvirt's constants PREFIX_WORD (skipping PREFIX_LAST and sub-prefixes)."""
+    out = {}
+    for attr in dir(libvirt):
+        if attr.startswith(prefix) and not attr.endswith("_LAST"):
+            word = attr[len(prefix):].lower()
+            value = getattr(libvirt, attr)
+            if isinstance(value, int) and value not in out:
+                out[value] = word
+    return out
+
+
+_EVENT_NAMES: Optional[dict] = None
+
+
+def _event_words(libvirt, event: int, detail: int):
+    global _EVENT_NAMES
+    if _EVENT_NAMES is None:
+        events = {getattr(libvirt, f"VIR_DOMAIN_EVENT_{w.upper()}"): w
+                  for w in ("defined", "undefined", "started", "suspended", "resumed",
+                            "stopped", "shutdown", "pmsuspended", "crashed")
+                  if hasattr(libvirt, f"VIR_DOMAIN_EVENT_{w.upper()}")}
+        details = {v: _names(libvirt, f"VIR_DOMAIN_EVENT_{w.upper()}_") for v, w in events.items()}
+        _EVENT_NAMES = {"events": events, "details": details}
+    word = _EVENT_NAMES["events"].get(event, f"event-{event}")
+    return word, _EVENT_NAMES["details"].get(event, {}).get(detail, f"detail-{detail}")
+
+
+_CLOSE_REASONS = {0: "error", 1: "end of file (libvirtd went away)", 2: "keepalive timeout",
+                  3: "closed by client"}
+
+
+class EventConnection:
+    """One long-lived read-only connection that reports lifecycle events and its own loss.
+
+    ``on_event(LifecycleEvent)`` and ``on_close(reason)`` run in libvirt's event loop thread:
+    they must return at once (hand work to another thread). Keepalive (interval, count) is
+    asked for where the driver supports it (remote connections; not ``test:///``).
+    """
+
+    def __init__(self, uri: str, on_event: Callable[[LifecycleEvent], None],
+                 on_close: Callable[[str], None], *, keepalive=(5, 3)):
+        self.uri = uri
+        self._on_event = on_event
+        self._on_close = on_close
+        self._keepalive = keepalive
+        self._conn = None
+        self._callback_id: Optional[int] = None
+        self._closing = False
+        self.version = ""
+        self.keepalive = False
+
+    def open(self) -> "EventConnection":
+        """Connect, ask for keepalive, register the close callback and lifecycle events."""
+        libvirt = _libvirt()
+        self._conn = open_connection(self.uri, readonly=True)
+        try:
+            if self._keepalive:
+                try:
+                    self.keepalive = self._conn.setKeepAlive(*self._keepalive) == 0
+                except libvirt.libvirtError:
+                    self.keepalive = False  # a driver without keepalive (test:///, local)
+            self._conn.registerCloseCallback(self._closed, None)
+            self._callback_id = self._conn.domainEventRegisterAny(
+                None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._lifecycle, None)
+            v = self._conn.getLibVersion()
+            self.version = f"{v // 1000000}.{v // 1000 % 1000}.{v % 1000}"
+        except libvirt.libvirtError as e:
+            self.close()
+            raise translate_error(e, uri=self.uri) from e
+        return self
+
+    # the two callbacks run in the event loop thread
+    def _lifecycle(self, _conn, dom, event, detail, _opaque) -> None:
+        try:
+            event_word, detail_word = _event_words(_libvirt(), event, detail)
+            # name() and UUIDString() are local to the domain object: no RPC here
+            self._on_event(LifecycleEvent(self.uri, dom.name(), dom.UUIDString(),
+                                          event_word, detail_word))
+        except Exception as exc:
+            log.error("%s: lifecycle event dropped: %s", self.uri, exc)
+
+    def _closed(self, _conn, reason, _opaque) -> None:
+        if self._closing:
+            return
+        try:
+            self._on_close(_CLOSE_REASONS.get(reason, f"reason {reason}"))
+        except Exception as exc:
+            log.error("%s: close callback: %s", self.uri, exc)
+
+    def _domains(self, flags: int = 0):
+        libvirt = _libvirt()
+        if self._conn is None:
+            raise errors.LibvirtError(f"libvirt ({self.uri}): not connected")
+        try:
+            return self._conn.listAllDomains(flags)
+        except libvirt.libvirtError as e:
+            raise translate_error(e, uri=self.uri) from e
+
+    def running_guests(self) -> List[Guest]:
+        """Every active (running or paused) guest of this connection."""
+        libvirt = _libvirt()
+        out = []
+        for dom in self._domains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
+            with contextlib.suppress(errors.GuestNotFound, errors.GuestNotRunning):
+                g = guest_from_domain(dom, self.uri, self._conn)
+                if g.running:
+                    out.append(g)
+        return out
+
+    def guest(self, uuid: str) -> Guest:
+        """The guest with this UUID now (GuestNotFound if it is gone)."""
+        libvirt = _libvirt()
+        if self._conn is None:
+            raise errors.LibvirtError(f"libvirt ({self.uri}): not connected")
+        try:
+            dom = self._conn.lookupByUUIDString(uuid)
+        except libvirt.libvirtError as e:
+            raise translate_error(e, guest=uuid, uri=self.uri) from e
+        return guest_from_domain(dom, self.uri, self._conn)
+
+    def close(self) -> None:
+        """Deregister and close; never fails (the other end may be gone already)."""
+        self._closing = True
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        if self._callback_id is not None:
+            with contextlib.suppress(Exception):
+                conn.domainEventDeregisterAny(self._callback_id)
+            self._callback_id = None
+        with contextlib.suppress(Exception):
+            conn.unregisterCloseCallback()
+        with contextlib.suppress(Exception):
+            conn.close()

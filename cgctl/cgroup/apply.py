@@ -8,16 +8,15 @@ failure the writes already made are undone, newest first.
 from __future__ import annotations
 
 import errno as E
-import logging
 import os
 from typing import Callable, List, Optional
 
 from .. import devices
+from .. import log
 from ..errors import CgroupNotFound, KernelRefused
 from . import fs
 from .backend import Write
 
-log = logging.getLogger("cgctl")
 
 
 def hint_for(write: Write, err: int, usage: Callable[[], str]) -> str:

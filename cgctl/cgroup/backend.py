@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional
 
 from .. import params as P
@@ -12,16 +11,22 @@ from . import fs
 from .groups import GuestGroups
 
 
-@dataclass
 class Write:
     """One write(2) into one cgroup file, and how to undo it."""
 
-    param: str
-    path: str
-    data: str
-    device: Optional[str] = None          # MAJ:MIN for per-device files
-    absent_restore: Optional[str] = None  # what undoes it when the device had no entry
-    restore: Optional[str] = None         # filled in by the controller before writing
+    __slots__ = ("param", "path", "data", "device", "absent_restore", "restore")
+
+    def __init__(self, param: str, path: str, data: str, device: Optional[str] = None,
+                 absent_restore: Optional[str] = None):
+        self.param = param
+        self.path = path
+        self.data = data
+        self.device = device                  # MAJ:MIN for per-device files
+        self.absent_restore = absent_restore  # what undoes it when the device had no entry
+        self.restore: Optional[str] = None    # filled in by apply_writes before writing
+
+    def __repr__(self) -> str:
+        return f"Write({self.param!r}, {self.path!r}, {self.data!r})"
 
     def compute_restore(self, old_content: str) -> str:
         if self.device is None:
@@ -47,13 +52,17 @@ def parse_device_file(content: str) -> Dict[str, str]:
     return out
 
 
-@dataclass
 class PlanContext:
-    groups: GuestGroups
-    old: Mapping[str, P.Value]            # live values before the change (non-device params)
-    new: Mapping[str, P.Value]            # merged values after it
-    changed: List[P.Setting]
-    devnums: Mapping[str, str] = field(default_factory=dict)  # device name -> MAJ:MIN
+    """What a backend needs to plan a set: the groups, old and merged values, devices."""
+
+    def __init__(self, groups: GuestGroups, old: Mapping[str, P.Value],
+                 new: Mapping[str, P.Value], changed: List[P.Setting],
+                 devnums: Optional[Mapping[str, str]] = None):
+        self.groups = groups
+        self.old = old            # live values before the change (non-device params)
+        self.new = new            # merged values after it
+        self.changed = changed
+        self.devnums = devnums or {}  # device name -> MAJ:MIN
 
     def changed_names(self):
         return {s.param.name for s in self.changed}

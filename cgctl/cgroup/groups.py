@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Tuple
+from typing import Dict, List, Mapping, Tuple, NamedTuple
 
 from .. import params as P
 from ..errors import CgroupNotFound, Unsupported
@@ -14,14 +13,13 @@ from . import fs
 _VCPU_RE = re.compile(r"^vcpu(\d+)$")
 
 
-@dataclass(frozen=True)
-class GuestGroups:
+class GuestGroups(NamedTuple):
     """Where a running guest lives: controller → (mount point, machine group dir)."""
 
     guest: str
     driver: str
     machine: Mapping[str, Tuple[str, str]]  # controller -> (mountpoint, absolute dir)
-    v2_controllers: frozenset = field(default_factory=frozenset)  # controllers owned by v2
+    v2_controllers: frozenset = frozenset()  # controllers owned by v2
 
     def mount(self, controller: str) -> str:
         return self._entry(controller)[0]

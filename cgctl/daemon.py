@@ -1,0 +1,769 @@
+"""``cgctl daemon``: the listener service (DESIGN §6).
+
+Threads, and what each one may do::
+
+    main          signals, connections (open, lose, reconnect with backoff), systemd notify and
+                  watchdog, SIGHUP reload. Never applies anything itself.
+    libvirt loop  libvirt's default event loop (cgctl.virt.start_event_loop): keepalive, close
+                  callbacks, lifecycle events. Its callbacks only queue work and return.
+    worker        the only thread that uses the Controller (journal, cgroup writes): applies the
+                  config on STARTED, forgets it on UNDEFINED, reconciles after every (re)connect.
+
+Reconcile: for each running guest with a config, the instance now (PID + process start time)
+is compared with the last one the config was applied to; a new instance gets the config, the
+same one is left alone (its ``--live`` changes stay). One failing guest is one log line; the
+others go on. Losing libvirtd is never a reason to exit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import queue
+import signal
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Optional, Tuple
+
+from . import consts, runtime
+from .errors import CgctlError, UsageError
+
+log = logging.getLogger("cgctl")
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+HEARTBEAT_S = 1.0  # the libvirt event loop proves it runs this often
+LOOP_STALL_S = 5.0  # no heartbeat for this long: the event loop is stuck, stop the watchdog pings
+WORKER_STALL_S = 60.0  # one job (or one guest of a reconcile) longer than this: worker is stuck
+STOP_WAIT_S = 10.0  # at stop, how long the job in progress may take to finish
+SAME_START_S = 0.05  # two start times this close are the same process start (clock ticks)
+
+
+# --------------------------------------------------------------------------- configuration
+
+@dataclass(frozen=True)
+class Config:
+    """The service's settings: defaults, then the config file, then the command line."""
+
+    uris: Tuple[str, ...] = consts.DEFAULT_URIS
+    journal: str = consts.JOURNAL_PATH
+    log_level: str = "info"
+    reconnect_initial: float = 0.5  # seconds before the first reconnect; doubles each attempt
+    reconnect_max: float = 30.0
+    keepalive_interval: int = 5  # seconds between keepalive probes ...
+    keepalive_count: int = 3  # ... and how many may go unanswered before the link is dead
+    watch_devices: bool = True  # start the per-device watcher if this build has one
+
+
+def _check_key(key: str, value, path: str):
+    def bad(want: str):
+        return UsageError(f"config {path}: {key} must be {want}, not {value!r}", path=path)
+    if key == "uris":
+        if not isinstance(value, list) or not all(isinstance(u, str) and u.strip() for u in value):
+            raise bad("a list of libvirt URIs")
+        return tuple(u.strip() for u in value)
+    if key == "journal":
+        if not isinstance(value, str) or not os.path.isabs(value):
+            raise bad("an absolute path")
+        return value
+    if key == "log_level":
+        if not isinstance(value, str) or value.lower() not in LOG_LEVELS:
+            raise bad("one of " + ", ".join(LOG_LEVELS))
+        return value.lower()
+    if key in ("reconnect_initial", "reconnect_max"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 3600:
+            raise bad("a number of seconds in (0, 3600]")
+        return float(value)
+    if key in ("keepalive_interval", "keepalive_count"):
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 600:
+            raise bad("a whole number in [1, 600]")
+        return value
+    if key == "watch_devices":
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    known = ", ".join(f.name for f in dataclasses.fields(Config))
+    raise UsageError(f"config {path}: unknown key {key!r} (known: {known})", path=path)
+
+
+def load_config(path: Optional[str]) -> Config:
+    """The config in the TOML file at ``path``; the defaults if there is no such file.
+
+    UsageError (naming the file and the key) for a file that cannot be read or is wrong.
+    """
+    import tomllib
+
+    if not path:
+        return Config()
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        return Config()
+    except OSError as e:
+        raise UsageError(f"config {path}: cannot read: {e.strerror}", path=path,
+                         errno=e.errno) from e
+    except tomllib.TOMLDecodeError as e:
+        raise UsageError(f"config {path}: not valid TOML: {e}", path=path) from e
+    values = {k: _check_key(k, v, path) for k, v in data.items()}
+    cfg = Config(**values)
+    if cfg.reconnect_initial > cfg.reconnect_max:
+        raise UsageError(f"config {path}: reconnect_initial ({cfg.reconnect_initial:g}) is more "
+                         f"than reconnect_max ({cfg.reconnect_max:g})", path=path)
+    return cfg
+
+
+# --------------------------------------------------------------------------- systemd notify
+
+class Notifier:
+    """systemd's sd_notify protocol by hand: datagrams to $NOTIFY_SOCKET.
+
+    A path or an abstract socket (``@name``). Without NOTIFY_SOCKET every call is a no-op.
+    ``watchdog_interval`` is half of $WATCHDOG_USEC (when $WATCHDOG_PID is unset or ours),
+    else None. Sending never raises: systemd going away must not stop the service.
+    """
+
+    def __init__(self, environ=None):
+        environ = os.environ if environ is None else environ
+        self.address: Optional[str] = None
+        self.watchdog_usec: Optional[int] = None
+        self._sock: Optional[socket.socket] = None
+        self._warned = False
+        addr = environ.get("NOTIFY_SOCKET", "")
+        if addr.startswith("@"):
+            self.address = "\0" + addr[1:]
+        elif addr.startswith("/"):
+            self.address = addr
+        elif addr:
+            log.warning("NOTIFY_SOCKET=%r is neither a path nor @abstract: not notifying", addr)
+        usec, wpid = environ.get("WATCHDOG_USEC", ""), environ.get("WATCHDOG_PID", "")
+        if usec.isdigit() and int(usec) > 0 and (not wpid or wpid == str(os.getpid())):
+            self.watchdog_usec = int(usec)
+
+    @property
+    def watchdog_interval(self) -> Optional[float]:
+        return self.watchdog_usec / 2e6 if self.watchdog_usec else None
+
+    def send(self, *lines: str) -> bool:
+        if not self.address:
+            return False
+        try:
+            if self._sock is None:
+                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            self._sock.sendto("\n".join(lines).encode(), self.address)
+            return True
+        except OSError as e:
+            if not self._warned:
+                log.warning("cannot notify systemd at %s: %s", self.address.replace("\0", "@"),
+                            e.strerror or e)
+                self._warned = True
+            return False
+
+    def ready(self, status: str) -> bool:
+        return self.send("READY=1", f"STATUS={status}")
+
+    def status(self, status: str) -> bool:
+        return self.send(f"STATUS={status}")
+
+    def reloading(self) -> bool:
+        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        return self.send("RELOADING=1", f"MONOTONIC_USEC={usec}", "STATUS=reloading")
+
+    def stopping(self) -> bool:
+        return self.send("STOPPING=1", "STATUS=stopping")
+
+    def watchdog(self) -> bool:
+        return self.send("WATCHDOG=1")
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
+# ------------------------------------------------------------------------- the device watcher slot
+
+@dataclass
+class WatchContext:
+    """What a device watcher gets from the daemon (see ``Daemon(device_watcher=...)``).
+
+    ``submit(fn, what)`` runs ``fn(controller)`` in the worker thread, the only thread that may
+    use the Controller; ``running_guests()`` lists the running guests of every connected URI
+    (call it from a submitted ``fn``: connections are closed in the worker thread);
+    ``stopping`` is set when the service stops.
+    """
+
+    submit: Callable[[Callable[[object], None], str], None]
+    running_guests: Callable[[], list]
+    stopping: threading.Event
+
+
+DeviceWatcher = Callable[[WatchContext], Optional[Callable[[], None]]]
+
+
+def default_device_watcher(config: Config) -> Optional[DeviceWatcher]:
+    """PLUG-IN POINT for per-device udev watching (``cgctl/udevwatch.py``, built separately).
+
+    A device watcher is ``watcher(ctx: WatchContext)``: it starts watching (in its own thread)
+    and returns a callable that stops it, or None. The daemon calls it once it is ready
+    (connected and reconciled) and the stop callable when it stops; work on guests goes
+    through ``ctx.submit`` (the worker thread). ``watch_devices = false`` turns it off.
+    """
+    if not config.watch_devices:
+        return None
+    try:
+        from . import udevwatch  # noqa: F401 (optional: pyudev may be missing)
+    except ImportError:
+        return None
+    return udev_watcher
+
+
+def udev_watcher(ctx: WatchContext) -> Callable[[], None]:
+    """The udevwatch adapter: a block disk added or changed → the per-device settings of the
+    running guests that name it are re-applied (in the worker, like every other apply)."""
+    from . import udevwatch
+
+    def on_disk(node, majmin, action):  # udevwatch's delivery thread: hand over, return
+        def job(ctl):
+            udevwatch.reapply_device(ctl, ctx.running_guests(), majmin, command="device")
+        ctx.submit(job, f"block device {node or majmin} ({action})")
+    watcher = udevwatch.DeviceWatcher(on_disk).start()
+    return watcher.stop
+
+
+# --------------------------------------------------------------------------- the daemon
+
+@dataclass
+class _Link:
+    """One configured URI: its connection (if any) and its reconnect schedule."""
+
+    uri: str
+    conn: object = None  # virt.EventConnection while connected
+    generation: int = 0  # bumped at each connect: stale callbacks and jobs are told apart
+    attempts: int = 0
+    delay: float = 0.0  # before the next attempt after a failure
+    last_delay: float = 0.0  # the one before (the log goes quiet once it stops growing)
+    next_try: float = 0.0  # time.monotonic() of the next connect attempt
+    reconciled: bool = False
+    last_error: str = ""
+
+
+@dataclass
+class _Job:
+    kind: str  # "started" | "undefined" | "reconcile" | "close" | "swap" | "call"
+    uri: str = ""
+    conn: object = None
+    generation: int = 0
+    event: object = None
+    payload: object = None
+    queued: float = field(default_factory=time.monotonic)
+
+
+_STOP = object()
+
+
+class Daemon:
+    """The listener. ``run()`` returns the exit code (0 after SIGTERM/SIGINT or ``stop()``).
+
+    ``controller_factory(journal_path=, uris=)`` makes the Controller the worker uses (tests pass
+    a fake). ``config_file`` is re-read on SIGHUP (``reload()``); ``overrides`` (from the command
+    line) win over it every time.
+    """
+
+    def __init__(self, config: Config, *, config_file: Optional[str] = None,
+                 overrides: Optional[dict] = None, controller_factory=None,
+                 notifier: Optional[Notifier] = None,
+                 device_watcher: Optional[DeviceWatcher] = None,
+                 install_signals: bool = True):
+        if controller_factory is None:
+            from .controller import Controller as controller_factory
+        self.config = config
+        self.config_file = config_file
+        self.overrides = dict(overrides or {})
+        self.controller_factory = controller_factory
+        self.notifier = notifier or Notifier()
+        self.device_watcher = device_watcher
+        self.install_signals = install_signals
+        self.links: Dict[str, _Link] = {}
+        self.ready = False
+        self.stopping = threading.Event()
+        self._control: "queue.SimpleQueue" = queue.SimpleQueue()  # safe from signal handlers
+        self._jobs: "queue.Queue" = queue.Queue()
+        self._worker: Optional[threading.Thread] = None
+        self._ctl = None  # the worker's Controller
+        self._heartbeat = time.monotonic()
+        self._worker_busy_since: Optional[float] = None
+        self._timer: Optional[int] = None
+        self._stop_watcher: Optional[Callable[[], None]] = None
+        self._next_ping = 0.0
+        self._status_text = ""
+
+    # ----- entry ------------------------------------------------------------------------------
+    def run(self) -> int:
+        from . import virt
+        if self.install_signals:
+            self._install_signals()
+        virt.start_event_loop()  # before any connection: keepalive and events run on it
+        self._timer = virt.add_timer(HEARTBEAT_S, self._beat)
+        self._ctl = self.controller_factory(journal_path=self.config.journal,
+                                            uris=self.config.uris)
+        self._worker = threading.Thread(target=self._work, name="cgctl-worker", daemon=True)
+        self._worker.start()
+        log.info("starting: uris=%s journal=%s", " ".join(self.config.uris), self.config.journal)
+        for uri in self.config.uris:
+            self._add_link(uri)
+        self._set_status()
+        try:
+            while not self.stopping.is_set():
+                self._tick()
+        finally:
+            self._shutdown()
+        return 0
+
+    def stop(self) -> None:
+        """Ask the service to stop (what SIGTERM does); safe from any thread."""
+        self._control.put(("stop",))
+
+    def reload(self) -> None:
+        """Ask the service to re-read its config file (what SIGHUP does)."""
+        self._control.put(("reload",))
+
+    def _install_signals(self) -> None:
+        signal.signal(signal.SIGTERM, lambda s, f: self._control.put(("stop",)))
+        signal.signal(signal.SIGINT, lambda s, f: self._control.put(("stop",)))
+        signal.signal(signal.SIGHUP, lambda s, f: self._control.put(("reload",)))
+
+    # ----- the main loop ----------------------------------------------------------------------
+    def _tick(self) -> None:
+        now = time.monotonic()
+        waits = [0.5]
+        for link in self.links.values():
+            if link.conn is None:
+                waits.append(link.next_try - now)
+        if self.notifier.watchdog_interval:
+            waits.append(self._next_ping - now)
+        try:
+            msg = self._control.get(timeout=max(0.0, min(waits)))
+        except queue.Empty:
+            msg = None
+        if msg is not None:
+            self._handle(msg)
+        now = time.monotonic()
+        for link in list(self.links.values()):
+            if link.conn is None and now >= link.next_try and not self.stopping.is_set():
+                self._connect(link)
+        self._maybe_ready()
+        self._watchdog()
+
+    def _handle(self, msg: tuple) -> None:
+        what = msg[0]
+        if what == "stop":
+            log.info("stopping (signal)")
+            self.stopping.set()
+        elif what == "reload":
+            self._reload()
+        elif what == "closed":
+            _, uri, generation, reason = msg
+            link = self.links.get(uri)
+            if link is not None and link.generation == generation and link.conn is not None:
+                log.warning("lost connection to %s: %s; reconnecting", uri, reason)
+                self._disconnect(link)
+                link.delay = self.config.reconnect_initial
+                link.attempts = 0
+                link.next_try = time.monotonic() + link.delay
+                self._set_status()
+        elif what == "reconciled":
+            _, uri, generation = msg
+            link = self.links.get(uri)
+            if link is not None and link.generation == generation and link.conn is not None:
+                link.reconciled = True
+                self._set_status()
+
+    def _watchdog(self) -> None:
+        interval = self.notifier.watchdog_interval
+        now = time.monotonic()
+        if not interval or now < self._next_ping:
+            return
+        problem = self.health()
+        if problem is None:
+            self.notifier.watchdog()
+            self._next_ping = now + interval
+        else:
+            log.error("not pinging the watchdog: %s", problem)
+            self._next_ping = now + interval
+
+    def health(self) -> Optional[str]:
+        """None when the event loop and the worker both make progress; else what is stuck."""
+        from . import virt
+        now = time.monotonic()
+        if not virt.event_loop_alive():
+            return "the libvirt event loop thread is gone"
+        if now - self._heartbeat > LOOP_STALL_S:
+            return f"the libvirt event loop has not run for {now - self._heartbeat:.0f} s"
+        if self._worker is None or not self._worker.is_alive():
+            return "the worker thread is gone"
+        busy = self._worker_busy_since
+        if busy is not None and now - busy > WORKER_STALL_S:
+            return f"the worker has been busy with one job for {now - busy:.0f} s"
+        return None
+
+    def _beat(self) -> None:  # libvirt event loop thread
+        self._heartbeat = time.monotonic()
+
+    # ----- connections ------------------------------------------------------------------------
+    def _add_link(self, uri: str) -> None:
+        link = _Link(uri, delay=self.config.reconnect_initial)
+        self.links[uri] = link
+        self._connect(link)
+
+    def _connect(self, link: _Link) -> None:
+        from . import virt
+        link.generation += 1
+        generation = link.generation
+        conn = virt.EventConnection(
+            link.uri,
+            on_event=lambda ev: self._on_event(ev, generation),
+            on_close=lambda reason: self._control.put(("closed", link.uri, generation, reason)),
+            keepalive=(self.config.keepalive_interval, self.config.keepalive_count))
+        try:
+            conn.open()
+        except CgctlError as e:
+            link.attempts += 1
+            link.last_error = str(e)
+            delay = link.delay
+            link.next_try = time.monotonic() + delay
+            link.delay = min(link.delay * 2, self.config.reconnect_max)
+            # every attempt while the delay grows; once it stopped growing, every tenth
+            loud = delay != link.last_delay or link.attempts % 10 == 0
+            log.log(logging.WARNING if loud else logging.DEBUG,
+                    "cannot connect (attempt %d): %s; next attempt in %.1f s",
+                    link.attempts, e, delay)
+            link.last_delay = delay
+            self._set_status()
+            return
+        link.conn = conn
+        link.reconciled = False
+        link.last_error = ""
+        link.delay = self.config.reconnect_initial
+        link.last_delay = 0.0
+        log.info("connected to %s (libvirt %s%s)%s", link.uri, conn.version,
+                 ", keepalive" if conn.keepalive else "",
+                 f" after {link.attempts} failed attempt(s)" if link.attempts else "")
+        link.attempts = 0
+        self._jobs.put(_Job("reconcile", link.uri, conn, generation))
+        self._set_status()
+
+    def _disconnect(self, link: _Link) -> None:
+        conn, link.conn = link.conn, None
+        link.reconciled = False
+        link.generation += 1  # events and jobs of the old connection are stale now
+        if conn is not None:
+            # closed by the worker, after any job still using it (never under its feet)
+            self._jobs.put(_Job("close", link.uri, conn))
+
+    def _on_event(self, ev, generation: int) -> None:  # libvirt event loop thread
+        link = self.links.get(ev.uri)
+        if link is None or link.generation != generation:
+            return
+        if ev.event == "started":
+            kind = "started"
+        elif ev.event == "undefined" and ev.detail != "renamed":  # a rename keeps the UUID
+            kind = "undefined"
+        else:
+            log.debug("event guest=%s %s/%s on %s: nothing to do", ev.name, ev.event,
+                      ev.detail, ev.uri)
+            return
+        log.info("event guest=%s %s (%s) on %s", ev.name, ev.event, ev.detail, ev.uri)
+        self._jobs.put(_Job(kind, ev.uri, link.conn, generation, event=ev))
+
+    # ----- readiness and status ---------------------------------------------------------------
+    def _maybe_ready(self) -> None:
+        if self.ready:
+            return
+        links = list(self.links.values())
+        tried = all(link.conn is not None or link.attempts > 0 for link in links)
+        up = [link for link in links if link.conn is not None]
+        if tried and up and all(link.reconciled for link in up):
+            self.ready = True
+            log.info("ready: %s", self._status())
+            self.notifier.ready(self._status())
+            self._status_text = self._status()
+            self._start_watcher()
+
+    def _status(self) -> str:
+        parts = []
+        for link in self.links.values():
+            if link.conn is not None:
+                parts.append(f"{link.uri} {'watching' if link.reconciled else 'reconciling'}")
+            else:
+                parts.append(f"{link.uri} disconnected ({link.attempts} attempt(s)"
+                             + (f": {link.last_error})" if link.last_error else ")"))
+        return "; ".join(parts) or "no URIs configured"
+
+    def _set_status(self) -> None:
+        text = self._status()
+        if text != self._status_text:
+            self._status_text = text
+            self.notifier.status(text)
+
+    # ----- reload -----------------------------------------------------------------------------
+    def _reload(self) -> None:
+        self.notifier.reloading()
+        try:
+            new = dataclasses.replace(load_config(self.config_file), **self.overrides)
+        except CgctlError as e:
+            log.error("reload: %s; keeping the previous configuration", e)
+            self.notifier.ready(self._status())
+            return
+        old, self.config = self.config, new
+        if new.log_level != old.log_level:
+            set_log_level(new.log_level)
+        if (new.journal, new.uris) != (old.journal, old.uris):
+            self._jobs.put(_Job("swap", payload=(new.journal, new.uris)))
+        for uri in [u for u in self.links if u not in new.uris]:
+            log.info("reload: no longer watching %s", uri)
+            self._disconnect(self.links.pop(uri))
+        for uri in new.uris:
+            if uri not in self.links:
+                log.info("reload: now watching %s", uri)
+                self._add_link(uri)
+        changed = [f.name for f in dataclasses.fields(Config)
+                   if getattr(old, f.name) != getattr(new, f.name)]
+        log.info("reloaded %s: %s", self.config_file,
+                 ("changed " + ", ".join(changed)) if changed else "nothing changed")
+        self._status_text = self._status()
+        self.notifier.ready(self._status_text)
+
+    # ----- the device watcher slot ------------------------------------------------------------
+    def _start_watcher(self) -> None:
+        if self.device_watcher is None:
+            return
+        ctx = WatchContext(submit=self.submit, running_guests=self._running_guests,
+                           stopping=self.stopping)
+        try:
+            self._stop_watcher = self.device_watcher(ctx)
+            log.info("device watcher started")
+        except Exception as e:
+            log.error("device watcher failed to start: %s; going on without it", e)
+
+    def submit(self, fn: Callable[[object], None], what: str = "job") -> None:
+        """Run ``fn(controller)`` in the worker thread (for the device watcher)."""
+        self._jobs.put(_Job("call", payload=(fn, what)))
+
+    def _running_guests(self) -> list:
+        out = []
+        for link in list(self.links.values()):
+            conn = link.conn
+            if conn is not None:
+                try:
+                    out += conn.running_guests()
+                except CgctlError as e:
+                    log.warning("cannot list the guests of %s: %s", link.uri, e)
+        return out
+
+    # ----- stop -------------------------------------------------------------------------------
+    def _shutdown(self) -> None:
+        from . import virt
+        self.stopping.set()
+        self.notifier.stopping()
+        if self._stop_watcher is not None:
+            try:
+                self._stop_watcher()
+            except Exception as e:
+                log.error("device watcher did not stop cleanly: %s", e)
+        dropped = 0
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job.kind == "close":
+                job.conn.close()
+            else:
+                dropped += 1
+        if dropped:
+            log.info("stopping: %d queued job(s) dropped (the next start reconciles)", dropped)
+        for link in self.links.values():
+            self._disconnect(link)
+        self._jobs.put(_STOP)
+        if self._worker is not None:
+            self._worker.join(STOP_WAIT_S)
+            if self._worker.is_alive():
+                log.error("the worker did not finish its job within %.0f s", STOP_WAIT_S)
+        if self._timer is not None:
+            virt.remove_timer(self._timer)
+        log.info("stopped")
+        self.notifier.close()
+
+    # ----- the worker -------------------------------------------------------------------------
+    def _work(self) -> None:
+        try:
+            while True:
+                job = self._jobs.get()
+                if job is _STOP:
+                    return
+                self._worker_busy_since = time.monotonic()
+                try:
+                    self._do(job)
+                except Exception as e:  # a bug must not end the worker: one line, go on
+                    log.error("internal error in %s job: %s: %s", job.kind, type(e).__name__, e,
+                              exc_info=log.isEnabledFor(logging.DEBUG))
+                finally:
+                    self._worker_busy_since = None
+        finally:
+            ctl, self._ctl = self._ctl, None
+            if ctl is not None:
+                ctl.close()
+
+    def _do(self, job: _Job) -> None:
+        if job.kind == "started":
+            self._apply_started(job)
+        elif job.kind == "undefined":
+            self._forget(job)
+        elif job.kind == "reconcile":
+            self._reconcile(job)
+        elif job.kind == "close":
+            job.conn.close()
+        elif job.kind == "swap":
+            journal, uris = job.payload
+            if self._ctl is not None:
+                self._ctl.close()
+            self._ctl = self.controller_factory(journal_path=journal, uris=uris)
+        elif job.kind == "call":
+            fn, what = job.payload
+            try:
+                fn(self._ctl)
+            except CgctlError as e:
+                log.error("%s: %s", what, e)
+
+    def _has_config(self, uuid: str) -> bool:
+        return bool(self._ctl.journal().get_config(uuid))
+
+    def _apply_started(self, job: _Job) -> None:
+        ev = job.event
+        if not self._has_config(ev.uuid):
+            log.debug("guest=%s has no config: nothing to apply", ev.name)
+            return
+        try:
+            guest = job.conn.guest(ev.uuid)
+            if not guest.running:
+                log.info("guest=%s stopped before its config was applied", ev.name)
+                return
+            outcome = self._ctl.apply_config(guest, source="event", command="event")
+        except CgctlError as e:
+            # the next reconcile (reconnect or restart) tries again if the guest still runs
+            log.error("guest=%s apply failed source=event: %s", ev.name, e)
+            return
+        log.info("guest=%s applied source=event (%s): %d change(s), %d error(s), "
+                 "%.0f ms after the event", guest.name, ev.detail, len(outcome.changes),
+                 len(outcome.errors), (time.monotonic() - job.queued) * 1000)
+
+    def _forget(self, job: _Job) -> None:
+        ev = job.event
+        try:
+            dropped = self._ctl.forget(ev.uuid, source="event", command="undefine")
+        except CgctlError as e:
+            log.error("guest=%s forget failed source=event: %s", ev.name, e)
+            return
+        if dropped:
+            log.info("guest=%s undefined: config dropped (%d setting(s)); history kept",
+                     ev.name, len(dropped))
+
+    def _reconcile(self, job: _Job) -> None:
+        t0 = time.monotonic()
+        try:
+            guests = job.conn.running_guests()
+        except CgctlError as e:
+            log.error("reconcile %s: cannot list guests: %s", job.uri, e)
+            return  # the connection is going away: its close starts a new round
+        counts = {"applied": 0, "unchanged": 0, "without config": 0, "failed": 0}
+        for guest in guests:
+            self._worker_busy_since = time.monotonic()
+            try:
+                result = self._reconcile_guest(guest)
+            except CgctlError as e:
+                log.error("guest=%s reconcile failed: %s", guest.name, e)
+                result = "failed"
+            except Exception as e:  # one guest never stops the others
+                log.error("guest=%s reconcile failed: internal error: %s: %s", guest.name,
+                          type(e).__name__, e)
+                result = "failed"
+            counts[result] += 1
+        log.info("reconcile %s: %d running, %s (%.0f ms)", job.uri, len(guests),
+                 ", ".join(f"{n} {k}" for k, n in counts.items()), (time.monotonic() - t0) * 1000)
+        self._control.put(("reconciled", job.uri, job.generation))
+
+    def _reconcile_guest(self, guest) -> str:
+        if not self._has_config(guest.uuid):
+            return "without config"
+        last = self._ctl.journal().get_instance(guest.uuid)
+        if last is not None and guest.pid:
+            pid, start = runtime.instance_of(guest.pid)
+            if last.pid == pid and abs(last.start_time - start) < SAME_START_S:
+                log.debug("guest=%s same instance (pid %d): left as it is", guest.name, pid)
+                return "unchanged"
+        outcome = self._ctl.apply_config(guest, source="reconcile", command="reconcile")
+        return "failed" if outcome.errors else "applied"
+
+
+# --------------------------------------------------------------------------- entry point
+
+class _Formatter(logging.Formatter):
+    """``2024-05-01 12:00:00.123 cgctl: message`` on a terminal or file; under journald (which
+    stamps lines itself) ``<6>message`` with the syslog priority prefix journald understands."""
+
+    PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
+                logging.CRITICAL: 2}
+
+    def __init__(self, journald: bool):
+        super().__init__()
+        self.journald = journald
+
+    def format(self, record: logging.LogRecord) -> str:
+        msg = record.getMessage()
+        if self.journald:
+            return f"<{self.PRIORITY.get(record.levelno, 6)}>{msg}"
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created))
+        return f"{stamp}.{int(record.msecs):03d} cgctl[{record.process}]: {msg}"
+
+
+def _stderr_is_journal() -> bool:
+    """True when systemd connected stderr to journald ($JOURNAL_STREAM is its dev:inode)."""
+    want = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        st = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return want == f"{st.st_dev}:{st.st_ino}"
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter(_stderr_is_journal()))
+    logging.basicConfig(handlers=[handler], force=True)
+    set_log_level(level)
+
+
+def set_log_level(level: str) -> None:
+    logging.getLogger().setLevel(level.upper())
+    log.setLevel(level.upper())
+
+
+def main(ctl, config_file: Optional[str] = consts.CONFIG_PATH) -> int:
+    """``cgctl daemon``: command-line ``--journal`` / ``-c`` win over the config file."""
+    overrides = {}
+    if ctl.journal_path != consts.JOURNAL_PATH:
+        overrides["journal"] = ctl.journal_path
+    if tuple(ctl.uris) != tuple(consts.DEFAULT_URIS):
+        overrides["uris"] = tuple(ctl.uris)
+    setup_logging("info")
+    # a wrong file at start is an error (exit 2, the unit does not restart on it); at SIGHUP
+    # the running configuration stays
+    config = dataclasses.replace(load_config(config_file), **overrides)
+    set_log_level(config.log_level)
+    daemon = Daemon(config, config_file=config_file, overrides=overrides,
+                    device_watcher=default_device_watcher(config))
+    return daemon.run()
