@@ -25,7 +25,7 @@ PAGE_SIZE = 4096
 _BINARY = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40, "p": 2**50, "e": 2**60}
 _DECIMAL = {"k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "p": 10**15, "e": 10**18}
 
-_NUMBER_RE = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*([a-zA-Z]*)\s*$")
+_NUMBER_RE = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*([a-zA-Z]*)\s*$", re.ASCII)
 
 
 def is_unlimited_word(text: str) -> bool:
@@ -85,8 +85,8 @@ def parse_int(text: str, *, what: str = "number", allow_unlimited: bool = False)
     text = str(text).strip()
     if allow_unlimited and is_unlimited_word(text):
         return UNLIMITED
-    if not re.fullmatch(r"[+-]?\d+", text):
-        raise UsageError(f"{text!r} is not a whole {what}")
+    if not re.fullmatch(r"[+-]?\d+", text, re.ASCII):
+        raise UsageError(f"{text!r} is not a whole number of {what}")
     return int(text)
 
 
@@ -114,7 +114,7 @@ def parse_cpulist(text: str, *, what: str = "CPU list") -> str:
         raise UsageError(f"an empty {what} would leave the guest nowhere to run")
     items = set()
     for part in text.split(","):
-        m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part, re.ASCII)
         if not m:
             raise UsageError(f"{text!r} is not a {what} (expected e.g. 0-3,6)")
         lo = int(m.group(1))

@@ -22,8 +22,6 @@ from tests.reliability.conftest import (assert_one_line_error, run_cgctl, snapsh
 
 pytestmark = pytest.mark.libvirt
 
-_UNICODE_DIGITS = pytest.mark.xfail(
-    strict=True, reason="units.py accepts non-ASCII digits (re \\d, int()); reported to the lead")
 
 RUN, STOP = "{run}", "{stop}"  # placeholders for the session guests' names
 USAGE, FAIL = 2, 1
@@ -62,11 +60,9 @@ CASES = [
     # Python's int() and re's \d take any Unicode digit: "١٢٣M" was written as 123M
     # (against the stopped guest's config, so that a wrong acceptance touches no live group)
     C("unicode-digits", _set("hard_limit=\u0661\u0662\u0663M", guest=STOP, mode="--config"),
-      USAGE, "hard_limit",
-      marks=[_UNICODE_DIGITS]),
+      USAGE, "hard_limit"),
     C("fullwidth-digits", _set("cpu_shares=\uff15\uff11\uff12", guest=STOP, mode="--config"),
-      USAGE, "cpu_shares",
-      marks=[_UNICODE_DIGITS]),
+      USAGE, "cpu_shares"),
     # --- negative and overflow ----------------------------------------------------------
     C("negative-size", _set("hard_limit=-5"), USAGE, "hard_limit"),
     C("negative-fraction", _set("hard_limit=-1.5G"), USAGE, "hard_limit"),

@@ -1,0 +1,166 @@
+"""Event dispatch and reconcile of ``cgctl daemon`` with libvirt's in-process test:///default
+driver (real lifecycle events, no daemon, no root) and a fake controller that records calls."""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid as uuidlib
+
+import pytest
+
+from cgctl import daemon as D
+from cgctl import runtime
+from cgctl.journal import Journal
+from tests.daemonkit import TEST_URI, Recorder, domain_xml, in_process, wait_for
+
+libvirt = pytest.importorskip("libvirt")
+
+
+@pytest.fixture
+def conn():
+    """A connection of the test's own to test:///default (shared by the whole process)."""
+    c = libvirt.open(TEST_URI)
+    made = []
+
+    def define(start=True, name=None):
+        uid = str(uuidlib.uuid4())
+        dom = c.defineXML(domain_xml(name or f"cgd-{uid[:8]}", uid))
+        made.append(dom)
+        if start:
+            dom.create()
+        return dom
+    yield define
+    for dom in made:
+        try:
+            if dom.isActive():
+                dom.destroy()
+            if dom.isPersistent():
+                dom.undefine()
+        except libvirt.libvirtError:
+            pass
+    c.close()
+
+
+@pytest.fixture
+def rec(tmp_path):
+    return Recorder(str(tmp_path / "j.db"))
+
+
+def make(rec, **kw):
+    cfg = D.Config(uris=(TEST_URI,), journal=rec.journal_path, **kw)
+    return D.Daemon(cfg, controller_factory=rec.factory, install_signals=False)
+
+
+def test_started_applies_the_config_with_source_event(rec, conn):
+    with in_process(make(rec)):
+        dom = conn(start=False)
+        rec.set_config(dom.UUIDString(), dom.name(), {"cpu_shares": "512"})
+        dom.create()
+        wait_for(lambda: rec.of("apply", dom.UUIDString()), what="an apply")
+        dom.destroy()
+        dom.create()  # every start, not only the first
+        wait_for(lambda: len(rec.of("apply", dom.UUIDString())) == 2, what="a second apply")
+    assert {c.source for c in rec.of("apply", dom.UUIDString())} == {"event"}
+
+
+def test_a_guest_without_config_is_left_alone(rec, conn):
+    with in_process(make(rec)):
+        bare = conn(start=True)
+        marker = conn(start=False)
+        rec.set_config(marker.UUIDString(), marker.name(), {"cpu_shares": "512"})
+        marker.create()  # events are handled in order: once this one is applied ...
+        wait_for(lambda: rec.of("apply", marker.UUIDString()), what="the marker's apply")
+    assert rec.of("apply", bare.UUIDString()) == []  # ... the bare guest's is long done
+
+
+def test_undefined_forgets_and_rename_does_not(rec, conn):
+    with in_process(make(rec)):
+        renamed = conn(start=False)
+        rec.set_config(renamed.UUIDString(), renamed.name(), {"cpu_shares": "512"})
+        renamed.rename(renamed.name() + "-new")
+        gone = conn(start=False)
+        rec.set_config(gone.UUIDString(), gone.name(), {"cpu_shares": "256"})
+        gone.undefine()
+        wait_for(lambda: rec.of("forget", gone.UUIDString()), what="a forget")
+    assert rec.of("forget", renamed.UUIDString()) == []
+    with Journal(rec.journal_path) as j:
+        assert j.get_config(gone.UUIDString()) == {}
+        assert j.get_config(renamed.UUIDString()) == {("cpu_shares", ""): "512"}
+        rows = j.history(gone.UUIDString())
+    assert rows[-1].source == "event" and rows[-1].command == "undefine"
+
+
+def test_reconcile_at_start_and_one_failing_guest_does_not_stop_the_others(rec, conn):
+    doms = [conn(start=True) for _ in range(3)]
+    for d in doms:
+        rec.set_config(d.UUIDString(), d.name(), {"cpu_shares": "512"})
+    rec.fail.add(doms[0].name())
+    with in_process(make(rec)):
+        pass  # ready means reconciled
+    for d in doms:
+        assert [c.source for c in rec.of("apply", d.UUIDString())] == ["reconcile"]
+
+
+def test_lost_connection_reconnects_and_reconciles_again(rec, conn, caplog):
+    caplog.set_level(logging.INFO, logger="cgctl")
+    dom = conn(start=True)
+    rec.set_config(dom.UUIDString(), dom.name(), {"cpu_shares": "512"})
+    d = make(rec, reconnect_initial=0.05)
+    with in_process(d):
+        link = d.links[TEST_URI]
+        gen = link.generation
+        d._control.put(("closed", TEST_URI, gen, "end of file (libvirtd went away)"))
+        wait_for(lambda: len(rec.of("apply", dom.UUIDString())) == 2, what="a second reconcile")
+        wait_for(lambda: d.links[TEST_URI].reconciled, what="reconciled again")
+        assert d.links[TEST_URI].generation > gen
+        # a close of the old connection arriving late changes nothing
+        d._control.put(("closed", TEST_URI, gen, "late"))
+        dom2 = conn(start=False)
+        rec.set_config(dom2.UUIDString(), dom2.name(), {"cpu_shares": "256"})
+        dom2.create()
+        wait_for(lambda: rec.of("apply", dom2.UUIDString()), what="events on the new connection")
+    text = caplog.text
+    assert "lost connection to test:///default: end of file" in text
+    assert text.count("connected to test:///default") == 2
+    assert "late" not in text
+
+
+def _same_instance_daemon(rec, tmp_path):
+    d = make(rec)
+    d._ctl = rec.factory(journal_path=rec.journal_path, uris=())
+    return d
+
+
+def test_reconcile_leaves_the_same_instance_alone(rec, tmp_path):
+    """Same PID + start time as the last apply: its --live changes stay; else apply."""
+    uid = str(uuidlib.uuid4())
+    me = runtime.Guest(name="me", uuid=uid, driver="qemu", uri="qemu:///system",
+                       running=True, persistent=True, pid=os.getpid())
+    rec.set_config(uid, "me", {"cpu_shares": "512"})
+    d = _same_instance_daemon(rec, tmp_path)
+    assert d._reconcile_guest(me) == "applied"  # never applied: no instance yet
+    pid, start = runtime.instance_of(os.getpid())
+    with Journal(rec.journal_path) as j, j.transaction() as tx:
+        tx.set_instance(uid, pid, start)
+    assert d._reconcile_guest(me) == "unchanged"
+    with Journal(rec.journal_path) as j, j.transaction() as tx:
+        tx.set_instance(uid, pid, start - 5)  # same PID, earlier process: a reused PID
+    assert d._reconcile_guest(me) == "applied"
+    assert [c.source for c in rec.of("apply", uid)] == ["reconcile", "reconcile"]
+    d._ctl.close()
+
+
+def test_device_watcher_slot(rec, conn):
+    seen = {}
+
+    def watcher(ctx):
+        seen["ctx"] = ctx
+        ctx.submit(lambda ctl: seen.setdefault("ctl", ctl), "test job")
+        return lambda: seen.setdefault("stopped", True)
+    d = D.Daemon(D.Config(uris=(TEST_URI,), journal=rec.journal_path),
+                 controller_factory=rec.factory, install_signals=False, device_watcher=watcher)
+    with in_process(d):
+        wait_for(lambda: "ctl" in seen, what="the submitted job")
+        assert seen["ctx"].running_guests()  # test:///default's own "test" domain runs
+    assert seen["stopped"] and seen["ctx"].stopping.is_set()
