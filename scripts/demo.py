@@ -25,10 +25,12 @@ from tests.harness.libvirtd import LibvirtSandbox  # noqa: E402
 CGCTL = [os.path.join(os.path.dirname(sys.executable), "cgctl")]
 
 
-def run(*args, check=True):
-    print(f"\n$ cgctl {' '.join(shlex.quote(a) for a in args)}", flush=True)
+def run(*args, check=True, quiet=False):
+    if not quiet:
+        print(f"\n$ cgctl {' '.join(shlex.quote(a) for a in args)}", flush=True)
     r = subprocess.run(CGCTL + list(args), text=True, capture_output=True)
-    sys.stdout.write(r.stdout)
+    if not quiet:
+        sys.stdout.write(r.stdout)
     sys.stdout.write(r.stderr)
     if check and r.returncode != 0:
         raise SystemExit(f"demo: cgctl failed with {r.returncode}")
@@ -95,7 +97,8 @@ def main() -> int:
         sb.destroy(name, guest.uri)
         sb.start_guest(name, guest.uri)
         wait_applied(journal, guest.uuid, 2)
-        r = run("--json", "show", name)
+        run("show", name)
+        r = run("--json", "show", name, quiet=True)
         import json
         rows = {row["param"]: row for row in json.loads(r.stdout)["params"]}
         ok = rows["cpu_shares"]["live"] == "2048" and rows["hard_limit"]["live"] == "1G"
