@@ -1,5 +1,13 @@
 """Scratch guests on the real kernel cgroupfs: a process of ours in groups shaped
-like libvirt's, under a unique parent that is removed even when a test fails."""
+like libvirt's, under a unique parent that is removed even when a test fails.
+
+The shape follows the host: on cgroup v1 (this build machine) libvirt's layout
+without systemd, ``<parent>/qemu-1-NAME.libvirt-qemu/{emulator,vcpu0}`` in every
+hierarchy; on a pure cgroup v2 host (inside tests/v2lane/run) the layout libvirt
+>= 7.1 and systemd-machined make,
+``<parent>/machine.slice/machine-qemu\\x2d1\\x2dNAME.scope/libvirt/{emulator,vcpu0}``
+with threaded vCPU and emulator groups.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +16,17 @@ import signal
 import subprocess
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
 from cgctl import hostinfo
 from cgctl.cgroup import Router
+
+try:  # package layout (tests/realcg/__init__.py exists)
+    from .conftest_v2 import remove_tree
+except ImportError:  # rootdir layout: tests/realcg is on sys.path
+    from conftest_v2 import remove_tree  # type: ignore
 
 ROOT = "/sys/fs/cgroup"
 
@@ -110,6 +124,87 @@ class ScratchGuest:
             return f.read().strip()
 
 
+class V2ScratchGuest:
+    """A QEMU guest's groups as libvirt >= 7.1 and systemd-machined lay them out
+    on cgroup v2, made by hand under a unique parent below the root::
+
+        <parent>/machine.slice/machine-qemu\\x2d1\\x2dNAME.scope/libvirt/{emulator,vcpuN}
+
+    Every controller is enabled down to ``libvirt``; ``emulator`` and ``vcpuN``
+    are threaded (libvirt enables only the threaded controllers cpu, cpuset and
+    pids for them), which makes ``libvirt`` "domain threaded". Our ``sleep`` is
+    moved into ``libvirt`` as a process, then its (only) thread into
+    ``emulator`` (the kernel moves a thread into a threaded group only from
+    inside the same threaded subtree), so /proc/PID/cgroup ends in
+    ``/libvirt/emulator`` as QEMU's does.
+    """
+
+    THREADED = ("cpuset", "cpu", "pids")
+
+    def __init__(self, host, name: str, vcpus: int = 1):
+        self.host = host
+        self.name = name
+        self.vcpus = vcpus
+        self.proc = None
+        self.mount = host.owner("memory").mountpoint
+        self.parent = os.path.join(self.mount, f"cgctl-test-{uuid.uuid4().hex[:8]}")
+        self.scope = os.path.join(self.parent, "machine.slice",
+                                  f"machine-qemu\\x2d1\\x2d{name}.scope")
+        self.libvirt = os.path.join(self.scope, "libvirt")
+        self.emulator = os.path.join(self.libvirt, "emulator")
+        self.vcpu_dirs = [os.path.join(self.libvirt, f"vcpu{i}") for i in range(vcpus)]
+
+    def dirs(self, controller):
+        """The machine group (the scope), whatever the controller."""
+        return self.scope
+
+    def create(self):
+        everything = _read(os.path.join(self.mount, "cgroup.controllers")).split()
+        os.mkdir(self.parent)
+        d = self.parent
+        for sub in ("machine.slice", os.path.basename(self.scope), "libvirt"):
+            _write(os.path.join(d, "cgroup.subtree_control"),
+                   " ".join("+" + c for c in everything))
+            d = os.path.join(d, sub)
+            os.mkdir(d)
+        threaded = [c for c in self.THREADED if c in everything]
+        _write(os.path.join(self.libvirt, "cgroup.subtree_control"),
+               " ".join("+" + c for c in threaded))
+        for t in [self.emulator] + self.vcpu_dirs:
+            os.mkdir(t)
+            _write(os.path.join(t, "cgroup.type"), "threaded")
+        self.proc = subprocess.Popen(["sleep", "600"])
+        _write(os.path.join(self.libvirt, "cgroup.procs"), str(self.proc.pid))
+        _write(os.path.join(self.emulator, "cgroup.threads"), str(self.proc.pid))
+        return self
+
+    def destroy(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+        remove_tree(Path(self.parent))
+
+    def file(self, controller, name, sub=""):
+        """``sub`` is relative to the scope: "libvirt", "libvirt/vcpu0", ..."""
+        return os.path.join(self.scope, sub, name)
+
+    def read(self, controller, name, sub=""):
+        return _read(self.file(controller, name, sub)).strip()
+
+
+def _read(path):
+    with open(path) as f:
+        return f.read()
+
+
+def _write(path, value):
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
+
+
 def _copy_cpuset(mount, d):
     for f in ("cpuset.cpus", "cpuset.mems"):
         with open(os.path.join(mount, f)) as src:
@@ -123,9 +218,15 @@ def real_host():
     return _real_host()
 
 
+def memory_on_v1(host) -> bool:
+    return host.owner("memory").version == 1
+
+
 @pytest.fixture
 def scratch_guest(real_host):
-    g = ScratchGuest(real_host, f"t{uuid.uuid4().hex[:6]}")
+    """A scratch guest shaped for this host (v1: ScratchGuest, v2: V2ScratchGuest)."""
+    cls = ScratchGuest if memory_on_v1(real_host) else V2ScratchGuest
+    g = cls(real_host, f"t{uuid.uuid4().hex[:6]}")
     try:
         g.create()
         yield g
