@@ -8,6 +8,7 @@ parameter, impossible combination). No traceback reaches an operator.
 from __future__ import annotations
 
 import argparse
+import contextvars
 import os
 import sys
 from typing import List, Optional
@@ -19,6 +20,35 @@ from .errors import EXIT_FAILURE, EXIT_USAGE, CgctlError, UsageError
 
 MODE_HELP = ("--live/--dynamic: now only; --config/--static: from the next start; "
              "--live --config or --perm: both; --current (default): live if running, else config")
+
+
+# Where output goes: stdout/stderr, or the buffers of a request the service runs for a
+# client (cgctl.cmdserver); per thread, so concurrent requests never mix.
+_OUT: "contextvars.ContextVar" = contextvars.ContextVar("cgctl_out", default=None)
+_ERR: "contextvars.ContextVar" = contextvars.ContextVar("cgctl_err", default=None)
+
+
+def _print(*args, **kw) -> None:
+    print(*args, file=_OUT.get() or sys.stdout, **kw)
+
+
+def _eprint(*args, **kw) -> None:
+    print(*args, file=_ERR.get() or sys.stderr, **kw)
+
+
+def run_captured(argv: List[str]):
+    """``main(argv)`` with its output captured: (exit status, stdout text, stderr text)."""
+    import io
+    out, err = io.StringIO(), io.StringIO()
+    t_out, t_err = _OUT.set(out), _ERR.set(err)
+    try:
+        rc = main(list(argv))
+    except SystemExit as exc:  # argparse's --help/--version: never end the caller
+        rc = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        _OUT.reset(t_out)
+        _ERR.reset(t_err)
+    return rc, out.getvalue(), err.getvalue()
 
 
 class _Parser(argparse.ArgumentParser):
@@ -112,30 +142,42 @@ def build_parser() -> argparse.ArgumentParser:
     return top
 
 
+_PARSER = None
+
+
+def _parser() -> argparse.ArgumentParser:
+    """Built once per process: building it is most of a command's own time (argparse asks
+    gettext for every help string), and the service runs many commands."""
+    global _PARSER
+    if _PARSER is None:
+        _PARSER = build_parser()
+    return _PARSER
+
+
 # -- output --------------------------------------------------------------------
 def _out(args, data, human) -> None:
     if args.json:
         import json  # only here: json's import is a few ms of every command's start
-        print(json.dumps(data, indent=2, sort_keys=True, default=str))
+        _print(json.dumps(data, indent=2, sort_keys=True, default=str))
     else:
         human(data)
 
 
 def _table(rows: List[List[str]], header: List[str]) -> None:
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
-    print("  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip())
+    _print("  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip())
     for r in rows:
-        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+        _print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
 
 
 def _print_outcome(o: dict) -> None:
-    print(f"guest {o['guest']} ({o['driver']}): {o['mode']}")
+    _print(f"guest {o['guest']} ({o['driver']}): {o['mode']}")
     for c in o["changes"]:
         dev = f"[{c['device']}]" if c["device"] else ""
-        print(f"  {c['param']}{dev}: {c['old'] if c['old'] is not None else '-'} -> "
+        _print(f"  {c['param']}{dev}: {c['old'] if c['old'] is not None else '-'} -> "
               f"{c['new'] if c['new'] is not None else '-'}")
     for e in o.get("errors", []):
-        print(f"  FAILED {e['param'] or ''}: {e['message']}")
+        _print(f"  FAILED {e['param'] or ''}: {e['message']}")
 
 
 # -- commands ------------------------------------------------------------------
@@ -154,11 +196,11 @@ def cmd_host(args, ctl) -> int:
     d = ctl.host.to_dict()
 
     def human(d):
-        print(f"mode: {d['mode']}")
+        _print(f"mode: {d['mode']}")
         for h in d["hierarchies"]:
             ctrls = ",".join(h["controllers"]) or "(no controllers)"
-            print(f"  v{h['version']} {h['mountpoint']}: {ctrls}")
-        print("owners: " + ", ".join(f"{c}=v{v}" for c, v in d["owners"].items()))
+            _print(f"  v{h['version']} {h['mountpoint']}: {ctrls}")
+        _print("owners: " + ", ".join(f"{c}=v{v}" for c, v in d["owners"].items()))
     _out(args, d, human)
     return 0
 
@@ -195,7 +237,7 @@ def cmd_show(args, ctl, only=None) -> int:
 
     def human(d):
         state = "running" if d["running"] else "shut off"
-        print(f"guest {d['guest']} ({d['driver']}, {state}, "
+        _print(f"guest {d['guest']} ({d['driver']}, {state}, "
               f"{'persistent' if d['persistent'] else 'transient'}) {d['uuid']}")
         rows = []
         for r in d["params"]:
@@ -252,7 +294,7 @@ def cmd_forget(args, ctl) -> int:
         raise UsageError("the journal has no such guest", guest=args.guest)
     dropped = ctl.forget(row.uuid, command="forget")
     _out(args, {"guest": row.name, "uuid": row.uuid, "dropped": len(dropped)},
-         lambda d: print(f"guest {d['guest']}: dropped {d['dropped']} setting(s); history kept"))
+         lambda d: _print(f"guest {d['guest']}: dropped {d['dropped']} setting(s); history kept"))
     return 0
 
 
@@ -264,7 +306,7 @@ def cmd_prune(args, ctl) -> int:
         if not row.deleted and row.uuid not in known:
             ctl.forget(row.uuid, command="prune")
             pruned.append({"guest": row.name, "uuid": row.uuid})
-    _out(args, pruned, lambda rs: print(
+    _out(args, pruned, lambda rs: _print(
         "\n".join(f"guest {r['guest']}: config dropped (libvirt no longer defines it)"
                   for r in rs) or "nothing to prune"))
     return 0
@@ -295,7 +337,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return hook.main(argv[1:])
     as_json = "--json" in argv
     try:
-        args = build_parser().parse_args(argv)
+        args = _parser().parse_args(argv)
         if not args.command:
             raise UsageError("no command given (try 'cgctl --help')")
         if args.verbose or args.command == "daemon":
@@ -324,10 +366,10 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def _fail(exc: CgctlError, as_json: bool) -> int:
-    print(f"cgctl: error: {exc}", file=sys.stderr)
+    _eprint(f"cgctl: error: {exc}")
     if as_json:
         import json
-        print(json.dumps(exc.to_dict(), sort_keys=True))
+        _print(json.dumps(exc.to_dict(), sort_keys=True))
     return exc.exit_code
 
 

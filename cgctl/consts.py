@@ -18,3 +18,5 @@ V1_UNLIMITED = 9223372036854771712
 # the libvirt hook (cgctl/hook.py)
 LIBVIRT_HOOKS_DIR = os.environ.get("CGCTL_LIBVIRT_HOOKS_DIR", "/etc/libvirt/hooks")
 HOOK_RUN_DIR = os.environ.get("CGCTL_HOOK_RUN_DIR", "/run/cgctl")  # early appliers' lock files
+# the service answers `cgctl set` here, so that a change costs no interpreter start-up of imports
+COMMAND_SOCKET = os.environ.get("CGCTL_SOCKET", "/run/cgctl/cgctl.sock")

@@ -56,6 +56,10 @@ class Config:
     keepalive_interval: int = 5  # seconds between keepalive probes ...
     keepalive_count: int = 3  # ... and how many may go unanswered before the link is dead
     watch_devices: bool = True  # start the per-device watcher if this build has one
+    command_socket: str = consts.COMMAND_SOCKET  # where `cgctl set` finds the service; "" = off
+    # the hook's keys share the file (cgctl/hook.py reads them); the service accepts and ignores them
+    hook_strict: bool = False
+    hook_early_apply: bool = True
 
 
 def _check_key(key: str, value, path: str):
@@ -81,7 +85,11 @@ def _check_key(key: str, value, path: str):
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 600:
             raise bad("a whole number in [1, 600]")
         return value
-    if key == "watch_devices":
+    if key == "command_socket":
+        if not isinstance(value, str) or (value and not os.path.isabs(value)):
+            raise bad("an absolute path, or \"\" to turn it off")
+        return value
+    if key in ("watch_devices", "hook_strict", "hook_early_apply"):
         if not isinstance(value, bool):
             raise bad("true or false")
         return value
@@ -277,7 +285,7 @@ class Daemon:
                  overrides: Optional[dict] = None, controller_factory=None,
                  notifier: Optional[Notifier] = None,
                  device_watcher: Optional[DeviceWatcher] = None,
-                 install_signals: bool = True):
+                 install_signals: bool = True, command_server=None):
         if controller_factory is None:
             from .controller import Controller as controller_factory
         self.config = config
@@ -287,6 +295,7 @@ class Daemon:
         self.notifier = notifier or Notifier()
         self.device_watcher = device_watcher
         self.install_signals = install_signals
+        self.command_server = command_server  # cgctl.cmdserver.CommandServer, or None
         self.links: Dict[str, _Link] = {}
         self.ready = False
         self.stopping = threading.Event()
@@ -313,6 +322,12 @@ class Daemon:
         self._worker = threading.Thread(target=self._work, name="cgctl-worker", daemon=True)
         self._worker.start()
         log.info("starting: uris=%s journal=%s", " ".join(self.config.uris), self.config.journal)
+        if self.command_server is not None:
+            try:
+                self.command_server.start()
+            except OSError as e:  # the service works without it; `cgctl set` then runs alone
+                log.error("cannot answer commands on %s: %s", self.command_server.path, e)
+                self.command_server = None
         for uri in self.config.uris:
             self._add_link(uri)
         self._set_status()
@@ -569,6 +584,8 @@ class Daemon:
         from . import virt
         self.stopping.set()
         self.notifier.stopping()
+        if self.command_server is not None:
+            self.command_server.stop()
         if self._stop_watcher is not None:
             try:
                 self._stop_watcher()
@@ -764,6 +781,10 @@ def main(ctl, config_file: Optional[str] = consts.CONFIG_PATH) -> int:
     # the running configuration stays
     config = dataclasses.replace(load_config(config_file), **overrides)
     set_log_level(config.log_level)
+    server = None
+    if config.command_socket:
+        from .cmdserver import CommandServer
+        server = CommandServer(config.command_socket, config.journal)
     daemon = Daemon(config, config_file=config_file, overrides=overrides,
-                    device_watcher=default_device_watcher(config))
+                    device_watcher=default_device_watcher(config), command_server=server)
     return daemon.run()

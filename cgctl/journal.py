@@ -343,6 +343,11 @@ class Transaction(_Reader):
         return dropped
 
 
+# journal files this process has SQLite connections to (realpath -> count); see Journal._open
+_OPEN_HERE: Dict[str, int] = {}
+_OPEN_LOCK = threading.Lock()
+
+
 class Journal:
     """The journal file.  ``create=False`` never creates it: a missing file reads as empty.
 
@@ -407,14 +412,27 @@ class Journal:
         _fsync_dir(directory)
 
     def _open(self, create: bool) -> sqlite3.Connection:
-        try:
-            if create and not os.path.lexists(self.path):
-                self._create_file()
-            # fails with the real errno (EROFS, EACCES, EPERM, ENOTDIR, EISDIR) where
-            # SQLite would only say "unable to open database file"
-            os.close(os.open(self.path, os.O_RDWR | os.O_CLOEXEC))
-        except OSError as exc:
-            raise self._fail("cannot open", exc) from exc
+        with _OPEN_LOCK:
+            # Closing ANY descriptor of the database file drops every POSIX lock this process
+            # holds on it, including those of another SQLite connection here (the service runs
+            # several): other processes would then write under it and corrupt the journal.
+            # So the raw probes below run only while no connection of ours has the file open.
+            key = os.path.realpath(self.path)
+            try:
+                if not _OPEN_HERE.get(key):
+                    if create and not os.path.lexists(self.path):
+                        self._create_file()
+                    # fails with the real errno (EROFS, EACCES, EPERM, ENOTDIR, EISDIR) where
+                    # SQLite would only say "unable to open database file"
+                    os.close(os.open(self.path, os.O_RDWR | os.O_CLOEXEC))
+            except OSError as exc:
+                raise self._fail("cannot open", exc) from exc
+            db = self._open_sqlite()
+            self._key = key
+            _OPEN_HERE[key] = _OPEN_HERE.get(key, 0) + 1
+            return db
+
+    def _open_sqlite(self) -> sqlite3.Connection:
         db = None
         try:
             db = self._connect(self.path)
@@ -578,6 +596,13 @@ class Journal:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            key = getattr(self, "_key", None)
+            if key is not None:
+                with _OPEN_LOCK:
+                    _OPEN_HERE[key] -= 1
+                    if not _OPEN_HERE[key]:
+                        del _OPEN_HERE[key]
+                self._key = None
 
     def __enter__(self) -> "Journal":
         return self

@@ -201,6 +201,11 @@ class Subprocess:
         env.pop("WATCHDOG_USEC", None)
         env.pop("WATCHDOG_PID", None)
         env.update(env_extra or {})
+        # a command socket of its own (short: AF_UNIX paths stop at 107 bytes), so that tests
+        # never answer on the host's /run/cgctl
+        env.setdefault("CGCTL_SOCKET", os.path.join(tempfile.gettempdir(),
+                                                    f"cgctl-{os.getpid()}-{id(self):x}.sock"))
+        self.socket_path = env["CGCTL_SOCKET"]
         self.log_path = log_path
         self._log = open(log_path, "ab")
         argv = [*wrapper, *CGCTL[1:]] if wrapper else CGCTL

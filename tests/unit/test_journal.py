@@ -452,3 +452,35 @@ def test_locked_too_long_is_a_journal_error(path):
                 with waiter.transaction():
                     pass
     assert str(path) in str(err.value) and "0.2 s" in str(err.value)
+
+
+_LOCK_PROBE = """import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+try:
+    # SQLite's SHARED range on the database file (unix VFS): a live WAL connection holds it
+    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 510, 0x40000002, 0)
+    print("free")
+except OSError:
+    print("held")
+"""
+
+
+def test_another_journal_in_the_process_keeps_the_first_ones_locks(tmp_path):
+    """Closing any fd of the database drops all of this process's POSIX locks on it; the
+    service opens several journals at once, so opening one must not close a raw fd while
+    another is open (this corrupted a journal under the service once)."""
+    path = str(tmp_path / "j.db")
+
+    def probe():
+        return subprocess.run([sys.executable, "-c", _LOCK_PROBE, path], capture_output=True,
+                              text=True, check=True).stdout.strip()
+
+    first = Journal(path)
+    first.guests()
+    assert probe() == "held"
+    second = Journal(path)
+    second.guests()
+    second.close()
+    assert probe() == "held"
+    first.close()
+    assert probe() == "free"
