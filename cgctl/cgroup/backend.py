@@ -100,6 +100,19 @@ class Backend:
     def plan(self, ctx: PlanContext, settings: List[P.Setting]) -> List[Write]:
         raise NotImplementedError
 
+    def plan_devices(self, ctx: PlanContext, settings: List[P.Setting]) -> List[Write]:
+        """The per-device writes of a set (a clear with nothing to clear writes nothing)."""
+        writes = []
+        for s in settings:
+            if s.param.per_device:
+                w = self._plan_device(ctx, s)
+                if w is not None:
+                    writes.append(w)
+        return writes
+
+    def _plan_device(self, ctx: PlanContext, s: P.Setting) -> Optional[Write]:
+        raise NotImplementedError
+
     def normalize(self, param: P.Param, value, groups: GuestGroups = None):
         """What reading ``value`` back after writing it gives (lossy conversions)."""
         return value

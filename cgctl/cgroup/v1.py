@@ -74,11 +74,7 @@ class V1Backend(Backend):
         for name in ("cpuset_cpus", "cpuset_mems"):
             if name in by_name:
                 writes += self._plan_cpuset(ctx, by_name[name])
-        for s in settings:
-            if s.param.per_device:
-                w = self._plan_device(ctx, s)
-                if w is not None:
-                    writes.append(w)
+        writes += self.plan_devices(ctx, settings)
         return writes
 
     def _plan_memory(self, ctx: PlanContext, by_name: Dict[str, P.Setting]) -> List[Write]:

@@ -148,11 +148,7 @@ class V2Backend(Backend):
             writes.append(Write("weight", self.require(g, s.param, g.dirs(s.param)[0],
                                                        "io.bfq.weight" if bfq else "io.weight"),
                                 f"default {value}"))
-        for s in settings:
-            if s.param.per_device:
-                w = self._plan_device(ctx, s)
-                if w is not None:
-                    writes.append(w)
+        writes += self.plan_devices(ctx, settings)
         return writes
 
     def _refuse_oom(self, g: GuestGroups, limit) -> None:
