@@ -247,6 +247,8 @@ def cmd_show(args, ctl, only=None) -> int:
             rows.append([r["param"], r["live"] if r["live"] is not None else "-",
                          r["config"] if r["config"] is not None else "-", mark])
         _table(rows, ["PARAMETER", "LIVE", "CONFIG", "DIFFERS"])
+        for note in d.get("notes", []):
+            _print(f"note: {note}")
     _out(args, d, human)
     return 0
 

@@ -8,6 +8,8 @@ are undone, so a failed change leaves cgroups and journal as they were.
 
 from __future__ import annotations
 
+import os
+
 from typing import Dict, Iterable, List, Optional, Tuple
 
 from . import consts, devices, hostinfo, live, log, resolve, runtime
@@ -339,8 +341,11 @@ class Controller:
             lv = live_values.get(p.name)
             norm = self.router.backend(p.controller).normalize if guest.running else None
             rows.append(_show_row(p, lv, cfg, guest.running, norm, groups, names))
+        notes = systemd_notes(groups) if groups is not None else []
         return {"guest": guest.name, "uuid": guest.uuid, "driver": guest.driver,
-                "running": guest.running, "persistent": guest.persistent, "params": rows}
+                "running": guest.running, "persistent": guest.persistent,
+                "groups": groups.to_dict() if groups is not None else {}, "notes": notes,
+                "params": rows}
 
     def list(self) -> List[dict]:
         out = []
@@ -365,6 +370,16 @@ class Controller:
                 raise GuestNotFound("the journal has no history for this guest", guest=ident)
             uuid = row.uuid
         return [r._asdict() for r in j.history(uuid, limit=limit)]
+
+
+def systemd_notes(groups) -> List[str]:
+    """What an operator should know about a guest whose machine group is a systemd scope."""
+    if any(os.path.basename(d).endswith(".scope") for _, d in groups.machine.values()):
+        # systemd rewrites a scope's own files (weights) on daemon-reload (systemd#17938)
+        return ["the guest's machine group is a systemd scope: systemd may rewrite "
+                "cpu_shares/weight there on 'systemctl daemon-reload'; the service puts the "
+                "config back at the next start, or run 'cgctl apply'"]
+    return []
 
 
 def _show_row(p: P.Param, live_value, cfg: Dict[str, str], running: bool, normalize=None,

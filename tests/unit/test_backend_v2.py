@@ -203,3 +203,15 @@ def test_iocost_stays_attached_after_enable_0(v2):
     cgfs.write("/sys/fs/cgroup/io.cost.qos", "8:0 enable=0")
     live.set_live(router, groups, s("device_weight=/dev/x,500"), devnums=dev)
     assert "8:0 4950" in read(f"{m.machine}/io.weight")
+
+
+def test_systemd_scope_is_noted(v2, fs):
+    from cgctl.controller import systemd_notes
+    m, router, groups, _ = v2
+    assert "daemon-reload" in systemd_notes(groups)[0]
+    fakecg.make_v1_host(fs, root="/v1", proc_root="/proc9")
+    v1m = fakecg.make_v1_machine(fs, root="/v1", name="vm9", id=9, layout="nosystemd",
+                                 proc_root="/proc9")
+    host = hostinfo.detect("/proc9")
+    g1 = groups_for_pid(v1m.pid, host, guest="vm9", driver="qemu", proc_root="/proc9")
+    assert systemd_notes(g1) == []
