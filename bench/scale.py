@@ -7,6 +7,10 @@ A. ``cgctl list``, ``show`` and ``history`` against a journal holding 10, 100 an
 B. Applying a config to 10, 100 and 1,000 simulated guests: real v1 cgroup groups shaped like
    libvirt's (``qemu-N-NAME.libvirt-qemu/{emulator,vcpu0}``) under a unique parent, written with
    the engine (``live.set_live``), removed afterwards.
+C. The service reconciling 10, 100 and 1,000 running guests: real cgroup groups each holding a
+   process, the domains from libvirt's ``test:///default`` driver, and the service's own
+   ``Daemon._reconcile`` with a real Controller and journal; one child process per N
+   (bench/reconcile_sim.py says exactly what is real), time and memory of two passes.
 """
 
 from __future__ import annotations
@@ -53,9 +57,10 @@ def _fill_journal(path: str, n: int, real) -> None:
         guests = [(str(uuidlib.uuid4()), f"sim-{i:05d}") for i in range(n)] + [real]
         for uuid, name in guests:
             with j.transaction() as tx:
-                tx.set_config(uuid, name, "qemu", {("hard_limit", ""): "1073741824",
+                # the journal's canonical spelling (a bare memory number would mean KiB)
+                tx.set_config(uuid, name, "qemu", {("hard_limit", ""): "1G",
                                                    ("cpu_shares", ""): "512",
-                                                   ("device_read_bytes_sec", "/dev/vda"): "10485760"})
+                                                   ("device_read_bytes_sec", "/dev/vda"): "10M"})
                 tx.add_history(uuid, name, command="set", source="cli", mode="live+config",
                                changes=[("cpu_shares", "", str(i), str(i + 1))
                                         for i in range(rows_per_guest)])
@@ -156,14 +161,43 @@ def engine_scale() -> List[dict]:
     return out
 
 
-def run() -> dict:
+# -- C: the service's reconcile over many simulated running guests ----------------------------
+
+def reconcile_scale(sizes=SIZES) -> List[dict]:
+    import json
+    from bench import reconcile_sim
+    from cgctl import hostinfo
+    mounts = [m for m, _ in reconcile_sim.hierarchies(hostinfo.detect())]
+    out = []
+    for n in sizes:
+        parent = f"cgctl-bench-rec-{uuidlib.uuid4().hex[:8]}"
+        try:
+            r = subprocess.run([sys.executable, "-m", "bench.reconcile_sim", str(n), parent],
+                               capture_output=True, text=True, timeout=600, cwd=str(REPO),
+                               env=bench_env())
+        finally:  # the child removes its groups; this is for a child that died
+            reconcile_sim.remove_parent(mounts, parent)
+        if r.returncode:
+            raise RuntimeError(f"reconcile_sim {n}: exit {r.returncode}: {r.stderr.strip()[-2000:]}")
+        out.append(json.loads(r.stdout.strip().splitlines()[-1]))
+    return out
+
+
+def run(parts=("cli", "engine", "reconcile")) -> dict:
     need_root()
     if not os.access("/usr/bin/time", os.X_OK):
         raise Skip("needs GNU time (/usr/bin/time, Debian package 'time') for peak RSS")
     compile_repo()
     env = bench_env()
-    data = {"cli": cli_scale(env), "engine": engine_scale()}
-    path = write_result("scale", data)
+    data = {}
+    if "cli" in parts:
+        data["cli"] = cli_scale(env)
+    if "engine" in parts:
+        data["engine"] = engine_scale()
+    if "reconcile" in parts:
+        data["reconcile"] = reconcile_scale()
+    path = write_result("scale" if set(parts) >= {"cli", "engine", "reconcile"}
+                        else "scale-" + "-".join(parts), data)
     print(report(data))
     print(f"(results: {path})")
     return data
@@ -172,17 +206,34 @@ def run() -> dict:
 def report(d: dict) -> str:
     labels = ["list", "list --json", "show", "history GUEST --limit 50", "history --limit 1000"]
     rows = []
-    for r in d["cli"]:
+    for r in d.get("cli", []):
         for lab in labels:
             rows.append([r["guests"], lab, r[lab]["ms"], r[lab]["peak_rss_mib"]])
-    out = [f"== cgctl reads: journal with N guests and {HISTORY_ROWS:,} history rows (median of 5)",
-           table(rows, ["GUESTS", "COMMAND", "MS", "PEAK RSS MiB"]), "",
-           "== applying a 6-parameter config with the engine to N simulated guests (real v1 groups)"]
+    out = []
+    if rows:
+        out += [f"== cgctl reads: journal with N guests and {HISTORY_ROWS:,} history rows "
+                "(median of 5)", table(rows, ["GUESTS", "COMMAND", "MS", "PEAK RSS MiB"]), ""]
     rows = [[r["guests"], r["apply_total_s"], r["apply_per_guest"]["median_ms"],
-             r["apply_per_guest"]["p90_ms"]] for r in d["engine"]]
-    out.append(table(rows, ["GUESTS", "TOTAL s", "PER GUEST median ms", "p90 ms"]))
+             r["apply_per_guest"]["p90_ms"]] for r in d.get("engine", [])]
+    if rows:
+        out += ["== applying a 6-parameter config with the engine to N simulated guests "
+                "(real v1 groups)", table(rows, ["GUESTS", "TOTAL s", "PER GUEST median ms",
+                                                 "p90 ms"])]
+    rows = [[r["guests"], r["list_ms"], r["first_pass_s"],
+             round(r["first_pass_s"] * 1000 / r["guests"], 2), r["second_pass_s"],
+             round(r["second_pass_s"] * 1000 / r["guests"], 2),
+             round(r["rss_before_kib"] / 1024, 1), round(r["rss_after_first_kib"] / 1024, 1),
+             round(r["rss_after_second_kib"] / 1024, 1), r["guests_without_their_values"]]
+            for r in d.get("reconcile", [])]
+    if rows:
+        out += ["", "== the service's reconcile (Daemon._reconcile) over N running guests: "
+                "real groups + processes, test:///default domains, 6 parameters each",
+                table(rows, ["GUESTS", "LIST ms", "1st PASS s", "ms/guest", "2nd PASS s",
+                             "ms/guest", "RSS before MiB", "after 1st", "after 2nd", "WRONG"])]
+    for r in d.get("reconcile", []):
+        out += [f"  {r['guests']}: {s}" for s in r["summaries"]]
     return "\n".join(out)
 
 
-if __name__ == "__main__":
-    run()
+if __name__ == "__main__":  # python -m bench.scale [cli] [engine] [reconcile]
+    run(tuple(sys.argv[1:]) or ("cli", "engine", "reconcile"))

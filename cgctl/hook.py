@@ -539,15 +539,22 @@ def early_apply(driver: str, name: str, uuid: str, vcpus: int, opts: Options,
 
 
 def _early_apply(driver, name, uuid, vcpus, opts, launched) -> str:
+    log = Log(driver, name, "early")
+    _route_cgctl_log(log)
+    ctl = _controller(opts)
+    try:  # closed here (checkpoints the WAL): the applier ends in os._exit, which skips it
+        return _early_apply_with(ctl, driver, name, uuid, vcpus, launched, log)
+    finally:
+        ctl.close()
+
+
+def _early_apply_with(ctl, driver, name, uuid, vcpus, launched, log) -> str:
     import time
     from . import params as P
     from . import resolve, runtime
     from .errors import CgroupNotFound, UnsafePath
 
-    log = Log(driver, name, "early")
-    _route_cgctl_log(log)
     deadline = launched + EARLY_TIMEOUT
-    ctl = _controller(opts)
     journal = ctl.journal(create=False)
     config = journal.get_config(uuid)
     if not config:

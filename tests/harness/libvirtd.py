@@ -681,7 +681,14 @@ class LibvirtSandbox:
         else:
             self.define(xml, uri)
             if start:
-                self.start_guest(name, uri)
+                try:
+                    self.start_guest(name, uri)
+                except BaseException:
+                    # the caller never gets the guest to remove (libvirtd restarted mid-start
+                    # by another session: the guest may even run): remove it here
+                    with contextlib.suppress(Exception):
+                        self.remove(name, uri)
+                    raise
         return TestGuest(name=name, uuid=uuid, driver=kind, uri=uri, transient=transient)
 
     def list_names(self, uri: str = QEMU_URI) -> List[str]:
