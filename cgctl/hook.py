@@ -513,6 +513,10 @@ def _detach(work) -> None:
         _syslog(f"cgctl hook: early applier failed: {type(exc).__name__}: {exc}", True)
         code = 1
     finally:
+        # os._exit skips the collector; a SQLite connection that failed to open is kept by a
+        # reference cycle (its statement cache) and, unclosed, leaves -wal/-shm beside the journal
+        import gc
+        gc.collect()
         os._exit(code)
 
 
