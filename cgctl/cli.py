@@ -125,6 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("apply", parents=[common], help="apply the config to running guests now")
     p.add_argument("guest", nargs="?")
     p.add_argument("--all", action="store_true")
+    p = sub.add_parser("verify", parents=[common],
+                       help="compare live values with what cgctl last wrote (--repair: write back)")
+    p.add_argument("guest", nargs="?")
+    p.add_argument("--all", action="store_true")
+    p.add_argument("--repair", action="store_true")
     p = sub.add_parser("forget", parents=[common], help="drop a guest's config (history stays)")
     p.add_argument("guest")
     sub.add_parser("prune", parents=[common],
@@ -276,18 +281,59 @@ def cmd_apply(args, ctl) -> int:
     if bool(args.guest) == bool(args.all):
         raise UsageError("apply takes a GUEST or --all")
     if args.all:
-        from . import runtime
-        guests = []
-        for row in ctl.journal(create=False).guests():
-            if not row.deleted:
-                g = runtime.find_running(row.uuid, ctl.run_dir)
-                if g is not None:
-                    guests.append(g)
+        guests = _running_from_journal(ctl)
     else:
         guests = [ctl.find_guest(args.guest)]
     outcomes = [ctl.apply_config(g, command="apply") for g in guests]
     _out(args, [o.to_dict() for o in outcomes], lambda os_: [_print_outcome(o) for o in os_])
     return EXIT_FAILURE if any(o.errors for o in outcomes) else 0
+
+
+def _running_from_journal(ctl):
+    from . import runtime
+    guests = []
+    for row in ctl.journal(create=False).guests():
+        if not row.deleted:
+            g = runtime.find_running(row.uuid, ctl.run_dir)
+            if g is not None:
+                guests.append(g)
+    return guests
+
+
+def cmd_verify(args, ctl) -> int:
+    from . import drift
+    if bool(args.guest) == bool(args.all):
+        raise UsageError("verify takes a GUEST or --all")
+    guests = _running_from_journal(ctl) if args.all else [ctl.find_guest(args.guest)]
+    report, left = [], 0
+    for g in guests:
+        if not g.running:
+            raise UsageError("domain is not running: nothing live to verify", guest=g.name)
+        found = drift.find(ctl, g)
+        entry = {"guest": g.name, "uuid": g.uuid, "drift": [d.to_dict() for d in found],
+                 "repaired": False, "errors": []}
+        if found and args.repair:
+            outcome = drift.repair(ctl, g, found, source="cli")
+            entry["repaired"] = not outcome.errors
+            entry["errors"] = [e.to_dict() for e in outcome.errors]
+        if found and not entry["repaired"]:
+            left += 1
+        report.append(entry)
+
+    def human(rs):
+        for r in rs:
+            if not r["drift"]:
+                _print(f"guest {r['guest']}: live values hold what cgctl last wrote")
+                continue
+            state = "repaired" if r["repaired"] else "DRIFT"
+            _print(f"guest {r['guest']}: {state}")
+            _table([[d["param"] + (f"[{d['device']}]" if d["device"] else ""), d["expected"],
+                     d["live"] if d["live"] is not None else "(none)"] for d in r["drift"]],
+                   ["  PARAMETER", "CGCTL WROTE", "CGROUP HOLDS"])
+            for e in r["errors"]:
+                _print(f"  FAILED {e['param'] or ''}: {e['message']}")
+    _out(args, report, human)
+    return EXIT_FAILURE if left else 0
 
 
 def cmd_forget(args, ctl) -> int:
@@ -326,7 +372,7 @@ def cmd_hook(args, ctl) -> int:
 
 COMMANDS = {"params": cmd_params, "host": cmd_host, "set": cmd_set, "unset": cmd_unset,
             "show": cmd_show, "list": cmd_list, "history": cmd_history, "apply": cmd_apply,
-            "forget": cmd_forget, "prune": cmd_prune, "daemon": cmd_daemon, "hook": cmd_hook}
+            "forget": cmd_forget, "verify": cmd_verify, "prune": cmd_prune, "daemon": cmd_daemon, "hook": cmd_hook}
 COMMANDS.update({k: cmd_virsh for k in _VIRSH})
 
 

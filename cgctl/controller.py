@@ -243,13 +243,27 @@ class Controller:
         config = journal.get_config(guest.uuid)
         if devices_only:
             config = {k: v for k, v in config.items() if k[1]}
-        outcome = Outcome(guest, LIVE)
         settings: Dict[P.Key, P.Setting] = {}
+        bad: List[CgctlError] = []
         for (name, device), text in config.items():
             try:
                 settings[(name, device)] = P.from_text(name, device, text)
             except CgctlError as exc:
-                outcome.errors.append(exc)
+                bad.append(exc)
+        return self.apply_settings(guest, settings, source=source, command=command,
+                                   journal=journal, record_instance=not devices_only,
+                                   errors=bad)
+
+    def apply_settings(self, guest: Guest, settings: Dict[P.Key, P.Setting], *, source: str,
+                       command: str, journal: Optional[Journal] = None,
+                       record_instance: bool = False,
+                       errors: Optional[List[CgctlError]] = None) -> Outcome:
+        """Write ``settings`` live and record them in the history (one transaction).
+
+        All at once when possible; if that is refused, parameter by parameter, so one bad
+        setting (a device that is gone) does not keep the others away."""
+        journal = journal or self.journal()
+        outcome = Outcome(guest, LIVE, errors=list(errors or []))
         groups = self.groups(guest)
         pid, start = runtime.instance_of(guest.pid)
         if settings:
@@ -269,7 +283,7 @@ class Controller:
                 tx.add_history(guest.uuid, guest.name, command=command, source=source,
                                mode=LIVE, changes=[(exc.param or "", "", None, None)],
                                outcome=str(exc))
-            if not devices_only:
+            if record_instance:
                 tx.set_instance(guest.uuid, pid, start)
         log_changes(guest, outcome.changes, source, LIVE)
         for exc in outcome.errors:

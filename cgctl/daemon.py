@@ -57,6 +57,7 @@ class Config:
     keepalive_count: int = 3  # ... and how many may go unanswered before the link is dead
     watch_devices: bool = True  # start the per-device watcher if this build has one
     command_socket: str = consts.COMMAND_SOCKET  # where `cgctl set` finds the service; "" = off
+    drift_interval: float = 60.0  # seconds between drift checks of running guests; 0 = off
     # the hook's keys share the file (cgctl/hook.py reads them); the service accepts and ignores them
     hook_strict: bool = False
     hook_early_apply: bool = True
@@ -85,6 +86,10 @@ def _check_key(key: str, value, path: str):
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 600:
             raise bad("a whole number in [1, 600]")
         return value
+    if key == "drift_interval":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 86400:
+            raise bad("a number of seconds in [0, 86400] (0 turns drift repair off)")
+        return float(value)
     if key == "command_socket":
         if not isinstance(value, str) or (value and not os.path.isabs(value)):
             raise bad("an absolute path, or \"\" to turn it off")
@@ -308,6 +313,7 @@ class Daemon:
         self._timer: Optional[int] = None
         self._stop_watcher: Optional[Callable[[], None]] = None
         self._next_ping = 0.0
+        self._next_drift = 0.0
         self._status_text = ""
 
     # ----- entry ------------------------------------------------------------------------------
@@ -372,6 +378,9 @@ class Daemon:
                 self._connect(link)
         self._maybe_ready()
         self._watchdog()
+        if self.ready and self.config.drift_interval and now >= self._next_drift:
+            self._next_drift = now + self.config.drift_interval
+            self.submit(self._repair_drift, "drift")
 
     def _handle(self, msg: tuple) -> None:
         what = msg[0]
@@ -712,6 +721,30 @@ class Daemon:
         log.info("reconcile %s: %d running, %s (%.0f ms)", job.uri, len(guests),
                  ", ".join(f"{n} {k}" for k, n in counts.items()), (time.monotonic() - t0) * 1000)
         self._control.put(("reconciled", job.uri, job.generation))
+
+    def _repair_drift(self, ctl) -> None:
+        """Put back what cgctl last wrote where something else rewrote it (cgctl/drift.py)."""
+        from . import drift
+        for guest in self._running_guests():
+            if self.stopping.is_set():
+                return
+            self._worker_busy_since = time.monotonic()
+            try:
+                found = drift.find(ctl, guest)
+                if not found:
+                    continue
+                for d in found:
+                    log.warning("drift guest=%s param=%s%s: cgctl wrote %s, the cgroup holds %s",
+                                guest.name, d.param, f"[{d.device}]" if d.device else "",
+                                d.expected, d.live if d.live is not None else "nothing")
+                outcome = drift.repair(ctl, guest, found, source="reconcile")
+                log.info("guest=%s drift repaired: %d setting(s), %d error(s)", guest.name,
+                         len(outcome.changes), len(outcome.errors))
+            except CgctlError as e:
+                log.error("guest=%s drift check failed: %s", guest.name, e)
+            except Exception as e:  # one guest never stops the others
+                log.error("guest=%s drift check failed: internal error: %s: %s", guest.name,
+                          type(e).__name__, e)
 
     def _reconcile_guest(self, guest) -> str:
         if not self._has_config(guest.uuid):

@@ -251,3 +251,22 @@ def status_domain_xml(driver: str, name: str, run_dir: str = consts.LIBVIRT_RUN_
         return None
     dom = root.find("domain") if root.tag == "domstatus" else None
     return ET.tostring(dom, encoding="unicode") if dom is not None else None
+
+
+def started_at(pid: int, proc_root: str = consts.PROC_ROOT) -> float:
+    """When a process started, in wall-clock seconds, to compare with the journal's times.
+
+    Not psutil's create_time: that adds the start to /proc/stat's btime, which is off from the
+    wall clock by however much the clock was stepped since boot (0.5 s on this build machine).
+    Here both ends are boot-time clocks (/proc/uptime and the start in /proc/PID/stat) and only
+    their difference meets the wall clock. GuestNotRunning if the process is gone."""
+    import time
+    try:
+        with open(os.path.join(proc_root, str(int(pid)), "stat"), "rb") as f:
+            stat = f.read().decode("ascii", "replace")
+        with open(os.path.join(proc_root, "uptime")) as f:
+            uptime = float(f.read().split()[0])
+    except (FileNotFoundError, ProcessLookupError):
+        raise errors.GuestNotRunning(f"process {pid} is gone") from None
+    ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22, counted after "(comm)"
+    return time.time() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))

@@ -237,3 +237,17 @@ def test_runtime_does_not_import_libvirt():
             "r.find_running('x', '/nonexistent'); "
             "sys.exit('libvirt' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_started_at_is_wall_clock():
+    import subprocess
+    import time
+    before = time.time()
+    p = subprocess.Popen(["sleep", "5"])
+    try:
+        started = runtime.started_at(p.pid)
+    finally:
+        p.kill()
+        p.wait()
+    # one clock tick (10 ms) of resolution, whatever btime says
+    assert before - 0.02 <= started <= time.time()
