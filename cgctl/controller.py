@@ -391,8 +391,8 @@ def systemd_notes(groups) -> List[str]:
     if any(os.path.basename(d).endswith(".scope") for _, d in groups.machine.values()):
         # systemd rewrites a scope's own files (weights) on daemon-reload (systemd#17938)
         return ["the guest's machine group is a systemd scope: systemd may rewrite "
-                "cpu_shares/weight there on 'systemctl daemon-reload'; the service puts the "
-                "config back at the next start, or run 'cgctl apply'"]
+                "cpu_shares/weight there on 'systemctl daemon-reload'; the service's drift "
+                "repair puts cgctl's values back ('cgctl verify --repair' by hand)"]
     return []
 
 
