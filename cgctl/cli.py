@@ -15,7 +15,7 @@ from typing import List, Optional
 
 from . import __version__, consts
 from . import params as P
-from .errors import EXIT_FAILURE, EXIT_USAGE, CgctlError, UsageError
+from .errors import EXIT_FAILURE, CgctlError, UsageError
 
 
 MODE_HELP = ("--live/--dynamic: now only; --config/--static: from the next start; "

@@ -22,179 +22,24 @@ import logging
 import os
 import queue
 import signal
-import socket
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Optional
 
 from . import consts, runtime
-from .errors import CgctlError, UsageError
+from .errors import CgctlError
+from .notify import Notifier
+from .service_config import Config, load_config
 
 log = logging.getLogger("cgctl")
 
-LOG_LEVELS = ("debug", "info", "warning", "error")
 HEARTBEAT_S = 1.0  # the libvirt event loop proves it runs this often
 LOOP_STALL_S = 5.0  # no heartbeat for this long: the event loop is stuck, stop the watchdog pings
 WORKER_STALL_S = 60.0  # one job (or one guest of a reconcile) longer than this: worker is stuck
 STOP_WAIT_S = 10.0  # at stop, how long the job in progress may take to finish
 SAME_START_S = 0.05  # two start times this close are the same process start (clock ticks)
-
-
-# --------------------------------------------------------------------------- configuration
-
-@dataclass(frozen=True)
-class Config:
-    """The service's settings: defaults, then the config file, then the command line."""
-
-    uris: Tuple[str, ...] = consts.DEFAULT_URIS
-    journal: str = consts.JOURNAL_PATH
-    log_level: str = "info"
-    reconnect_initial: float = 0.5  # seconds before the first reconnect; doubles each attempt
-    reconnect_max: float = 30.0
-    keepalive_interval: int = 5  # seconds between keepalive probes ...
-    keepalive_count: int = 3  # ... and how many may go unanswered before the link is dead
-    watch_devices: bool = True  # start the per-device watcher if this build has one
-    command_socket: str = consts.COMMAND_SOCKET  # where `cgctl set` finds the service; "" = off
-    drift_interval: float = 60.0  # seconds between drift checks of running guests; 0 = off
-    # the hook's keys share the file (cgctl/hook.py reads them); the service accepts and ignores them
-    hook_strict: bool = False
-    hook_early_apply: bool = True
-
-
-def _check_key(key: str, value, path: str):
-    def bad(want: str):
-        return UsageError(f"config {path}: {key} must be {want}, not {value!r}", path=path)
-    if key == "uris":
-        if not isinstance(value, list) or not all(isinstance(u, str) and u.strip() for u in value):
-            raise bad("a list of libvirt URIs")
-        return tuple(u.strip() for u in value)
-    if key == "journal":
-        if not isinstance(value, str) or not os.path.isabs(value):
-            raise bad("an absolute path")
-        return value
-    if key == "log_level":
-        if not isinstance(value, str) or value.lower() not in LOG_LEVELS:
-            raise bad("one of " + ", ".join(LOG_LEVELS))
-        return value.lower()
-    if key in ("reconnect_initial", "reconnect_max"):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 3600:
-            raise bad("a number of seconds in (0, 3600]")
-        return float(value)
-    if key in ("keepalive_interval", "keepalive_count"):
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 600:
-            raise bad("a whole number in [1, 600]")
-        return value
-    if key == "drift_interval":
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 86400:
-            raise bad("a number of seconds in [0, 86400] (0 turns drift repair off)")
-        return float(value)
-    if key == "command_socket":
-        if not isinstance(value, str) or (value and not os.path.isabs(value)):
-            raise bad("an absolute path, or \"\" to turn it off")
-        return value
-    if key in ("watch_devices", "hook_strict", "hook_early_apply"):
-        if not isinstance(value, bool):
-            raise bad("true or false")
-        return value
-    known = ", ".join(f.name for f in dataclasses.fields(Config))
-    raise UsageError(f"config {path}: unknown key {key!r} (known: {known})", path=path)
-
-
-def load_config(path: Optional[str]) -> Config:
-    """The config in the TOML file at ``path``; the defaults if there is no such file.
-
-    UsageError (naming the file and the key) for a file that cannot be read or is wrong.
-    """
-    import tomllib
-
-    if not path:
-        return Config()
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except FileNotFoundError:
-        return Config()
-    except OSError as e:
-        raise UsageError(f"config {path}: cannot read: {e.strerror}", path=path,
-                         errno=e.errno) from e
-    except tomllib.TOMLDecodeError as e:
-        raise UsageError(f"config {path}: not valid TOML: {e}", path=path) from e
-    values = {k: _check_key(k, v, path) for k, v in data.items()}
-    cfg = Config(**values)
-    if cfg.reconnect_initial > cfg.reconnect_max:
-        raise UsageError(f"config {path}: reconnect_initial ({cfg.reconnect_initial:g}) is more "
-                         f"than reconnect_max ({cfg.reconnect_max:g})", path=path)
-    return cfg
-
-
-# --------------------------------------------------------------------------- systemd notify
-
-class Notifier:
-    """systemd's sd_notify protocol by hand: datagrams to $NOTIFY_SOCKET.
-
-    A path or an abstract socket (``@name``). Without NOTIFY_SOCKET every call is a no-op.
-    ``watchdog_interval`` is half of $WATCHDOG_USEC (when $WATCHDOG_PID is unset or ours),
-    else None. Sending never raises: systemd going away must not stop the service.
-    """
-
-    def __init__(self, environ=None):
-        environ = os.environ if environ is None else environ
-        self.address: Optional[str] = None
-        self.watchdog_usec: Optional[int] = None
-        self._sock: Optional[socket.socket] = None
-        self._warned = False
-        addr = environ.get("NOTIFY_SOCKET", "")
-        if addr.startswith("@"):
-            self.address = "\0" + addr[1:]
-        elif addr.startswith("/"):
-            self.address = addr
-        elif addr:
-            log.warning("NOTIFY_SOCKET=%r is neither a path nor @abstract: not notifying", addr)
-        usec, wpid = environ.get("WATCHDOG_USEC", ""), environ.get("WATCHDOG_PID", "")
-        if usec.isdigit() and int(usec) > 0 and (not wpid or wpid == str(os.getpid())):
-            self.watchdog_usec = int(usec)
-
-    @property
-    def watchdog_interval(self) -> Optional[float]:
-        return self.watchdog_usec / 2e6 if self.watchdog_usec else None
-
-    def send(self, *lines: str) -> bool:
-        if not self.address:
-            return False
-        try:
-            if self._sock is None:
-                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-            self._sock.sendto("\n".join(lines).encode(), self.address)
-            return True
-        except OSError as e:
-            if not self._warned:
-                log.warning("cannot notify systemd at %s: %s", self.address.replace("\0", "@"),
-                            e.strerror or e)
-                self._warned = True
-            return False
-
-    def ready(self, status: str) -> bool:
-        return self.send("READY=1", f"STATUS={status}")
-
-    def status(self, status: str) -> bool:
-        return self.send(f"STATUS={status}")
-
-    def reloading(self) -> bool:
-        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
-        return self.send("RELOADING=1", f"MONOTONIC_USEC={usec}", "STATUS=reloading")
-
-    def stopping(self) -> bool:
-        return self.send("STOPPING=1", "STATUS=stopping")
-
-    def watchdog(self) -> bool:
-        return self.send("WATCHDOG=1")
-
-    def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
 
 
 # ------------------------------------------------------------------------- the device watcher slot

@@ -282,7 +282,7 @@ def parse_assignments(items: Iterable[str]) -> Dict[Key, Setting]:
     for item in items:
         for s in parse_assignment(item):
             if s.key in out and out[s.key].value != s.value:
-                raise UsageError(f"given twice with different values", param=s.param.name)
+                raise UsageError("given twice with different values", param=s.param.name)
             out[s.key] = s
     if not out:
         raise UsageError("no parameter given (PARAM=VALUE ...)")

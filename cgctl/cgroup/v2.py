@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 from .. import convert, devices
 from .. import params as P
 from .. import units
-from ..errors import KernelRefused, Unsupported
+from ..errors import KernelRefused
 from . import fs
 from .backend import Backend, PlanContext, Write, device_line, parse_device_file
 from .groups import GuestGroups

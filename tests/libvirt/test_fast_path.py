@@ -52,7 +52,7 @@ def test_set_is_served_by_the_service(service, make_guest):
     assert r.returncode == 0, r.stderr
     assert r.stdout == f"guest {guest.name} (qemu): live\n  cpu_shares: 1024 -> 345\n"
     assert cpu_shares(guest) == "345"
-    assert f"served for pid" in svc.log() and "cpu_shares=345" in svc.log()
+    assert "served for pid" in svc.log() and "cpu_shares=345" in svc.log()
     # a bad request: the same one-line error and exit status as without the service
     served = cgctl(env, "set", guest.name, "cpu_shares=1")
     local = cgctl(dict(env, CGCTL_NO_SERVICE="1"), "set", guest.name, "cpu_shares=1")

@@ -125,9 +125,8 @@ def test_errors_are_one_line_and_write_nothing(libvirt_sandbox, make_guest, tmp_
     guest = make_guest("qemu", start=True)
     cgctl(journal, "set", guest.name, "cpu_shares=600", "--perm")
     before = live_file(guest, "cpu", "cpu.shares")
-    with open(journal, "rb") as f:
-        db_before = sqlite3.connect(str(journal)).execute(
-            "SELECT count(*) FROM history").fetchone()[0]
+    db_before = sqlite3.connect(str(journal)).execute(
+        "SELECT count(*) FROM history").fetchone()[0]
     for args, code, words in [
         (["set", "no-such-guest-xyz", "cpu_shares=100"], 1, "no such guest"),
         (["set", guest.name, "cpu_shares=1"], 2, "out of range"),
