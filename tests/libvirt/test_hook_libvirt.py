@@ -18,7 +18,7 @@ import sys
 
 import pytest
 
-from cgctl import hook
+from cgctl import hook, hookinstall
 
 HOOKS = "/etc/libvirt/hooks"
 CGCTL = [sys.executable, "-m", "cgctl.cli"]
@@ -71,8 +71,8 @@ exec {cmd} {driver} "$@"
 def hooks(libvirt_sandbox, tmp_path_factory):
     journal = str(tmp_path_factory.mktemp("hook") / "journal.db")
     for d in ("qemu", "lxc"):
-        ours = os.path.join(HOOKS, f"{d}.d", hook.SCRIPT_NAME)
-        if os.path.lexists(ours) and not hook.is_ours(ours):
+        ours = os.path.join(HOOKS, f"{d}.d", hookinstall.SCRIPT_NAME)
+        if os.path.lexists(ours) and not hookinstall.is_ours(ours):
             pytest.skip(f"{ours} belongs to someone else")
     h = Hooks(libvirt_sandbox, journal)
     try:
@@ -83,7 +83,7 @@ def hooks(libvirt_sandbox, tmp_path_factory):
     finally:
         h.remove_extra()
         cgctl(journal, "hook", "uninstall", "--hooks-dir", HOOKS, check=False)
-        assert not os.path.exists(os.path.join(HOOKS, "qemu.d", hook.SCRIPT_NAME))
+        assert not os.path.exists(os.path.join(HOOKS, "qemu.d", hookinstall.SCRIPT_NAME))
 
 
 @pytest.fixture

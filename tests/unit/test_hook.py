@@ -14,7 +14,7 @@ import uuid as uuidlib
 
 import pytest
 
-from cgctl import hook
+from cgctl import hook, hookinstall
 from cgctl.journal import Journal
 
 CLI = [sys.executable, "-m", "cgctl.cli"]
@@ -302,7 +302,7 @@ def test_install_keeps_foreign_hooks_and_uninstall_removes_only_ours(env, tmp_pa
     for d in ("qemu", "lxc"):
         script = hooks / f"{d}.d" / "cgctl"
         text = script.read_text()
-        assert hook.MARKER in text and sys.executable in text
+        assert hookinstall.MARKER in text and sys.executable in text
         assert env["CGCTL_JOURNAL"] in text and "--strict" in text
         assert text.rstrip().endswith(f'{d} "$@"')
         assert stat.S_IMODE(script.stat().st_mode) == 0o755
@@ -342,6 +342,6 @@ def test_never_overwrites_or_removes_a_foreign_file_named_like_ours(env, tmp_pat
 def test_install_with_a_cgctl_executable(tmp_path):
     o = hook.Options()
     o.journal, o.strict = "/j.db", True
-    assert hook.hook_command("/usr/bin/cgctl", o) == ["/usr/bin/cgctl", "hook", "--",
+    assert hookinstall.hook_command("/usr/bin/cgctl", o) == ["/usr/bin/cgctl", "hook", "--",
                                                       "--journal", "/j.db", "--strict"]
-    assert hook.hook_command("/v/bin/python3", o)[:3] == ["/v/bin/python3", "-m", "cgctl.hook"]
+    assert hookinstall.hook_command("/v/bin/python3", o)[:3] == ["/v/bin/python3", "-m", "cgctl.hook"]

@@ -1,0 +1,162 @@
+"""``cgctl hook install`` / ``uninstall``: put cgctl's script into libvirt's hook directories.
+
+libvirt (>= 6.5) runs every executable in ``/etc/libvirt/hooks/qemu.d/`` and ``lxc.d/``, in
+name order, at each guest lifecycle step, and reads those directories only when libvirtd
+starts. Our script carries MARKER; a file without it is the operator's and is never
+overwritten or removed.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from . import consts
+from .hook import DRIVERS, EXIT_OK, EXIT_REFUSE, EXIT_USAGE, Options
+
+SCRIPT_NAME = "cgctl"  # the file installed in <hooks>/qemu.d/ and lxc.d/
+MARKER = "# cgctl-hook: installed by 'cgctl hook install'; 'cgctl hook uninstall' removes it"
+
+
+def script_text(driver: str, command) -> str:
+    import shlex
+    cmd = " ".join(shlex.quote(str(a)) for a in command)
+    return (f"#!/bin/sh\n{MARKER}\n"
+            f"# libvirt (>= 6.5) runs every executable in {driver}.d/ as SCRIPT NAME OP SUBOP "
+            "EXTRA,\n# the domain XML on stdin. It looks for hooks only when it starts: restart "
+            "libvirtd\n# (or virtqemud/virtlxcd) after installing or removing this file.\n"
+            f"exec {cmd} {driver} \"$@\"\n")
+
+
+def is_ours(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096).decode("utf-8", "replace").splitlines()[:3]
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return False
+    return MARKER in head
+
+
+def hook_command(cgctl: str, opts: Options) -> list:
+    """What the installed script executes (before the driver word and libvirt's arguments)."""
+    if os.path.basename(cgctl).startswith("python"):
+        return [cgctl, "-m", "cgctl.hook", *opts.argv()]
+    return [cgctl, "hook", "--", *opts.argv()]
+
+
+def install(hooks_dir: str, command, drivers=DRIVERS) -> list:
+    """Install our script into ``<hooks_dir>/<driver>.d/``; returns [(path, what happened)].
+
+    A file there that is not ours is never touched (CgctlError naming it).
+    """
+    from .errors import CgctlError
+    done = []
+    for driver in drivers:
+        d = os.path.join(hooks_dir, f"{driver}.d")
+        path = os.path.join(d, SCRIPT_NAME)
+        if os.path.lexists(path) and not is_ours(path):
+            raise CgctlError(f"{path} exists and was not installed by cgctl: left as it is "
+                             "(move it away, or install cgctl's hook by hand under another "
+                             "name)", path=path)
+        os.makedirs(d, mode=0o755, exist_ok=True)
+        text = script_text(driver, command)
+        existed = os.path.exists(path)
+        tmp = f"{path}.cgctl-tmp-{os.getpid()}"
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, path)
+        done.append((path, "updated" if existed else "installed"))
+    return done
+
+
+def uninstall(hooks_dir: str, drivers=DRIVERS) -> list:
+    done = []
+    for driver in drivers:
+        path = os.path.join(hooks_dir, f"{driver}.d", SCRIPT_NAME)
+        if not os.path.lexists(path):
+            done.append((path, "absent"))
+        elif is_ours(path):
+            os.unlink(path)
+            done.append((path, "removed"))
+        else:
+            done.append((path, "kept (not installed by cgctl)"))
+    return done
+
+
+def other_hooks(hooks_dir: str, drivers=DRIVERS) -> list:
+    """The operator's own hooks beside ours (kept, and still run by libvirt)."""
+    found = []
+    for driver in drivers:
+        single = os.path.join(hooks_dir, driver)
+        if os.path.isfile(single):
+            found.append(single)
+        d = os.path.join(hooks_dir, f"{driver}.d")
+        try:
+            names = sorted(os.listdir(d))
+        except OSError:
+            continue
+        found += [os.path.join(d, n) for n in names
+                  if n != SCRIPT_NAME and not n.startswith(f"{SCRIPT_NAME}.cgctl-tmp")]
+    return found
+
+
+def install_main(verb: str, args, opts: Options, ctl) -> int:
+    import argparse
+    from .errors import CgctlError
+    p = argparse.ArgumentParser(prog=f"cgctl hook {verb}")
+    p.add_argument("--hooks-dir", default=consts.LIBVIRT_HOOKS_DIR,
+                   help="libvirt's hooks directory (default %(default)s)")
+    p.add_argument("--drivers", default=",".join(DRIVERS), help="qemu,lxc (default)")
+    if verb == "install":
+        p.add_argument("--cgctl", default=sys.executable,
+                       help="the python (with cgctl installed) or cgctl executable the hook "
+                            "runs (default: this python, %(default)s)")
+        p.add_argument("--journal", default=None, help="journal file the hook uses")
+        p.add_argument("--config-file", default=None)
+        g = p.add_mutually_exclusive_group()
+        g.add_argument("--strict", dest="strict", action="store_true", default=None,
+                       help="refuse to start a guest whose limits cannot be applied")
+        g.add_argument("--no-strict", dest="strict", action="store_false")
+        g = p.add_mutually_exclusive_group()
+        g.add_argument("--early-apply", dest="early", action="store_true", default=None)
+        g.add_argument("--no-early-apply", dest="early", action="store_false",
+                       help="apply only at `started begin` (after the vCPUs run)")
+    try:
+        a = p.parse_args(args)
+    except SystemExit as exc:
+        return EXIT_USAGE if exc.code else EXIT_OK
+    drivers = [d for d in a.drivers.split(",") if d]
+    if any(d not in DRIVERS for d in drivers):
+        print(f"cgctl hook {verb}: error: --drivers takes qemu and/or lxc", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        if verb == "uninstall":
+            for path, what in uninstall(a.hooks_dir, drivers):
+                print(f"{path}: {what}")
+        else:
+            opts.journal = a.journal or opts.journal or (ctl.journal_path if ctl else None) \
+                or consts.JOURNAL_PATH
+            opts.journal = os.path.abspath(opts.journal)
+            if a.config_file:
+                opts.config_file = os.path.abspath(a.config_file)
+            if a.strict is not None:
+                opts.strict = a.strict
+            if a.early is not None:
+                opts.early = a.early
+            cgctl = a.cgctl if os.path.isabs(a.cgctl) else os.path.abspath(a.cgctl)
+            for path, what in install(a.hooks_dir, hook_command(cgctl, opts), drivers):
+                print(f"{path}: {what}")
+            for other in other_hooks(a.hooks_dir, drivers):
+                print(f"{other}: kept (libvirt runs it too)")
+        print("libvirtd reads the hooks directory only when it starts: restart libvirtd "
+              "(or virtqemud and virtlxcd) now")
+    except CgctlError as exc:
+        print(f"cgctl hook {verb}: error: {exc}", file=sys.stderr)
+        return EXIT_REFUSE
+    except OSError as exc:
+        print(f"cgctl hook {verb}: error: {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return EXIT_REFUSE
+    return EXIT_OK
