@@ -354,7 +354,7 @@ class Controller:
             cfg = {d: v for (n, d), v in config.items() if n == p.name}
             lv = live_values.get(p.name)
             norm = self.router.backend(p.controller).normalize if guest.running else None
-            rows.append(_show_row(p, lv, cfg, guest.running, norm, groups, names))
+            rows.append(_show_row(p, lv, cfg, guest.running, norm, groups, names, live_values))
         notes = systemd_notes(groups) if groups is not None else []
         return {"guest": guest.name, "uuid": guest.uuid, "driver": guest.driver,
                 "running": guest.running, "persistent": guest.persistent,
@@ -397,7 +397,7 @@ def systemd_notes(groups) -> List[str]:
 
 
 def _show_row(p: P.Param, live_value, cfg: Dict[str, str], running: bool, normalize=None,
-              groups=None, names: Dict[str, List[str]] = None) -> dict:
+              groups=None, names: Dict[str, List[str]] = None, periods=None) -> dict:
     devs = None
     if p.per_device:
         live_text = live.format_value(p, live_value) if running else None
@@ -421,7 +421,10 @@ def _show_row(p: P.Param, live_value, cfg: Dict[str, str], running: bool, normal
             if running and not isinstance(live_value, CgctlError) and live_value is not None:
                 lv = live_value
                 if p.kind == P.QUOTA and isinstance(pv, str):
-                    differs = None  # a share of CPUs: compare after conversion is ambiguous
+                    # a share of CPUs: in microseconds at the period in force
+                    period = (periods or {}).get(p.name.replace("_quota", "_period"))
+                    differs = None if not isinstance(period, int) else \
+                        lv != P.quota_us(pv, period)
                 else:
                     differs = lv != (normalize(p, pv, groups) if normalize else pv)
     row = {"param": p.name, "live": live_text, "config": config_text, "differs": differs,

@@ -81,7 +81,7 @@ class V1Backend(Backend):
         for name in ("min_guarantee", "swap_soft_limit"):
             if name in by_name:
                 p = by_name[name].param
-                raise Unsupported(f"not available on cgroup v1 ({p.v1_note})",
+                raise Unsupported(f"not available on cgroup v1 ({p.v1_note.rstrip('.')})",
                                   guest=ctx.groups.guest, param=name)
         mem = [n for n in ("hard_limit", "swap_hard_limit") if n in by_name]
         if len(mem) == 2 and ctx.new["hard_limit"] < ctx.old.get("hard_limit", units.UNLIMITED):

@@ -164,6 +164,11 @@ def test_show_and_virsh_spelling(libvirt_sandbox, make_guest, tmp_path):
     assert rows["hard_limit"]["live"] == "1G" and rows["hard_limit"]["config"] is None
     assert rows["cpu_shares"]["config"] == "700" and rows["cpu_shares"]["differs"] is True
     assert "min_guarantee" in rows and rows["min_guarantee"]["unsupported"]
+    # a quota given as a share of CPUs is compared at the period in force
+    cgctl(journal, "set", guest.name, "global_quota=50%", "--perm")
+    show = json.loads(cgctl(journal, "--json", "show", guest.name).stdout)
+    quota = {r["param"]: r for r in show["params"]}["global_quota"]
+    assert (quota["live"], quota["config"], quota["differs"]) == ("50000", "50%", False)
     human = cgctl(journal, "show", guest.name).stdout
     assert "cpu_shares" in human and "*" in human
     lst = json.loads(cgctl(journal, "--json", "list").stdout)
