@@ -6,7 +6,7 @@ import os
 from typing import Dict, List, Mapping, Optional
 
 from .. import params as P
-from ..errors import Unsupported
+from ..errors import CgctlError, Unsupported
 from . import fs
 from .groups import GuestGroups
 
@@ -70,6 +70,7 @@ class PlanContext:
 
 class Backend:
     version = 0
+    usage_file = ""  # the guest's memory use now, for "the guest uses X" in an EBUSY message
 
     def file_for(self, param: P.Param) -> str:
         name = getattr(param, f"v{self.version}_file")
@@ -112,6 +113,14 @@ class Backend:
 
     def _plan_device(self, ctx: PlanContext, s: P.Setting) -> Optional[Write]:
         raise NotImplementedError
+
+    def usage(self, groups: GuestGroups) -> str:
+        from .. import units
+        try:
+            path = os.path.join(groups.libvirt_dir("memory"), self.usage_file)
+            return units.format_bytes(int(fs.read(path)))
+        except (OSError, ValueError, CgctlError):
+            return "unknown"
 
     def normalize(self, param: P.Param, value, groups: GuestGroups = None):
         """What reading ``value`` back after writing it gives (lossy conversions)."""

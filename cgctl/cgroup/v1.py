@@ -20,6 +20,7 @@ _MEMORY_FILES = {"hard_limit": "memory.limit_in_bytes",
 
 class V1Backend(Backend):
     version = 1
+    usage_file = "memory.usage_in_bytes"
 
     def missing_hint(self, param: P.Param, filename: str) -> str:
         if filename.startswith("memory.memsw"):
@@ -158,12 +159,6 @@ class V1Backend(Backend):
         return Write(s.param.name, path, f"{dev} {value}", device=dev,
                      absent_restore=f"{dev} {clear}")
 
-    def usage(self, groups: GuestGroups) -> str:
-        path = os.path.join(groups.libvirt_dir("memory"), "memory.usage_in_bytes")
-        try:
-            return units.format_bytes(int(fs.read(path)))
-        except (OSError, ValueError):
-            return "unknown"
 
 
 def _int_or_unlimited(text: str):

@@ -39,6 +39,7 @@ class IoMaxWrite(Write):
 
 class V2Backend(Backend):
     version = 2
+    usage_file = "memory.current"
 
     def missing_hint(self, param: P.Param, filename: str) -> str:
         if filename.startswith("memory.swap"):
@@ -189,11 +190,3 @@ class V2Backend(Backend):
         value = "max" if s.removes else str(int(s.value))
         return IoMaxWrite(s.param.name, self.require(g, s.param, d, "io.max"), dev,
                           _IO_KEYS[s.param.name], value)
-
-    def usage(self, groups: GuestGroups) -> str:
-        path = os.path.join(groups.libvirt_dir("memory"), "memory.current")
-        try:
-            return units.format_bytes(int(fs.read(path)))
-        except (OSError, ValueError):
-            return "unknown"
-
