@@ -517,6 +517,7 @@ class LibvirtSandbox:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.state_file)
         _tidy_lxc_leftovers()
+        _tidy_machine_groups()
         self.owned = False
 
     def _wait_supervisor(self, timeout: float) -> bool:
@@ -722,6 +723,30 @@ def _tidy_lxc_leftovers(lxc_run: str = "/run/libvirt/lxc") -> None:
                 os.rmdir(e.path)
             elif e.name.endswith(".sock"):
                 os.unlink(e.path)
+
+
+def _tidy_machine_groups(root: str = "/sys/fs/cgroup") -> None:
+    """Remove the empty cgroups libvirt left behind test guests (cgt-*) it could not clean up
+    (a container whose libvirtd was killed), then the empty ``machine`` parents. rmdir only:
+    a group with a process in it stays (rmdir fails), and nothing else is touched."""
+    try:
+        hierarchies = [e.path for e in os.scandir(root) if e.is_dir(follow_symlinks=False)]
+    except OSError:
+        return
+    for h in hierarchies:
+        machine = os.path.join(h, "machine")
+        if os.path.basename(h) == "unified" or not os.path.isdir(machine):
+            continue
+        for e in list(os.scandir(machine)):
+            if e.is_dir(follow_symlinks=False) and f"-{TEST_PREFIX}" in e.name:
+                for sub in sorted(os.listdir(e.path), reverse=True):
+                    if os.path.isdir(os.path.join(e.path, sub)):
+                        with contextlib.suppress(OSError):
+                            os.rmdir(os.path.join(e.path, sub))
+                with contextlib.suppress(OSError):
+                    os.rmdir(e.path)
+        with contextlib.suppress(OSError):
+            os.rmdir(machine)
 
 
 def _xml_name(xml: str) -> str:

@@ -78,7 +78,11 @@ def test_disk_limit_follows_the_name_across_renumbering(libvirt_sandbox, make_gu
     assert stable in row["config"] and "1M" in row["config"]
     assert f"{_majmin(first)}" in row["live"]
 
-    svc = Subprocess(["--journal", journal, "--config-file", str(tmp_path / "none.toml")],
+    # drift repair would also put the limit on the renumbered device (it resolves the name
+    # again): off here, so that this shows the udev path
+    conf = tmp_path / "cgctl.toml"
+    conf.write_text("drift_interval = 0\n")
+    svc = Subprocess(["--journal", journal, "--config-file", str(conf)],
                      log_path=tmp_path / "daemon.log")
     try:
         svc.wait_log("device watcher started")
@@ -97,4 +101,4 @@ def test_disk_limit_follows_the_name_across_renumbering(libvirt_sandbox, make_gu
         code = svc.stop()
         print(svc.log())
     assert code == 0
-    assert "source=event" in svc.log()
+    assert f"device_read_bytes_sec[{stable}]" in svc.log() and "source=event" in svc.log()
