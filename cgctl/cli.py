@@ -291,13 +291,9 @@ def cmd_apply(args, ctl) -> int:
 
 def _running_from_journal(ctl):
     from . import runtime
-    guests = []
-    for row in ctl.journal(create=False).guests():
-        if not row.deleted:
-            g = runtime.find_running(row.uuid, ctl.run_dir)
-            if g is not None:
-                guests.append(g)
-    return guests
+    running = runtime.all_running(ctl.run_dir)
+    return [running[row.uuid] for row in ctl.journal(create=False).guests()
+            if not row.deleted and row.uuid in running]
 
 
 def cmd_verify(args, ctl) -> int:

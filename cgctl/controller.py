@@ -363,13 +363,14 @@ class Controller:
 
     def list(self) -> List[dict]:
         out = []
+        try:
+            alive = runtime.all_running(self.run_dir)
+        except CgctlError:
+            alive = {}
         for g in self.journal(create=False).guests():
             if g.deleted:
                 continue
-            try:
-                running = runtime.find_running(g.uuid, self.run_dir) is not None
-            except CgctlError:
-                running = False
+            running = g.uuid in alive
             out.append({"guest": g.name, "uuid": g.uuid, "driver": g.driver,
                         "state": "running" if running else "shut off",
                         "settings": g.settings, "last_change": g.last_change})

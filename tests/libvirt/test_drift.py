@@ -60,6 +60,11 @@ def test_verify_and_repair(libvirt_sandbox, make_guest, tmp_path):
     assert read(shares_file(guest)) == "700"
     hist = json.loads(run(journal, "--json", "history", guest.name).stdout)
     assert hist[-1]["command"] == "drift repair" and hist[-1]["new_value"] == "700"
+    behind_cgctls_back(guest, 1024)
+    r = run(journal, "--json", "verify", "--all")   # every running guest of the journal
+    assert r.returncode == 1 and [e["guest"] for e in json.loads(r.stdout)] == [guest.name]
+    assert run(journal, "apply", "--all").returncode == 0
+    assert read(shares_file(guest)) == "500"        # the config, applied to the running guest
 
     # a new run of the guest: what cgctl wrote to the old one is no reference
     libvirt_sandbox.destroy(guest.name, guest.uri)

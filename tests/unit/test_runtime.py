@@ -251,3 +251,13 @@ def test_started_at_is_wall_clock():
         p.wait()
     # one clock tick (10 ms) of resolution, whatever btime says
     assert before - 0.02 <= started <= time.time()
+
+
+def test_all_running_agrees_with_find_running(host):
+    host.guest("qemu", "vm1", QEMU_UUID, 4242)
+    host.guest("lxc", "ct1", LXC_UUID, 5151, persistent=False)
+    host.guest("qemu", "gone", "11111111-2222-3333-4444-555555555555", 4000, argv=False)  # stale
+    (host.run / "qemu" / "junk.xml").write_text("<not-a-status/>")
+    found = runtime.all_running(str(host.run), etc_dir=str(host.etc), proc_root=str(host.proc))
+    assert found == {QEMU_UUID: host.find("vm1"), LXC_UUID: host.find("ct1")}
+    assert runtime.all_running(str(host.run / "nowhere")) == {}
