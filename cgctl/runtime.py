@@ -124,8 +124,8 @@ def _unreadable(path: str, exc: OSError) -> errors.LibvirtError:
         path=path, errno=exc.errno)
 
 
-def _statuses(driver: str, run_dir: str, uuid: str) -> Iterator[Tuple[str, _Status]]:
-    """(file name, status) of every status XML in a driver's run dir that mentions ``uuid``."""
+def _status_files(driver: str, run_dir: str) -> Iterator[Tuple[str, str]]:
+    """(guest name, path) of every status XML in a driver's run dir."""
     directory = os.path.join(run_dir, driver)
     try:
         entries = list(os.scandir(directory))
@@ -133,22 +133,27 @@ def _statuses(driver: str, run_dir: str, uuid: str) -> Iterator[Tuple[str, _Stat
         return
     except OSError as e:
         raise _unreadable(directory, e) from e
-    needle = uuid.encode()
     for entry in entries:
-        if not entry.name.endswith(".xml") or not entry.is_file(follow_symlinks=False):
-            continue
+        if entry.name.endswith(".xml") and entry.is_file(follow_symlinks=False):
+            yield entry.name[:-len(".xml")], entry.path
+
+
+def _statuses(driver: str, run_dir: str, uuid: str) -> Iterator[Tuple[str, _Status]]:
+    """(file name, status) of every status XML in a driver's run dir that mentions ``uuid``."""
+    needle = uuid.encode()
+    for name, path in _status_files(driver, run_dir):
         try:
-            with open(entry.path, "rb") as f:
+            with open(path, "rb") as f:
                 data = f.read()
         except FileNotFoundError:
             continue  # the guest stopped while we looked
         except OSError as e:
-            raise _unreadable(entry.path, e) from e
+            raise _unreadable(path, e) from e
         if needle not in data.lower():
             continue
         status = _parse_status(data)
         if status is not None:
-            yield entry.name[:-len(".xml")], status
+            yield name, status
 
 
 # --------------------------------------------------------------------------- process identity
@@ -228,22 +233,12 @@ def all_running(run_dir: str = consts.LIBVIRT_RUN_DIR, *,
     with N guests: N files read once, where N calls of find_running would read N² files)."""
     out = {}
     for driver in drivers:
-        directory = os.path.join(run_dir, driver)
-        try:
-            entries = list(os.scandir(directory))
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        except OSError as e:
-            raise _unreadable(directory, e) from e
-        for entry in entries:
-            if not entry.name.endswith(".xml") or not entry.is_file(follow_symlinks=False):
-                continue
-            name = entry.name[:-len(".xml")]
+        for name, path in _status_files(driver, run_dir):
             try:
                 validate_name(name)
             except errors.UsageError:
                 continue
-            status = _read_status(entry.path)
+            status = _read_status(path)
             if status is None or status.name != name:
                 continue
             guest = _running(driver, name, status, run_dir, etc_dir, proc_root)
