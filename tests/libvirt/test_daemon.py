@@ -12,25 +12,17 @@ import os
 import re
 import signal
 import subprocess
-import sys
 
 import pytest
 
 from cgctl import hostinfo
 from cgctl.journal import Journal
 from cgctl.resolve import groups_for_pid
+from tests.clikit import cgctl
 from tests.daemonkit import Subprocess, mdwe_wrapper, wait_for
 
-CGCTL = [sys.executable, "-m", "cgctl.cli"]
 CONFIG, LIVE = "777", "555"  # cpu_shares: the permanent value, a --live change
 TIMEOUT = 60.0
-
-
-def cgctl(journal, *args):
-    r = subprocess.run(CGCTL + ["--journal", str(journal), *args], capture_output=True,
-                       text=True, timeout=60)
-    assert r.returncode == 0, f"cgctl {' '.join(args)} -> {r.returncode}: {r.stderr}"
-    return r
 
 
 def shares(guest):

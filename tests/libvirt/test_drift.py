@@ -5,18 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
+from tests.clikit import cgctl
 from tests.daemonkit import Subprocess, wait_for
 
-CGCTL = [sys.executable, "-m", "cgctl.cli"]
-
-
 def run(journal, *args):
-    env = dict(os.environ, CGCTL_NO_SERVICE="1")
-    return subprocess.run(CGCTL + ["--journal", str(journal), *args], env=env,
-                          capture_output=True, text=True, timeout=60)
+    return cgctl(journal, *args, check=False)
 
 
 def shares_file(guest):

@@ -13,24 +13,15 @@ import os
 import shlex
 import signal
 import sqlite3
-import subprocess
 import sys
 
 import pytest
 
 from cgctl import hook, hookinstall
+from tests.clikit import cgctl
 
 HOOKS = "/etc/libvirt/hooks"
-CGCTL = [sys.executable, "-m", "cgctl.cli"]
 LIMIT = 200 * 2**20
-
-
-def cgctl(journal, *args, check=True):
-    r = subprocess.run(CGCTL + ["--journal", str(journal), *args], capture_output=True,
-                       text=True, timeout=60)
-    if check and r.returncode != 0:
-        raise AssertionError(f"cgctl {' '.join(args)} -> {r.returncode}: {r.stderr}")
-    return r
 
 
 class Hooks:

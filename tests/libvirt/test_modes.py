@@ -11,15 +11,13 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import subprocess
-import sys
 
 import pytest
 
 from cgctl import hostinfo
 from cgctl.resolve import groups_for_pid
+from tests.clikit import cgctl
 
-CGCTL = [sys.executable, "-m", "cgctl.cli"]
 
 # parameter, file, controller, X, Y, how the kernel file spells X and Y
 CASES = {
@@ -28,14 +26,6 @@ CASES = {
     "cpu": ("cpu_shares", "cpu.shares", "cpu", "512", "2048", "512", "2048"),
     "blkio": ("weight", "blkio.bfq.weight", "io", "200", "800", "200", "800"),
 }
-
-
-def cgctl(journal, *args, check=True):
-    r = subprocess.run(CGCTL + ["--journal", str(journal), *args], capture_output=True,
-                       text=True, timeout=60)
-    if check and r.returncode != 0:
-        raise AssertionError(f"cgctl {' '.join(args)} -> {r.returncode}: {r.stderr}")
-    return r
 
 
 def live_file(guest, controller, filename):

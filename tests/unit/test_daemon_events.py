@@ -9,6 +9,8 @@ import uuid as uuidlib
 
 import pytest
 
+from tests.testdriver import remove_domains
+
 from cgctl import daemon as D
 from cgctl import runtime
 from cgctl.journal import Journal
@@ -31,14 +33,7 @@ def conn():
             dom.create()
         return dom
     yield define
-    for dom in made:
-        try:
-            if dom.isActive():
-                dom.destroy()
-            if dom.isPersistent():
-                dom.undefine()
-        except libvirt.libvirtError:
-            pass
+    remove_domains(libvirt, made)
     c.close()
 
 

@@ -8,6 +8,8 @@ import uuid as uuidlib
 
 import pytest
 
+from tests.testdriver import remove_domains
+
 from cgctl import errors
 
 libvirt = pytest.importorskip("libvirt")
@@ -28,14 +30,7 @@ def conn():
     c = libvirt.open(TEST)  # test:///default is shared by every connection of this process
     made = []
     yield c, made
-    for dom in made:
-        try:
-            if dom.isActive():
-                dom.destroy()
-            if dom.isPersistent():
-                dom.undefine()
-        except libvirt.libvirtError:
-            pass
+    remove_domains(libvirt, made)
     c.close()
 
 
