@@ -43,6 +43,9 @@ case "$2 $3" in
     exit 0 ;;
 esac
 
+# from /: `python -m` puts the working directory first on sys.path, and libvirtd's is not
+# ours to choose (a `cgctl` directory there would be the code that runs)
+cd / || exit 0
 {env}=1 {cmd} {driver} "$@"
 rc=$?
 [ "$rc" -eq 0 ] && exit 0

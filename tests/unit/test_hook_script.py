@@ -101,6 +101,15 @@ class Broken:
             return []
 
 
+def first_on_path(fake_dir) -> str:
+    """A python wrapper script that runs ``cgctl.hook`` from ``fake_dir`` (whatever the working
+    directory or PYTHONPATH), ignoring the arguments it is given."""
+    import shlex
+    code = (f"import runpy, sys; sys.path.insert(0, {str(fake_dir)!r}); "
+            "runpy.run_module('cgctl.hook', run_name='__main__')")
+    return f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -c {shlex.quote(code)} \"$@\"\n"
+
+
 def fake_cgctl(tmp_path, init="", hook_py=""):
     """A Python that finds a fake ``cgctl`` package first (a wrapper script, as an operator's
     own python wrapper would be); returns the command the hook is installed with."""
@@ -109,7 +118,7 @@ def fake_cgctl(tmp_path, init="", hook_py=""):
     (pkg / "__init__.py").write_text(init)
     (pkg / "hook.py").write_text(hook_py)
     wrapper = tmp_path / "python-wrapper"
-    wrapper.write_text(f"#!/bin/sh\nPYTHONPATH={tmp_path / 'fake'} exec {sys.executable} \"$@\"\n")
+    wrapper.write_text(first_on_path(tmp_path / "fake"))
     wrapper.chmod(0o755)
     return [str(wrapper), "-m", "cgctl.hook"]
 
@@ -277,3 +286,18 @@ def test_logger_missing_is_fine(tmp_path):
     r = b.run("reconnect", "begin", "<domain/>", PATH=str(only))
     assert r.returncode == 0 and r.stderr.endswith("; guest left running\n")
     assert "logger: not found" not in r.stderr and len(r.stderr.splitlines()) == 2  # sh, ours
+
+
+def test_the_working_directory_cannot_choose_the_code(tmp_path):
+    """libvirtd's working directory is not ours: a ``cgctl`` package there (``python -m``
+    puts the working directory first on sys.path) is not what runs."""
+    trap = tmp_path / "cwd" / "cgctl"
+    trap.mkdir(parents=True)
+    (trap / "__init__.py").write_text("raise ImportError('the cwd was imported')\n")
+    (trap / "hook.py").write_text("")
+    (tmp_path / "run" / "qemu").mkdir(parents=True)
+    b = Broken(tmp_path, [sys.executable, "-m", "cgctl.hook"], "baked-strict")
+    r = subprocess.run([SH, b.script, NAME, "started", "begin", "-"], input="<domain/>",
+                       capture_output=True, text=True, env=b.env(), cwd=str(trap.parent),
+                       timeout=30)
+    assert "the cwd was imported" not in r.stderr and "cannot run" not in r.stderr, r.stderr
