@@ -25,7 +25,15 @@ What each call does:
   Re-applies only if the journal's last applied instance is not this process, so ``--live``
   changes on a guest that kept running are kept.
 - anything else (``stopped``, ``release``, ``migrate``, ``restore``...): nothing, exit 0, no output
-  (libvirt would take output of ``migrate``/``restore`` as a replacement XML).
+  (libvirt would take output of ``migrate``/``restore`` as a replacement XML). The installed
+  script answers these itself without starting Python (``cgctl/hookinstall.py``).
+
+The installed script, not this module, has the last word on the exit status libvirt sees, so
+that a cgctl that cannot even be imported never kills or refuses a guest (docs/hook.md, "When
+cgctl itself is broken"). Under it (``CGCTL_HOOK_SCRIPT`` set) a deliberate refusal exits
+``EXIT_SCRIPT_REFUSE`` (3), which the script turns into libvirt's 1 at ``started begin``; any
+other non-zero status means "broken" to the script. Nothing here may fail at import: settings
+from the environment are read per call (``timeouts()``, ``resolve_settings()``) with defaults.
 
 Strictness: ``--strict``/``--no-strict``, else the environment's ``CGCTL_HOOK_STRICT``, else
 ``hook_strict`` in the configuration file (``/etc/cgctl/cgctl.toml``), else not strict. libvirt
