@@ -25,7 +25,15 @@ What each call does:
   Re-applies only if the journal's last applied instance is not this process, so ``--live``
   changes on a guest that kept running are kept.
 - anything else (``stopped``, ``release``, ``migrate``, ``restore``...): nothing, exit 0, no output
-  (libvirt would take output of ``migrate``/``restore`` as a replacement XML).
+  (libvirt would take output of ``migrate``/``restore`` as a replacement XML). The installed
+  script answers these itself without starting Python (``cgctl/hookinstall.py``).
+
+The installed script, not this module, has the last word on the exit status libvirt sees, so
+that a cgctl that cannot even be imported never kills or refuses a guest (docs/hook.md, "When
+cgctl itself is broken"). Under it (``CGCTL_HOOK_SCRIPT`` set) a deliberate refusal exits
+``EXIT_SCRIPT_REFUSE`` (3), which the script turns into libvirt's 1 at ``started begin``; any
+other non-zero status means "broken" to the script. Nothing here may fail at import: settings
+from the environment are read per call (``timeouts()``, ``resolve_settings()``) with defaults.
 
 Strictness: ``--strict``/``--no-strict``, else the environment's ``CGCTL_HOOK_STRICT``, else
 ``hook_strict`` in the configuration file (``/etc/cgctl/cgctl.toml``), else not strict. libvirt
@@ -45,12 +53,22 @@ from . import consts
 
 DRIVERS = ("qemu", "lxc")
 
-HOOK_TIMEOUT = float(os.environ.get("CGCTL_HOOK_TIMEOUT", "5"))  # hard bound of one call, s
-EARLY_TIMEOUT = float(os.environ.get("CGCTL_HOOK_EARLY_TIMEOUT", "20"))  # applier's life, s
+# defaults; the environment may change them (read by timeouts(), never at import: a bad value
+# must not make the import fail, which would be an exit path of the hook)
+HOOK_TIMEOUT = 5.0  # hard bound of one call, s (CGCTL_HOOK_TIMEOUT)
+EARLY_TIMEOUT = 20.0  # the early applier's life, s (CGCTL_HOOK_EARLY_TIMEOUT)
+TIMEOUT_ENVS = (("CGCTL_HOOK_TIMEOUT", HOOK_TIMEOUT), ("CGCTL_HOOK_EARLY_TIMEOUT", EARLY_TIMEOUT))
+TIMEOUT_MAX = 3600.0  # above this a timer overflows or the bound means nothing
 EARLY_POLL = 0.005  # s between two looks at the guest's pid file / cgroup
 STDIN_LIMIT = 16 << 20  # a domain XML is a few KiB; never read without bound
 
 EXIT_OK, EXIT_REFUSE, EXIT_USAGE = 0, 1, 2
+# The installed script (cgctl/hookinstall.py) runs the hook with SCRIPT_ENV set; a deliberate
+# refusal is then EXIT_SCRIPT_REFUSE, which the script turns into libvirt's 1. Every other
+# status (Python's 1 for a traceback, 126/127, a signal) is a broken install to the script,
+# never a refusal (docs/hook.md, "When cgctl itself is broken").
+SCRIPT_ENV = "CGCTL_HOOK_SCRIPT"
+EXIT_SCRIPT_REFUSE = 3
 STRICT_ENV = "CGCTL_HOOK_STRICT"
 EARLY_ENV = "CGCTL_HOOK_EARLY_APPLY"
 
@@ -192,6 +210,28 @@ def read_config_file(path: str, log=None) -> dict:
     return out
 
 
+def timeouts(log=None) -> tuple:
+    """(call bound, early applier's life) in s, from the environment; a bad value is one log
+    line and the default (never an exception: this runs on every call)."""
+    import math
+    out = []
+    for name, default in TIMEOUT_ENVS:
+        raw = os.environ.get(name)
+        value = default
+        if raw is not None and raw.strip():
+            try:
+                value = float(raw)
+            except ValueError:
+                value = math.nan
+            if not 0 < value <= TIMEOUT_MAX:  # also NaN
+                if log:
+                    log(f"{name}={raw!r} is not a number of seconds in (0, {TIMEOUT_MAX:g}]; "
+                        f"{default:g} s used", error=True)
+                value = default
+        out.append(value)
+    return tuple(out)
+
+
 def _env_bool(name: str):
     v = os.environ.get(name)
     if v is None or v.strip() == "":
@@ -241,15 +281,17 @@ def run(driver: str, name: str, op: str, subop: str, opts: Options, ctl=None) ->
     _quiet_stdio()
     if action is None:
         return EXIT_OK
+    refuse = EXIT_SCRIPT_REFUSE if os.environ.get(SCRIPT_ENV) else EXIT_REFUSE
+    call_timeout, early_timeout = timeouts(log)
     # strict as far as known before reading the configuration file (which might hang)
     state = {"strict": bool(opts.strict if opts.strict is not None else _env_bool(STRICT_ENV))}
-    _start_watchdog(HOOK_TIMEOUT, lambda: EXIT_REFUSE if action == "started" and state["strict"]
+    _start_watchdog(call_timeout, lambda: refuse if action == "started" and state["strict"]
                     else EXIT_OK, log)
     try:
         state["strict"], early = resolve_settings(opts, log)
         if action == "early":
             if early:
-                _launch_early(driver, name, xml, opts, log)
+                _launch_early(driver, name, xml, opts, log, early_timeout)
             return EXIT_OK
         if action == "started":
             _started(driver, name, xml, opts, ctl, log)
@@ -264,7 +306,7 @@ def run(driver: str, name: str, op: str, subop: str, opts: Options, ctl=None) ->
         if action == "started" and state["strict"]:
             log(f"{why}; refusing the start (hook_strict: the guest must not run without "
                 "its limits)", error=True)
-            return EXIT_REFUSE
+            return refuse
         if action == "started":
             log(f"{why}; the guest starts without them (not strict: set hook_strict = true "
                 "to refuse the start instead)", error=True)
@@ -464,7 +506,8 @@ def _try_lock(path: str):
     return fd
 
 
-def _launch_early(driver: str, name: str, xml: bytes, opts: Options, log: Log) -> None:
+def _launch_early(driver: str, name: str, xml: bytes, opts: Options, log: Log,
+                  timeout: float = EARLY_TIMEOUT) -> None:
     info = _domain_or_log(xml, name, log)
     if info is None:
         return
@@ -476,7 +519,8 @@ def _launch_early(driver: str, name: str, xml: bytes, opts: Options, log: Log) -
         return  # launched at `prepare begin` and still waiting: one is enough
     os.close(fd)
     launched = _monotonic()
-    _detach(lambda: early_apply(driver, name, info.uuid, info.vcpus, opts, launched))
+    _detach(lambda: early_apply(driver, name, info.uuid, info.vcpus, opts, launched, timeout),
+            timeout)
 
 
 def _monotonic() -> float:
@@ -484,7 +528,7 @@ def _monotonic() -> float:
     return time.monotonic()
 
 
-def _detach(work) -> None:
+def _detach(work, timeout: float = EARLY_TIMEOUT) -> None:
     """Run ``work`` in a grandchild in its own session, with no descriptor of ours open.
 
     The intermediate child is reaped here, so the hook leaves no zombie and libvirt sees
@@ -506,7 +550,7 @@ def _detach(work) -> None:
         os.closerange(3, max(os.sysconf("SC_OPEN_MAX"), 1 << 16))  # includes `null`
         import signal
         signal.signal(signal.SIGALRM, signal.SIG_DFL)  # the hard bound: the kernel kills us
-        signal.alarm(int(EARLY_TIMEOUT) + 5)
+        signal.alarm(int(timeout) + 5)
         work()
     except BaseException as exc:  # nothing to print to: syslog only
         _syslog(f"cgctl hook: early applier failed: {type(exc).__name__}: {exc}", True)
@@ -520,7 +564,7 @@ def _detach(work) -> None:
 
 
 def early_apply(driver: str, name: str, uuid: str, vcpus: int, opts: Options,
-                launched: float) -> str:
+                launched: float, timeout: float = EARLY_TIMEOUT) -> str:
     """Wait for the guest's process and cgroup, then apply its journal config once.
 
     Returns what happened (also recorded in the journal's history as ``hook early``).
@@ -532,7 +576,7 @@ def early_apply(driver: str, name: str, uuid: str, vcpus: int, opts: Options,
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     try:
-        what = _early_apply(driver, name, uuid, vcpus, opts, launched)
+        what = _early_apply(driver, name, uuid, vcpus, opts, launched, timeout)
         _syslog(f"cgctl hook: {driver} guest={name} op=early: {what}", False)
         return what
     finally:
@@ -541,23 +585,23 @@ def early_apply(driver: str, name: str, uuid: str, vcpus: int, opts: Options,
         os.close(fd)
 
 
-def _early_apply(driver, name, uuid, vcpus, opts, launched) -> str:
+def _early_apply(driver, name, uuid, vcpus, opts, launched, timeout) -> str:
     log = Log(driver, name, "early")
     _route_cgctl_log(log)
     ctl = _controller(opts)
     try:  # closed here (checkpoints the WAL): the applier ends in os._exit, which skips it
-        return _early_apply_with(ctl, driver, name, uuid, vcpus, launched, log)
+        return _early_apply_with(ctl, driver, name, uuid, vcpus, launched, timeout, log)
     finally:
         ctl.close()
 
 
-def _early_apply_with(ctl, driver, name, uuid, vcpus, launched, log) -> str:
+def _early_apply_with(ctl, driver, name, uuid, vcpus, launched, timeout, log) -> str:
     import time
     from . import params as P
     from . import resolve, runtime
     from .errors import CgroupNotFound, UnsafePath
 
-    deadline = launched + EARLY_TIMEOUT
+    deadline = launched + timeout
     journal = ctl.journal(create=False)
     config = journal.get_config(uuid)
     if not config:
@@ -587,7 +631,7 @@ def _early_apply_with(ctl, driver, name, uuid, vcpus, launched, log) -> str:
                         f"{len(outcome.errors)} failed, {time.monotonic() - launched:.3f} s "
                         "after the hook")
         time.sleep(EARLY_POLL)
-    log(f"the guest's cgroup did not appear within {EARLY_TIMEOUT:g} s; "
+    log(f"the guest's cgroup did not appear within {timeout:g} s; "
         "`started begin` and the service apply the config", error=True)
     return "timed out"
 

@@ -18,14 +18,102 @@ SCRIPT_NAME = "cgctl"  # the file installed in <hooks>/qemu.d/ and lxc.d/
 MARKER = "# cgctl-hook: installed by 'cgctl hook install'; 'cgctl hook uninstall' removes it"
 
 
-def script_text(driver: str, command) -> str:
+# The script's text. Only this shell script, never the program it runs, decides the status
+# libvirt sees: a removed venv, a Python upgrade or an import error must not make libvirt kill a
+# running guest (`reconnect begin`) or refuse a start (docs/hook.md, "When cgctl itself is
+# broken"). POSIX sh (dash); no `exec`, so the script is still there to map the status.
+_SCRIPT = """#!/bin/sh
+{marker}
+# libvirt (>= 6.5) runs every executable in {driver}.d/ as SCRIPT NAME OP SUBOP EXTRA,
+# the domain XML on stdin. It looks for hooks only when it starts: restart libvirtd
+# (or virtqemud/virtlxcd) after installing or removing this file.
+#
+# The exit status libvirt sees is decided here, whatever happens to the program run below:
+# non-zero only at `started begin`, and only when cgctl refused on purpose (its status
+# {refused}) or, strict, when cgctl cannot run at all. Everything else exits 0 (docs/hook.md).
+prog={prog}
+strict={strict}  # yes: --strict, no: --no-strict, empty: $CGCTL_HOOK_STRICT, then config
+config={config}
+
+case "$2 $3" in
+{handled}) ;;
+*)  # nothing for cgctl to do: answered here without starting Python. No output (libvirt
+    # takes the output of migrate/restore as the new domain XML); stdin read to its end.
+    [ -t 0 ] || cat >/dev/null 2>&1
+    exit 0 ;;
+esac
+
+# from /: `python -m` puts the working directory first on sys.path, and libvirtd's is not
+# ours to choose (a `cgctl` directory there would be the code that runs)
+cd / || exit 0
+{env}=1 {cmd} {driver} "$@"
+rc=$?
+[ "$rc" -eq 0 ] && exit 0
+if [ "$rc" -eq {refused} ] && [ "$2 $3" = 'started begin' ]; then
+    exit 1  # refused on purpose; cgctl said why
+fi
+[ -t 0 ] || cat >/dev/null 2>&1  # what a failed run left unread
+
+is_strict() {{
+    case $strict in yes) return 0 ;; no) return 1 ;; esac
+    v=${{CGCTL_HOOK_STRICT-}}
+    v=${{v#"${{v%%[![:space:]]*}}"}}
+    v=${{v%"${{v##*[![:space:]]}}"}}
+    case $v in
+    1|[yY][eE][sS]|[tT][rR][uU][eE]|[oO][nN]) return 0 ;;
+    ?*) return 1 ;;
+    esac
+    # a top-level `hook_strict = true` line of the configuration file (before any [table])
+    [ "$(sed -n -e '/^[[:space:]]*\\[/q' -e 's/^[[:space:]]*hook_strict[[:space:]]*=[[:space:]]*\\([a-z]*\\)[[:space:]]*\\(#.*\\)\\{{0,1\\}}$/\\1/p' \\
+        "$config" 2>/dev/null)" = true ]
+}}
+
+case $rc in
+126) why="$prog cannot be executed (exit 126)" ;;
+127) why="$prog or its interpreter not found (exit 127)" ;;
+*)  if [ "$rc" -gt 128 ]; then
+        why="$prog killed by signal $((rc - 128)) (exit $rc)"
+    else
+        why="$prog failed (exit $rc: cgctl missing, not importable or crashed; see above)"
+    fi ;;
+esac
+status=0
+case "$2 $3" in
+'started begin')
+    if is_strict; then
+        status=1
+        after="refusing the start (hook_strict: the guest must not run without its limits)"
+    else
+        after="the guest starts without its limits (not strict)"
+    fi ;;
+'reconnect begin') after="guest left running" ;;
+*) after="the start goes on" ;;
+esac
+line="cgctl hook: {driver} guest=$1 op=$2: cgctl cannot run: $why; $after"
+printf '%s\\n' "$line" >&2
+if command -v logger >/dev/null 2>&1; then
+    logger -t cgctl-hook -p daemon.err "$line" </dev/null >/dev/null 2>&1
+fi
+exit $status
+"""
+
+
+def script_text(driver: str, command, strict=None, config_file: str = consts.CONFIG_PATH) -> str:
+    """The script installed as ``<driver>.d/cgctl``: runs ``command DRIVER ARGS...`` for the
+    calls cgctl acts on, answers the others itself, and maps every outcome to an exit status.
+
+    ``strict`` (True, False, None: decided at the call) is the hook's ``--strict`` option,
+    repeated here for when ``command`` cannot run at all.
+    """
     import shlex
-    cmd = " ".join(shlex.quote(str(a)) for a in command)
-    return (f"#!/bin/sh\n{MARKER}\n"
-            f"# libvirt (>= 6.5) runs every executable in {driver}.d/ as SCRIPT NAME OP SUBOP "
-            "EXTRA,\n# the domain XML on stdin. It looks for hooks only when it starts: restart "
-            "libvirtd\n# (or virtqemud/virtlxcd) after installing or removing this file.\n"
-            f"exec {cmd} {driver} \"$@\"\n")
+    from .hook import ACTIONS, EXIT_SCRIPT_REFUSE, SCRIPT_ENV
+    q = shlex.quote
+    return _SCRIPT.format(
+        marker=MARKER, driver=driver, prog=q(str(command[0])), config=q(config_file),
+        strict={True: "yes", False: "no", None: "''"}[strict],
+        handled="|".join(q(f"{op} {sub}") for op, sub in ACTIONS),
+        env=SCRIPT_ENV, refused=EXIT_SCRIPT_REFUSE,
+        cmd=" ".join(q(str(a)) for a in command))
 
 
 def is_ours(path: str) -> bool:
@@ -44,11 +132,14 @@ def hook_command(cgctl: str, opts: Options) -> list:
     return [cgctl, "hook", "--", *opts.argv()]
 
 
-def install(hooks_dir: str, command, drivers=DRIVERS) -> list:
+def install(hooks_dir: str, command, drivers=DRIVERS, opts: Options = None) -> list:
     """Install our script into ``<hooks_dir>/<driver>.d/``; returns [(path, what happened)].
 
-    A file there that is not ours is never touched (CgctlError naming it).
+    ``opts``: the hook's options in ``command`` (their strictness and configuration file are
+    repeated for the script, see script_text). A file there that is not ours is never touched
+    (CgctlError naming it).
     """
+    opts = opts or Options()
     from .errors import CgctlError
     done = []
     for driver in drivers:
@@ -59,7 +150,7 @@ def install(hooks_dir: str, command, drivers=DRIVERS) -> list:
                              "(move it away, or install cgctl's hook by hand under another "
                              "name)", path=path)
         os.makedirs(d, mode=0o755, exist_ok=True)
-        text = script_text(driver, command)
+        text = script_text(driver, command, opts.strict, opts.config_file)
         existed = os.path.exists(path)
         tmp = f"{path}.cgctl-tmp-{os.getpid()}"
         with open(tmp, "w") as f:
@@ -147,7 +238,7 @@ def install_main(verb: str, args, opts: Options, ctl) -> int:
             if a.early is not None:
                 opts.early = a.early
             cgctl = a.cgctl if os.path.isabs(a.cgctl) else os.path.abspath(a.cgctl)
-            for path, what in install(a.hooks_dir, hook_command(cgctl, opts), drivers):
+            for path, what in install(a.hooks_dir, hook_command(cgctl, opts), drivers, opts):
                 print(f"{path}: {what}")
             for other in other_hooks(a.hooks_dir, drivers):
                 print(f"{other}: kept (libvirt runs it too)")

@@ -304,7 +304,8 @@ def test_install_keeps_foreign_hooks_and_uninstall_removes_only_ours(env, tmp_pa
         text = script.read_text()
         assert hookinstall.MARKER in text and sys.executable in text
         assert env["CGCTL_JOURNAL"] in text and "--strict" in text
-        assert text.rstrip().endswith(f'{d} "$@"')
+        assert f' {d} "$@"\n' in text and "exec " not in text  # run, not exec'd: see
+        assert "strict=yes" in text                              # test_hook_script.py
         assert stat.S_IMODE(script.stat().st_mode) == 0o755
     assert foreign.read_text() == "#!/bin/sh\nexit 0\n"
     # the installed script runs the hook (libvirt's call: SCRIPT NAME OP SUBOP EXTRA)
