@@ -97,6 +97,20 @@ def _add_common(p: argparse.ArgumentParser, defaults: bool) -> None:
                    help="log each action")
 
 
+HISTORY_LIMIT = 50  # `cgctl history` shows the newest this many rows unless told otherwise
+
+
+def _count(text: str) -> int:
+    """A whole number >= 0 (argparse type: a bad one is a usage error, exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     top = _Parser(prog="cgctl", description="cgroup v1/v2 resource control for libvirt guests")
     top.add_argument("--version", action="version", version=f"cgctl {__version__}")
@@ -121,7 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("list", parents=[common], help="guests with settings in the journal")
     p = sub.add_parser("history", parents=[common], help="every change, newest last")
     p.add_argument("guest", nargs="?")
-    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--limit", type=_count, default=None, metavar="N",
+                   help=f"the newest N rows (default {HISTORY_LIMIT}; 0: all)")
+    p.add_argument("--all", action="store_true", help="every row (same as --limit 0)")
     p = sub.add_parser("apply", parents=[common], help="apply the config to running guests now")
     p.add_argument("guest", nargs="?")
     p.add_argument("--all", action="store_true")
@@ -132,8 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repair", action="store_true")
     p = sub.add_parser("forget", parents=[common], help="drop a guest's config (history stays)")
     p.add_argument("guest")
-    sub.add_parser("prune", parents=[common],
-                   help="drop the config of guests libvirt no longer defines")
+    p = sub.add_parser("prune", parents=[common],
+                       help="drop the config of guests libvirt no longer defines, and the "
+                            "history beyond the retention (history_keep_days/_rows)")
+    p.add_argument("--keep-days", type=_count, metavar="N",
+                   help="history rows older than N days go (0: none; default: config file)")
+    p.add_argument("--keep-rows", type=_count, metavar="N",
+                   help="per guest, rows beyond the newest N go (0: none; default: config file)")
     for cmd, opts in _VIRSH.items():
         p = sub.add_parser(cmd, parents=[common], help=f"virsh-style {cmd}")
         p.add_argument("guest")
@@ -267,7 +288,12 @@ def cmd_list(args, ctl) -> int:
 
 
 def cmd_history(args, ctl) -> int:
-    rows = ctl.history(args.guest, args.limit)
+    if args.all and args.limit:
+        raise UsageError("--all and --limit N: give one of them")
+    limit = None if args.all or args.limit == 0 else (args.limit or HISTORY_LIMIT)
+    rows = ctl.history(args.guest, limit)
+    if limit is not None and len(rows) == limit and not args.json:
+        _eprint(f"cgctl: the newest {limit} rows; --limit N or --all for more")
     _out(args, rows, lambda rs: _table(
         [[r["at"][:23], r["name"], r["command"], r["source"], r["mode"],
           r["param"] + (f"[{r['device']}]" if r["device"] else ""),
@@ -345,15 +371,37 @@ def cmd_forget(args, ctl) -> int:
 def cmd_prune(args, ctl) -> int:
     from . import virt
     known = {g.uuid for g in virt.list_guests(ctl.uris) if g.persistent or g.running}
+    days, rows = _retention(args)
     pruned = []
     for row in ctl.journal().guests():
         if not row.deleted and row.uuid not in known:
             ctl.forget(row.uuid, command="prune")
             pruned.append({"guest": row.name, "uuid": row.uuid})
-    _out(args, pruned, lambda rs: _print(
-        "\n".join(f"guest {r['guest']}: config dropped (libvirt no longer defines it)"
-                  for r in rs) or "nothing to prune"))
+    trimmed = ctl.journal().prune_history(keep_days=days, keep_rows=rows) \
+        if days or rows else 0
+    result = {"guests": pruned, "history_rows_removed": trimmed,
+              "history_keep_days": days, "history_keep_rows": rows}
+
+    def human(r):
+        for g in r["guests"]:
+            _print(f"guest {g['guest']}: config dropped (libvirt no longer defines it)")
+        if not r["guests"]:
+            _print("no guest to forget")
+        _print(f"history: {r['history_rows_removed']} row(s) removed (keep {days or 'all'} "
+               f"day(s), {rows or 'all'} row(s) per guest)")
+    _out(args, result, human)
     return 0
+
+
+def _retention(args):
+    """(keep_days, keep_rows): the command line, else the config file's history_keep_*."""
+    days, rows = args.keep_days, args.keep_rows
+    if days is None or rows is None:
+        from .service_config import load_config
+        cfg = load_config(consts.CONFIG_PATH)
+        days = cfg.history_keep_days if days is None else days
+        rows = cfg.history_keep_rows if rows is None else rows
+    return days, rows
 
 
 def cmd_daemon(args, ctl) -> int:

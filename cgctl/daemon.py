@@ -2,12 +2,21 @@
 
 Threads, and what each one may do::
 
-    main          signals, connections (open, lose, reconnect with backoff), systemd notify and
-                  watchdog, SIGHUP reload. Never applies anything itself.
+    main          signals, connections (lose, reconnect with backoff), systemd notify and
+                  watchdog, SIGHUP reload. Never applies anything itself, and never waits on a
+                  libvirt call: a hung libvirtd must not hold SIGTERM or the watchdog.
+    connect       one short-lived thread per connect attempt (open, keepalive, event
+                  registration): it can hang on a hung libvirtd, so the main loop only reads
+                  its result from the control queue and counts it as failed after
+                  CONNECT_TIMEOUT_S (one attempt per URI at a time).
     libvirt loop  libvirt's default event loop (cgctl.virt.start_event_loop): keepalive, close
                   callbacks, lifecycle events. Its callbacks only queue work and return.
     worker        the only thread that uses the Controller (journal, cgroup writes): applies the
                   config on STARTED, forgets it on UNDEFINED, reconciles after every (re)connect.
+
+Ready (READY=1) after the first round: every URI connected and reconciled, or tried and not
+connected (refused, or no answer within CONNECT_TIMEOUT_S), or READY_DEADLINE_S after start
+whatever the state; STATUS says which URIs are not connected. Reconnecting goes on with backoff.
 
 Reconcile: for each running guest with a config, the instance now (PID + process start time)
 is compared with the last one the config was applied to; a new instance gets the config, the
@@ -17,7 +26,9 @@ others go on. Losing libvirtd is never a reason to exit.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import itertools
 import logging
 import os
 import queue
@@ -40,6 +51,11 @@ LOOP_STALL_S = 5.0  # no heartbeat for this long: the event loop is stuck, stop 
 WORKER_STALL_S = 60.0  # one job (or one guest of a reconcile) longer than this: worker is stuck
 STOP_WAIT_S = 10.0  # at stop, how long the job in progress may take to finish
 SAME_START_S = 0.05  # two start times this close are the same process start (clock ticks)
+CONNECT_TIMEOUT_S = 5.0  # a connect attempt unanswered this long: libvirtd counts as hung
+READY_DEADLINE_S = 30.0  # READY=1 by then whatever the state (systemd's start timeout is 90 s)
+LIBVIRT_CALL_NOTE_S = 5.0  # a worker libvirt call longer than this is named in STATUS
+CLOSE_WAIT_S = 2.0  # at stop, how long closing the connections may take (a hung peer)
+HISTORY_PRUNE_S = 3600.0  # the history retention runs this often (and once when ready)
 
 
 # ------------------------------------------------------------------------- the device watcher slot
@@ -100,7 +116,9 @@ class _Link:
 
     uri: str
     conn: object = None  # virt.EventConnection while connected
-    generation: int = 0  # bumped at each connect: stale callbacks and jobs are told apart
+    generation: int = 0  # new at each connect: stale callbacks and jobs are told apart
+    pending: Optional[float] = None  # time.monotonic() a connect attempt began, while it runs
+    hung: bool = False  # the pending attempt passed CONNECT_TIMEOUT_S (counted as failed)
     attempts: int = 0
     delay: float = 0.0  # before the next attempt after a failure
     last_delay: float = 0.0  # the one before (the log goes quiet once it stops growing)
@@ -159,7 +177,11 @@ class Daemon:
         self._stop_watcher: Optional[Callable[[], None]] = None
         self._next_ping = 0.0
         self._next_drift = 0.0
+        self._next_prune = 0.0
         self._status_text = ""
+        self._generations = itertools.count(1)  # unique over links, also after a reload
+        self._started = time.monotonic()
+        self._libvirt_call: Optional[tuple] = None  # (uri, what, since) while the worker waits
 
     # ----- entry ------------------------------------------------------------------------------
     def run(self) -> int:
@@ -179,6 +201,7 @@ class Daemon:
             except OSError as e:  # the service works without it; `cgctl set` then runs alone
                 log.error("cannot answer commands on %s: %s", self.command_server.path, e)
                 self.command_server = None
+        self._started = time.monotonic()
         for uri in self.config.uris:
             self._add_link(uri)
         self._set_status()
@@ -207,8 +230,13 @@ class Daemon:
         now = time.monotonic()
         waits = [0.5]
         for link in self.links.values():
-            if link.conn is None:
+            if link.pending is not None:
+                if not link.hung:
+                    waits.append(link.pending + CONNECT_TIMEOUT_S - now)
+            elif link.conn is None:
                 waits.append(link.next_try - now)
+        if not self.ready:
+            waits.append(self._started + READY_DEADLINE_S - now)
         if self.notifier.watchdog_interval:
             waits.append(self._next_ping - now)
         try:
@@ -219,13 +247,22 @@ class Daemon:
             self._handle(msg)
         now = time.monotonic()
         for link in list(self.links.values()):
-            if link.conn is None and now >= link.next_try and not self.stopping.is_set():
+            if self.stopping.is_set():
+                break
+            if link.pending is not None:
+                if not link.hung and now - link.pending > CONNECT_TIMEOUT_S:
+                    self._connect_hung(link)
+            elif link.conn is None and now >= link.next_try:
                 self._connect(link)
         self._maybe_ready()
         self._watchdog()
+        self._set_status()  # a worker call to libvirt may have begun or ended hanging
         if self.ready and self.config.drift_interval and now >= self._next_drift:
             self._next_drift = now + self.config.drift_interval
             self.submit(self._repair_drift, "drift")
+        if self.ready and now >= self._next_prune:
+            self._next_prune = now + HISTORY_PRUNE_S
+            self.submit(self._prune_history, "history retention")
 
     def _handle(self, msg: tuple) -> None:
         what = msg[0]
@@ -234,6 +271,8 @@ class Daemon:
             self.stopping.set()
         elif what == "reload":
             self._reload()
+        elif what == "opened":
+            self._opened(*msg[1:])
         elif what == "closed":
             _, uri, generation, reason = msg
             link = self.links.get(uri)
@@ -275,9 +314,28 @@ class Daemon:
         if self._worker is None or not self._worker.is_alive():
             return "the worker thread is gone"
         busy = self._worker_busy_since
-        if busy is not None and now - busy > WORKER_STALL_S:
+        if busy is not None and now - busy > WORKER_STALL_S and self._libvirt_call is None:
+            # (a worker waiting on a hung libvirtd is not ours to restart: a new process would
+            # wait the same; STATUS names it, see libvirt_hang(), keepalive ends most waits)
             return f"the worker has been busy with one job for {now - busy:.0f} s"
         return None
+
+    def libvirt_hang(self) -> Optional[str]:
+        """What the worker has been waiting on libvirtd for, longer than LIBVIRT_CALL_NOTE_S."""
+        call = self._libvirt_call
+        if call is None or time.monotonic() - call[2] < LIBVIRT_CALL_NOTE_S:
+            return None
+        since = time.strftime("%H:%M:%S", time.localtime(call[3]))
+        return f"worker waiting on libvirtd at {call[0]} ({call[1]}) since {since}"
+
+    @contextlib.contextmanager
+    def _calling_libvirt(self, uri: str, what: str):
+        """Marks the worker's libvirt calls (they can wait as long as libvirtd hangs)."""
+        self._libvirt_call = (uri, what, time.monotonic(), time.time())
+        try:
+            yield
+        finally:
+            self._libvirt_call = None
 
     def _beat(self) -> None:  # libvirt event loop thread
         self._heartbeat = time.monotonic()
@@ -289,19 +347,52 @@ class Daemon:
         self._connect(link)
 
     def _connect(self, link: _Link) -> None:
+        """Start one connect attempt in a thread of its own; its result comes back as an
+        ("opened", ...) control message (see _opened)."""
         from . import virt
-        link.generation += 1
-        generation = link.generation
+        link.generation = generation = next(self._generations)
+        uri = link.uri
         conn = virt.EventConnection(
-            link.uri,
+            uri,
             on_event=lambda ev: self._on_event(ev, generation),
-            on_close=lambda reason: self._control.put(("closed", link.uri, generation, reason)),
+            on_close=lambda reason: self._control.put(("closed", uri, generation, reason)),
             keepalive=(self.config.keepalive_interval, self.config.keepalive_count))
-        try:
-            conn.open()
-        except CgctlError as e:
-            link.attempts += 1
-            link.last_error = str(e)
+        link.pending, link.hung = time.monotonic(), False
+
+        def attempt():
+            error = None
+            try:
+                conn.open()
+            except CgctlError as e:
+                error = e
+            except Exception as e:  # a bug: one attempt failed, the service goes on
+                error = CgctlError(f"internal error: {type(e).__name__}: {e}")
+            self._control.put(("opened", uri, generation, conn, error))
+        threading.Thread(target=attempt, name="cgctl-connect", daemon=True).start()
+
+    def _connect_hung(self, link: _Link) -> None:
+        """The attempt under way has had no answer for CONNECT_TIMEOUT_S: count it as failed
+        (readiness, STATUS) and leave it running; its late result is still taken."""
+        link.hung = True
+        link.attempts += 1
+        link.last_error = (f"libvirtd not answering (no reply to the connect within "
+                           f"{CONNECT_TIMEOUT_S:g} s)")
+        log.warning("cannot connect to %s (attempt %d): %s; still waiting for it", link.uri,
+                    link.attempts, link.last_error)
+        self._set_status()
+
+    def _opened(self, uri: str, generation: int, conn, error) -> None:
+        link = self.links.get(uri)
+        if link is None or link.generation != generation or self.stopping.is_set():
+            if error is None:  # a URI dropped by a reload meanwhile, or stopping: not wanted
+                self._jobs.put(_Job("close", uri, conn))
+            return
+        link.pending = None
+        if error is not None:
+            if not link.hung:
+                link.attempts += 1
+            link.hung = False
+            link.last_error = str(error)
             delay = link.delay
             link.next_try = time.monotonic() + delay
             link.delay = min(link.delay * 2, self.config.reconnect_max)
@@ -309,10 +400,11 @@ class Daemon:
             loud = delay != link.last_delay or link.attempts % 10 == 0
             log.log(logging.WARNING if loud else logging.DEBUG,
                     "cannot connect (attempt %d): %s; next attempt in %.1f s",
-                    link.attempts, e, delay)
+                    link.attempts, error, delay)
             link.last_delay = delay
             self._set_status()
             return
+        link.hung = False
         link.conn = conn
         link.reconciled = False
         link.last_error = ""
@@ -328,7 +420,8 @@ class Daemon:
     def _disconnect(self, link: _Link) -> None:
         conn, link.conn = link.conn, None
         link.reconciled = False
-        link.generation += 1  # events and jobs of the old connection are stale now
+        link.generation = next(self._generations)  # events, jobs, attempts of before: stale
+        link.pending, link.hung = None, False
         if conn is not None:
             # closed by the worker, after any job still using it (never under its feet)
             self._jobs.put(_Job("close", link.uri, conn))
@@ -352,10 +445,12 @@ class Daemon:
     def _maybe_ready(self) -> None:
         if self.ready:
             return
-        links = list(self.links.values())
-        tried = all(link.conn is not None or link.attempts > 0 for link in links)
-        up = [link for link in links if link.conn is not None]
-        if tried and up and all(link.reconciled for link in up):
+        # every URI settled: reconciled, or tried and not connected (refused or hung); a
+        # service that waits for libvirtd would fail systemd's start timeout in a loop
+        settled = all(link.reconciled if link.conn is not None else link.attempts > 0
+                      for link in self.links.values())
+        late = time.monotonic() - self._started > READY_DEADLINE_S
+        if settled or late:
             self.ready = True
             log.info("ready: %s", self._status())
             self.notifier.ready(self._status())
@@ -370,6 +465,9 @@ class Daemon:
             else:
                 parts.append(f"{link.uri} disconnected ({link.attempts} attempt(s)"
                              + (f": {link.last_error})" if link.last_error else ")"))
+        hang = self.libvirt_hang()
+        if hang:
+            parts.append(hang)
         return "; ".join(parts) or "no URIs configured"
 
     def _set_status(self) -> None:
@@ -428,7 +526,8 @@ class Daemon:
             conn = link.conn
             if conn is not None:
                 try:
-                    out += conn.running_guests()
+                    with self._calling_libvirt(link.uri, "list guests"):
+                        out += conn.running_guests()
                 except CgctlError as e:
                     log.warning("cannot list the guests of %s: %s", link.uri, e)
         return out
@@ -445,23 +544,25 @@ class Daemon:
                 self._stop_watcher()
             except Exception as e:
                 log.error("device watcher did not stop cleanly: %s", e)
-        dropped = 0
+        dropped, closing = 0, []
         while True:
             try:
                 job = self._jobs.get_nowait()
             except queue.Empty:
                 break
             if job.kind == "close":
-                job.conn.close()
+                closing.append(job.conn)
             else:
                 dropped += 1
+        _close_all(closing)
         if dropped:
             log.info("stopping: %d queued job(s) dropped (the next start reconciles)", dropped)
         for link in self.links.values():
             self._disconnect(link)
         self._jobs.put(_STOP)
         if self._worker is not None:
-            self._worker.join(STOP_WAIT_S)
+            # a job waiting on a hung libvirtd would not finish: do not wait long for it
+            self._worker.join(CLOSE_WAIT_S if self._libvirt_call is not None else STOP_WAIT_S)
             if self._worker.is_alive():
                 log.error("the worker did not finish its job within %.0f s", STOP_WAIT_S)
         if self._timer is not None:
@@ -489,6 +590,17 @@ class Daemon:
             if ctl is not None:
                 ctl.close()
 
+    def _prune_history(self, ctl) -> None:
+        """The history retention (history_keep_days, history_keep_rows): cheap, in the worker."""
+        days, rows = self.config.history_keep_days, self.config.history_keep_rows
+        if not days and not rows:
+            return
+        removed = ctl.journal().prune_history(keep_days=days, keep_rows=rows)
+        if removed:
+            log.info("history retention: %d row(s) older than %s removed", removed,
+                     " or ".join(filter(None, (f"{days:g} day(s)" if days else "",
+                                               f"the newest {rows} per guest" if rows else ""))))
+
     def _do(self, job: _Job) -> None:
         if job.kind == "started":
             self._apply_started(job)
@@ -497,7 +609,8 @@ class Daemon:
         elif job.kind == "reconcile":
             self._reconcile(job)
         elif job.kind == "close":
-            job.conn.close()
+            with self._calling_libvirt(job.uri, "close"):
+                job.conn.close()
         elif job.kind == "swap":
             journal, uris = job.payload
             if self._ctl is not None:
@@ -519,7 +632,8 @@ class Daemon:
             log.debug("guest=%s has no config: nothing to apply", ev.name)
             return
         try:
-            guest = job.conn.guest(ev.uuid)
+            with self._calling_libvirt(job.uri, "lookup"):
+                guest = job.conn.guest(ev.uuid)
             if not guest.running:
                 log.info("guest=%s stopped before its config was applied", ev.name)
                 return
@@ -546,7 +660,8 @@ class Daemon:
     def _reconcile(self, job: _Job) -> None:
         t0 = time.monotonic()
         try:
-            guests = job.conn.running_guests()
+            with self._calling_libvirt(job.uri, "list guests"):
+                guests = job.conn.running_guests()
         except CgctlError as e:
             log.error("reconcile %s: cannot list guests: %s", job.uri, e)
             return  # the connection is going away: its close starts a new round
@@ -602,6 +717,23 @@ class Daemon:
                 return "unchanged"
         outcome = self._ctl.apply_config(guest, source="reconcile", command="reconcile")
         return "failed" if outcome.errors else "applied"
+
+
+def _close_all(conns: list) -> None:
+    """Close connections at stop, in a thread: a hung libvirtd may never answer the close,
+    and the stop must not wait on it for more than CLOSE_WAIT_S."""
+    if not conns:
+        return
+
+    def close():
+        for conn in conns:
+            conn.close()
+    t = threading.Thread(target=close, name="cgctl-close", daemon=True)
+    t.start()
+    t.join(CLOSE_WAIT_S)
+    if t.is_alive():
+        log.warning("stopping: libvirtd did not answer the close of %d connection(s) within "
+                    "%.0f s; not waiting for it", len(conns), CLOSE_WAIT_S)
 
 
 # --------------------------------------------------------------------------- entry point

@@ -26,6 +26,7 @@ from __future__ import annotations
 import errno as E
 import os
 import stat
+import threading
 import xml.etree.ElementTree as ET
 from typing import Dict, List, Optional, Tuple, NamedTuple
 
@@ -49,14 +50,20 @@ def _pyudev():
 SYS_DEV_BLOCK = os.environ.get("CGCTL_SYS_DEV_BLOCK", "/sys/dev/block")
 SYS_CLASS_BLOCK = "/sys/class/block"
 
-_context = None
+# libudev contexts are not thread-safe (udev_new(3): "not thread-safe ... must not be shared
+# between threads"), and the service resolves devices in several threads at once (its worker,
+# the command socket's requests, the udev watcher): one context per thread, made on first use
+# and kept for the thread's later lookups (a new one costs ~2.5 ms here, 60 lookups' worth:
+# too much to make one per lookup; docs/reliability.md).
+_local = threading.local()
 
 
 def udev_context():
-    global _context
-    if _context is None:
-        _context = _pyudev().Context()
-    return _context
+    """This thread's own pyudev Context."""
+    ctx = getattr(_local, "context", None)
+    if ctx is None:
+        ctx = _local.context = _pyudev().Context()
+    return ctx
 
 
 class BlockDevice(NamedTuple):

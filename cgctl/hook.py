@@ -610,10 +610,11 @@ def _early_apply_with(ctl, driver, name, uuid, vcpus, launched, timeout, log) ->
            and P.BY_NAME[n].target in (P.VCPUS, P.EMULATOR)] if driver == "qemu" else []
     host = ctl.host
     while time.monotonic() < deadline:
-        pid = runtime.read_pid(driver, name, ctl.run_dir)
-        # argv naming this guest: for QEMU, after exec (libvirt placed it in its cgroup and
-        # wrote its own tunables before that); a stale pid file fails this test
-        if pid and runtime._is_guest_process(driver, pid, name, uuid, consts.PROC_ROOT):
+        # the guest's process as cgctl.runtime checks it (pid file and status agree, exe, uid,
+        # start time, argv): for QEMU, after exec (libvirt placed it in its cgroup and wrote
+        # its own tunables before that); a stale pid file or a faked argv fails this test
+        pid = runtime.verified_pid(driver, name, uuid, ctl.run_dir, consts.PROC_ROOT)
+        if pid:
             try:
                 groups = resolve.groups_for_pid(pid, host, guest=name, driver=driver)
             except (CgroupNotFound, UnsafePath):

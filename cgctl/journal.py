@@ -343,6 +343,68 @@ class Transaction(_Reader):
         return dropped
 
 
+    def prune_history(self, *, keep_days: float = 0, keep_rows: int = 0,
+                      now_at: Union[str, float, datetime, None] = None) -> int:
+        """The history retention: remove rows older than ``keep_days`` and, per guest, beyond
+        the newest ``keep_rows`` (0 turns either off). Never removed, for a guest that is not
+        deleted: the newest row of each (param, device, mode, ok or not), so the history still
+        explains the current config and drift repair keeps its reference (cgctl/drift.py).
+        A deleted guest whose rows are all gone leaves the guest table too. Returns the count.
+        """
+        if keep_days < 0 or keep_rows < 0:
+            raise ValueError("keep_days and keep_rows are >= 0")
+        db = self._db
+        over: List[str] = []
+        if keep_rows:
+            # (uuid, at) index: no table scan to find the guests over the cap
+            over = [r[0] for r in db.execute(
+                "SELECT uuid FROM history GROUP BY uuid HAVING count(*) > ?", (int(keep_rows),))]
+        cutoff = None
+        if keep_days:
+            stamp = datetime.now(timezone.utc) if now_at is None else now_at
+            when = _to_datetime(stamp).timestamp() - keep_days * 86400
+            cutoff = _timestamp(when)
+            if db.execute("SELECT 1 FROM history WHERE at < ? LIMIT 1", (cutoff,)).fetchone() \
+                    is None:
+                cutoff = None  # nothing that old (the common case: pruned an hour ago)
+        if cutoff is None and not over:
+            return 0
+        db.execute("DROP TABLE IF EXISTS temp.history_keep")
+        db.execute(
+            # (a --live change records history without a guest row: not joined to guest)
+            "CREATE TEMP TABLE history_keep AS SELECT max(id) AS id FROM history "
+            "WHERE deleted = 0 GROUP BY uuid, param, device, mode, outcome = 'ok'")
+        removed = 0
+        try:
+            if cutoff is not None:
+                removed += db.execute(
+                    "DELETE FROM history WHERE at < ? AND id NOT IN "
+                    "(SELECT id FROM temp.history_keep)", (cutoff,)).rowcount
+            for uuid in over:
+                edge = db.execute(
+                    "SELECT at, id FROM history WHERE uuid = ? ORDER BY at DESC, id DESC "
+                    "LIMIT 1 OFFSET ?", (uuid, int(keep_rows) - 1)).fetchone()
+                if edge is None:
+                    continue  # fewer rows now (the age rule removed some)
+                removed += db.execute(
+                    "DELETE FROM history WHERE uuid = ? AND (at < ? OR (at = ? AND id < ?)) "
+                    "AND id NOT IN (SELECT id FROM temp.history_keep)",
+                    (uuid, edge[0], edge[0], edge[1])).rowcount
+            db.execute("DELETE FROM guest WHERE deleted = 1 AND NOT EXISTS "
+                       "(SELECT 1 FROM history h WHERE h.uuid = guest.uuid)")
+        finally:
+            db.execute("DROP TABLE IF EXISTS temp.history_keep")
+        return removed
+
+
+def _to_datetime(when: Union[str, float, datetime]) -> datetime:
+    if isinstance(when, str):
+        return datetime.fromisoformat(when)
+    if isinstance(when, (int, float)):
+        return datetime.fromtimestamp(when, timezone.utc)
+    return when
+
+
 # journal files this process has SQLite connections to (realpath -> count); see Journal._open
 _OPEN_HERE: Dict[str, int] = {}
 _OPEN_LOCK = threading.Lock()
@@ -592,6 +654,12 @@ class Journal:
                      user: Optional[str] = None) -> Config:
         with self.transaction() as tx:
             return tx.forget_guest(uuid, command=command, source=source, user=user)
+
+    def prune_history(self, *, keep_days: float = 0, keep_rows: int = 0,
+                      now_at: Union[str, float, datetime, None] = None) -> int:
+        """Transaction.prune_history in one transaction of its own."""
+        with self.transaction() as tx:
+            return tx.prune_history(keep_days=keep_days, keep_rows=keep_rows, now_at=now_at)
 
     def close(self) -> None:
         with self._lock:

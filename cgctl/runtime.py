@@ -8,8 +8,22 @@ and a hook must never call libvirt (DESIGN §7). While a guest is active, libvir
 - ``NAME.xml``: a ``<domstatus state=.. pid=..>`` holding the live ``<domain>`` (name, uuid),
   mode 0600 (so only root can look guests up here).
 
-Both are removed on a clean stop; after a crash or a host reboot they may remain, so a PID is
-trusted only when the process is alive and its command line names this very guest.
+Both are removed on a clean stop; after a crash or a host reboot they may remain, and a
+process can put anything in its own argv, so a PID is trusted only when all of these hold
+(``_verified``):
+
+- the pid file and the status file's ``pid=`` both exist and name the same PID;
+- the process started before libvirt wrote the pid file (libvirt writes it after the fork; a
+  process that started later got a reused PID), within START_SLACK_S;
+- ``/proc/PID/exe`` is the emulator: QEMU, the status XML's ``<emulator>``; LXC, one of
+  LXC_CONTROLLERS (a binary that was upgraded under a running guest reads ``... (deleted)``:
+  accepted, it is the same path);
+- its real and effective uid are root's or (QEMU) the guest's DAC label's or a QEMU user's;
+- its argv names this very guest (QEMU ``-uuid UUID``, LXC ``--name NAME``).
+
+The start-time test compares wall clocks: a clock stepped forward by more than START_SLACK_S
+between a guest's start and the check makes a running guest look stale here (the callers then
+ask libvirt, or skip the early apply).
 
 Which PID (checked on this machine, libvirt 9.0, cgroup v1, no systemd):
 - QEMU: ``NAME.pid`` is the qemu-system process. Its main thread sits in
@@ -26,6 +40,7 @@ Which PID (checked on this machine, libvirt 9.0, cgroup v1, no systemd):
 from __future__ import annotations
 
 import os
+import pwd
 import xml.etree.ElementTree as ET
 from typing import Iterable, Iterator, Optional, Tuple, NamedTuple
 
@@ -33,6 +48,11 @@ from cgctl import consts, errors
 from cgctl.units import normalize_uuid  # noqa: F401  (public here too)
 
 DRIVERS = ("qemu", "lxc")
+# where distributions install libvirt's LXC controller (Debian, Fedora/RHEL, SUSE)
+LXC_CONTROLLERS = ("/usr/lib/libvirt/libvirt_lxc", "/usr/libexec/libvirt_lxc",
+                   "/usr/lib64/libvirt/libvirt_lxc")
+QEMU_USERS = ("libvirt-qemu", "qemu")  # the user qemu.conf runs guests as (Debian, others)
+START_SLACK_S = 2.0  # clock ticks and timestamp granularity between fork and pid file write
 SYSTEM_URIS = {"qemu": "qemu:///system", "lxc": "lxc:///system"}
 
 
@@ -87,6 +107,8 @@ class _Status(NamedTuple):
     name: str
     uuid: str
     pid: Optional[int]  # from <domstatus pid=..>
+    emulator: Optional[str] = None  # <devices><emulator> (QEMU)
+    dac_uid: Optional[int] = None  # the uid of <seclabel model='dac'><label>
 
 
 def _read_status(path: str) -> Optional[_Status]:
@@ -115,7 +137,23 @@ def _parse_status(data: bytes) -> Optional[_Status]:
         pid = int(root.get("pid", ""))
     except ValueError:
         pid = None
-    return _Status(name=name, uuid=uuid, pid=pid)
+    dac = None
+    for label in dom.iterfind("seclabel"):
+        if label.get("model") == "dac":
+            dac = _dac_uid(label.findtext("label") or "")
+    return _Status(name=name, uuid=uuid, pid=pid, emulator=dom.findtext("devices/emulator"),
+                   dac_uid=dac)
+
+
+def _dac_uid(label: str) -> Optional[int]:
+    """``+64055:+64055`` or ``libvirt-qemu:kvm`` → the uid; None if it says none."""
+    user = label.split(":", 1)[0].strip()
+    if user.startswith("+") and user[1:].isdigit():
+        return int(user[1:])
+    try:
+        return pwd.getpwnam(user).pw_uid if user else None
+    except KeyError:
+        return None
 
 
 def _unreadable(path: str, exc: OSError) -> errors.LibvirtError:
@@ -169,8 +207,80 @@ def _argv(pid: int, proc_root: str) -> Optional[list]:
     return [a.decode("utf-8", "surrogateescape") for a in raw.rstrip(b"\0").split(b"\0")]
 
 
+def _exe(pid: int, proc_root: str) -> Optional[str]:
+    try:
+        exe = os.readlink(os.path.join(proc_root, str(pid), "exe"))
+    except OSError:
+        return None
+    return exe[:-len(" (deleted)")] if exe.endswith(" (deleted)") else exe
+
+
+def _uids(pid: int, proc_root: str) -> Optional[Tuple[int, int]]:
+    """(real, effective) uid of a process, from /proc/PID/status."""
+    try:
+        with open(os.path.join(proc_root, str(pid), "status"), "rb") as f:
+            for line in f:
+                if line.startswith(b"Uid:"):
+                    real, effective = line.split()[1:3]
+                    return int(real), int(effective)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _qemu_uids(status: "_Status") -> set:
+    out = {0}
+    if status.dac_uid is not None:
+        out.add(status.dac_uid)
+    for user in QEMU_USERS:
+        try:
+            out.add(pwd.getpwnam(user).pw_uid)
+        except KeyError:
+            pass
+    return out
+
+
+def _verified(driver: str, name: str, status: "_Status", run_dir: str,
+              proc_root: str) -> Optional[int]:
+    """The guest's main PID if every check of the module docstring holds, else None."""
+    pid_path = os.path.join(run_dir, driver, validate_name(name) + ".pid")
+    pid = read_pid(driver, name, run_dir)
+    if not pid or status.pid != pid:
+        return None
+    if not _is_guest_process(driver, pid, name, status.uuid, proc_root):
+        return None
+    exe = _exe(pid, proc_root)
+    if driver == "qemu":
+        want = {status.emulator, os.path.realpath(status.emulator)} if status.emulator else set()
+        allowed = _qemu_uids(status)
+    else:
+        want, allowed = set(LXC_CONTROLLERS), {0}
+    if exe is None or exe not in want:
+        return None
+    uids = _uids(pid, proc_root)
+    if uids is None or not set(uids) <= allowed:
+        return None
+    try:
+        written = os.stat(pid_path).st_mtime
+        if started_at(pid, proc_root) > written + START_SLACK_S:
+            return None  # started after libvirt wrote the pid file: a reused PID
+    except (OSError, errors.GuestNotRunning, ValueError, IndexError):
+        return None
+    return pid
+
+
+def verified_pid(driver: str, name: str, uuid: str, run_dir: str = consts.LIBVIRT_RUN_DIR,
+                 proc_root: str = consts.PROC_ROOT) -> Optional[int]:
+    """The main PID of the running guest ``name`` with this UUID, checked as the module
+    docstring says (the hook's early applier); None while it is not (yet) all there."""
+    status = _read_status(os.path.join(run_dir, driver, validate_name(name) + ".xml"))
+    if status is None or status.name != name or status.uuid != normalize_uuid(uuid):
+        return None
+    return _verified(driver, name, status, run_dir, proc_root)
+
+
 def _is_guest_process(driver: str, pid: int, name: str, uuid: str, proc_root: str) -> bool:
-    """True if PID is alive and is this guest's main process (not a reused PID)."""
+    """True if PID's argv names this guest (one of the checks of ``_verified``)."""
     argv = _argv(pid, proc_root)
     if not argv:
         return False
@@ -216,11 +326,8 @@ def find_running(ident: str, run_dir: str = consts.LIBVIRT_RUN_DIR, *,
 
 def _running(driver: str, name: str, status: _Status, run_dir: str, etc_dir: str,
              proc_root: str) -> Optional[Guest]:
-    validate_name(name)
-    pid = read_pid(driver, name, run_dir) or status.pid
-    if not pid or (status.pid and status.pid != pid):
-        return None
-    if not _is_guest_process(driver, pid, name, status.uuid, proc_root):
+    pid = _verified(driver, name, status, run_dir, proc_root)
+    if pid is None:
         return None
     return Guest(name=name, uuid=status.uuid, driver=driver, uri=SYSTEM_URIS[driver],
                  running=True, persistent=is_persistent(driver, name, etc_dir), pid=pid)

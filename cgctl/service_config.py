@@ -31,6 +31,8 @@ class Config:
     watch_devices: bool = True  # start the per-device watcher if this build has one
     command_socket: str = consts.COMMAND_SOCKET  # where `cgctl set` finds the service; "" = off
     drift_interval: float = 60.0  # seconds between drift checks of running guests; 0 = off
+    history_keep_days: int = 365  # history rows older than this go (cgctl prune, the service); 0 = keep
+    history_keep_rows: int = 10000  # ... and beyond the newest this many per guest; 0 = no cap
     # the hook's keys share the file (cgctl/hook.py reads them); the service accepts and ignores them
     hook_strict: bool = False
     hook_early_apply: bool = True
@@ -63,6 +65,10 @@ def _check_key(key: str, value, path: str):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 86400:
             raise bad("a number of seconds in [0, 86400] (0 turns drift repair off)")
         return float(value)
+    if key in ("history_keep_days", "history_keep_rows"):
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 10**9:
+            raise bad("a whole number >= 0 (0 keeps everything)")
+        return value
     if key == "command_socket":
         if not isinstance(value, str) or (value and not os.path.isabs(value)):
             raise bad("an absolute path, or \"\" to turn it off")

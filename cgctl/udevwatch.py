@@ -67,7 +67,9 @@ class DeviceWatcher:
         self.source = source or default_source()
         self.settle = settle
         self.actions = tuple(actions)
-        self._context = context or devices.udev_context()
+        # its own context, not the starting thread's (devices.udev_context): the monitor made
+        # from it is read in the observer thread, and libudev contexts are not thread-safe
+        self._context = context or devices._pyudev().Context()
         self._monitor = None
         self._observer = None
         self._pending: Dict[str, Tuple[float, Optional[str], str]] = {}

@@ -29,6 +29,9 @@ OVERWRITTEN AND LOST.
     <name>{name}</name>
     <uuid>{uuid}</uuid>
     <memory unit='KiB'>65536</memory>
+    <devices>
+      <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    </devices>
   </domain>
 </domstatus>
 """
@@ -43,6 +46,7 @@ class Host:
         self.proc = root / "proc"
         for d in (self.run / "qemu", self.run / "lxc", self.etc / "qemu", self.etc / "lxc", self.proc):
             d.mkdir(parents=True)
+        (self.proc / "uptime").write_text("1000.00 2000.00\n")
 
     def guest(self, driver, name, uuid, pid, *, persistent=True, argv=None, status_pid=None,
               pidfile=True):
@@ -60,10 +64,17 @@ class Host:
         if argv is not False:
             self.process(pid, argv)
 
-    def process(self, pid, argv):
+    def process(self, pid, argv, *, exe=None, uid=0):
+        """A fake /proc/PID: argv, exe (argv[0] by default), uid, started 1 s ago."""
         d = self.proc / str(pid)
         d.mkdir(exist_ok=True)
         (d / "cmdline").write_bytes(b"".join(a.encode() + b"\0" for a in argv))
+        if os.path.lexists(d / "exe"):
+            os.unlink(d / "exe")
+        os.symlink(exe or (argv[0] if argv else "/nonexistent"), d / "exe")
+        (d / "status").write_text(f"Name:\tx\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\n")
+        ticks = 999 * os.sysconf("SC_CLK_TCK")  # /proc/uptime says 1000 s
+        (d / "stat").write_text(f"{pid} (x) S " + "0 " * 18 + f"{ticks} 0 0\n")
 
     def find(self, ident):
         return runtime.find_running(ident, str(self.run), etc_dir=str(self.etc),
@@ -143,9 +154,10 @@ def test_pid_file_and_status_disagree(host):
     assert host.find("vm1") is None
 
 
-def test_status_pid_used_when_pid_file_missing(host):
+def test_pid_file_missing_is_not_running(host):
+    # both of libvirt's records must name the PID (cgctl/runtime.py)
     host.guest("qemu", "vm1", QEMU_UUID, 4242, pidfile=False)
-    assert host.find("vm1").pid == 4242
+    assert host.find("vm1") is None
 
 
 def test_status_xml_name_must_match_file_name(host):
