@@ -137,7 +137,6 @@ def test_the_early_applier_uses_the_same_check(tmp_path, procs, monkeypatch):
         def apply_config(self, guest, **kw):
             applied.append(guest)
 
-    monkeypatch.setattr(hook, "EARLY_TIMEOUT", 0.5)
-    result = hook._early_apply_with(Ctl(), "qemu", NAME, UUID, 1, time.monotonic(),
+    result = hook._early_apply_with(Ctl(), "qemu", NAME, UUID, 1, time.monotonic(), 0.5,
                                     lambda *a, **k: None)
     assert result == "timed out" and applied == []
