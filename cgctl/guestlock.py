@@ -151,6 +151,9 @@ def _check_dir(d: str, who: str) -> None:
     except OSError as exc:
         raise CgctlError(f"cannot make the lock directory {d}: {exc.strerror}",
                          guest=who, path=d, errno=exc.errno) from None
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
-        raise CgctlError(f"the lock directory {d} is not a directory owned by this user and "
-                         "writable by it alone; refusing to lock there", guest=who, path=d)
+    if not stat.S_ISDIR(st.st_mode) or st.st_mode & 0o022:
+        raise CgctlError(f"the lock directory {d} is not a directory writable by its owner "
+                         "alone; refusing to lock there", guest=who, path=d)
+    if st.st_uid != os.geteuid():
+        raise CgctlError(f"the lock directory {d} belongs to uid {st.st_uid}, not to this "
+                         "user (changing a guest needs root)", guest=who, path=d)

@@ -123,7 +123,7 @@ def test_a_symlink_planted_at_the_lock_path_is_not_followed(lockdir, tmp_path):
 def test_a_lock_directory_others_can_write_is_refused(lockdir):
     os.makedirs(lockdir)
     os.chmod(lockdir, 0o777)
-    with pytest.raises(CgctlError, match="writable by it alone"):
+    with pytest.raises(CgctlError, match="writable by its owner alone"):
         with guestlock.hold(U, wait=0.1):
             pytest.fail("locked in a directory anyone can write")
 
