@@ -108,6 +108,15 @@ def find(ctl, guest, journal=None) -> List[Drift]:
 
 
 def repair(ctl, guest, drifts: List[Drift], *, source: str) -> "object":
-    """Write cgctl's values back; returns the controller's Outcome (changes, errors)."""
-    settings = {(d.param, d.device): P.from_text(d.param, d.device, d.expected) for d in drifts}
-    return ctl.apply_settings(guest, settings, source=source, command=REPAIR_COMMAND)
+    """Write cgctl's values back; returns the controller's Outcome (changes, errors).
+
+    Under the guest's lock, and only where the reference is still what ``find`` saw: a
+    ``set`` or an apply that landed between ``find`` and here wrote a newer value, which
+    is the reference now and must not be overwritten with the older one."""
+    with ctl.locked(guest):
+        journal = ctl.journal(create=False)
+        now = expected(journal, guest)
+        settings = {(d.param, d.device): P.from_text(d.param, d.device, d.expected)
+                    for d in drifts if now.get((d.param, d.device)) == d.expected}
+        return ctl.apply_settings(guest, settings, source=source, command=REPAIR_COMMAND,
+                                  journal=journal)

@@ -377,11 +377,19 @@ def _start_watchdog(seconds: float, code, log: Log) -> None:
     t.start()
 
 
-def _controller(opts: Options, ctl=None):
+def _controller(opts: Options, ctl=None, lock_wait: float = None):
     from .controller import Controller
-    if ctl is not None and (opts.journal is None or opts.journal == ctl.journal_path):
-        return ctl
-    return Controller(journal_path=opts.journal or consts.JOURNAL_PATH)
+    if ctl is None or (opts.journal is not None and opts.journal != ctl.journal_path):
+        ctl = Controller(journal_path=opts.journal or consts.JOURNAL_PATH)
+    # the guest's lock (cgctl/guestlock.py) is waited for well within this call's own bound:
+    # a writer holding it too long costs this apply (logged), never libvirt's start
+    ctl.lock_wait = lock_wait if lock_wait is not None else lock_wait_within(HOOK_TIMEOUT)
+    return ctl
+
+
+def lock_wait_within(bound: float) -> float:
+    """How long an apply bounded by ``bound`` seconds may wait for the guest's lock."""
+    return max(min(bound * 0.6, bound - 1.0), 0.0)
 
 
 # --------------------------------------------------------------------------- domain XML
@@ -461,11 +469,6 @@ def _started(driver: str, name: str, xml: bytes, opts: Options, ctl, log: Log) -
     log(f"applied {len(outcome.changes)} setting(s) from the journal")
 
 
-def same_instance(last, inst) -> bool:
-    """The journal's last applied instance (an InstanceRow or None) is ``inst`` (pid, start)."""
-    return last is not None and last.pid == inst[0] and abs(last.start_time - inst[1]) < 1e-3
-
-
 def _reconnect(driver: str, name: str, opts: Options, ctl, log: Log) -> None:
     """libvirtd restarted and found the guest running: re-apply only to a new instance."""
     from . import runtime
@@ -477,12 +480,10 @@ def _reconnect(driver: str, name: str, opts: Options, ctl, log: Log) -> None:
     journal = ctl.journal(create=False)
     if not journal.get_config(guest.uuid):
         return
-    last = journal.get_instance(guest.uuid)
-    pid, start = runtime.instance_of(guest.pid)
-    if same_instance(last, (pid, start)):
-        return  # this very process has its config (and maybe later --live changes): keep them
-    outcome = ctl.apply_config(guest, source="hook", command="hook reconnect")
-    if outcome.errors:
+    # once: this very process has its config (and maybe later --live changes): keep them
+    outcome = ctl.apply_config(guest, source="hook", command="hook reconnect", journal=journal,
+                               once=True)
+    if outcome is not None and outcome.errors:
         raise HookFailure(f"{len(outcome.errors)} setting(s) not applied: "
                           + "; ".join(str(e) for e in outcome.errors))
 
@@ -588,7 +589,7 @@ def early_apply(driver: str, name: str, uuid: str, vcpus: int, opts: Options,
 def _early_apply(driver, name, uuid, vcpus, opts, launched, timeout) -> str:
     log = Log(driver, name, "early")
     _route_cgctl_log(log)
-    ctl = _controller(opts)
+    ctl = _controller(opts, lock_wait=lock_wait_within(EARLY_TIMEOUT))
     try:  # closed here (checkpoints the WAL): the applier ends in os._exit, which skips it
         return _early_apply_with(ctl, driver, name, uuid, vcpus, launched, timeout, log)
     finally:
@@ -620,14 +621,15 @@ def _early_apply_with(ctl, driver, name, uuid, vcpus, launched, timeout, log) ->
             except (CgroupNotFound, UnsafePath):
                 groups = None
             if groups is not None and _subgroups_ready(groups, sub, vcpus):
-                last = journal.get_instance(uuid)
-                inst = runtime.instance_of(pid)
-                if same_instance(last, inst):
-                    return "already applied to this instance"
                 guest = runtime.Guest(name=name, uuid=uuid, driver=driver,
                                       uri=runtime.SYSTEM_URIS[driver], running=True,
                                       persistent=runtime.is_persistent(driver, name), pid=pid)
-                outcome = ctl.apply_config(guest, source="hook", command="hook early")
+                # once, decided under the guest's lock: `started` may have applied meanwhile
+                ctl.lock_wait = max(min(ctl.lock_wait, deadline - time.monotonic()), 0.0)
+                outcome = ctl.apply_config(guest, source="hook", command="hook early",
+                                           journal=journal, once=True)
+                if outcome is None:
+                    return "already applied to this instance"
                 return (f"applied {len(outcome.changes)} setting(s), "
                         f"{len(outcome.errors)} failed, {time.monotonic() - launched:.3f} s "
                         "after the hook")

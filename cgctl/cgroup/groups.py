@@ -20,6 +20,9 @@ class GuestGroups(NamedTuple):
     driver: str
     machine: Mapping[str, Tuple[str, str]]  # controller -> (mountpoint, absolute dir)
     v2_controllers: frozenset = frozenset()  # controllers owned by v2
+    # controllers where libvirt put the guest's process below ``<machine>/libvirt`` (libvirt
+    # >= 7.1 under systemd), as /proc/PID/cgroup said (cgctl/resolve.py)
+    nested: frozenset = frozenset()
 
     def mount(self, controller: str) -> str:
         return self._entry(controller)[0]
@@ -35,10 +38,11 @@ class GuestGroups(NamedTuple):
                               "(not mounted, or not enabled for it)", guest=self.guest) from None
 
     def libvirt_dir(self, controller: str) -> str:
-        """libvirt's own group: ``.../libvirt`` where it exists (systemd hosts, libvirt ≥ 7.1)."""
+        """libvirt's own group: ``<machine>/libvirt`` where libvirt put the guest's process
+        there (systemd hosts, libvirt >= 7.1), else the machine group. Never because such a
+        directory exists: a container's root can make one (docs/reliability.md)."""
         base = self.machine_dir(controller)
-        sub = os.path.join(base, "libvirt")
-        return sub if os.path.isdir(sub) else base
+        return os.path.join(base, "libvirt") if controller in self.nested else base
 
     def vcpu_dirs(self, controller: str) -> List[str]:
         base = self.libvirt_dir(controller)
