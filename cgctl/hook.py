@@ -162,34 +162,13 @@ def _route_cgctl_log(log: Log) -> None:
 # --------------------------------------------------------------------------- settings
 
 def read_config_file(path: str, log=None) -> dict:
-    """The keys the hook uses from the cgctl configuration file (others are the service's)."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        return {}
-    except OSError as exc:
-        if log:
-            log(f"cannot read {path}: {exc.strerror}; hook defaults used", error=True)
-        return {}
-    try:
-        try:
-            import tomllib
-        except ModuleNotFoundError:  # Python < 3.11
-            import tomli as tomllib
-        doc = tomllib.loads(data.decode("utf-8"))
-    except Exception as exc:
-        if log:
-            log(f"cannot parse {path}: {exc}; hook defaults used", error=True)
-        return {}
-    out = {}
-    for key in ("hook_strict", "hook_early_apply"):
-        if key in doc:
-            if isinstance(doc[key], bool):
-                out[key] = doc[key]
-            elif log:
-                log(f"{path}: {key} must be true or false, not {doc[key]!r}; ignored", error=True)
-    return out
+    """The keys the hook uses from cgctl's configuration file, read by the one loader every
+    entry point uses (cgctl.service_config). Never fatal: a problem is logged and that key (or
+    the whole file) falls back to its default."""
+    from .service_config import load_config
+    cfg = load_config(path, on_error=(lambda m: log(m, error=True)) if log else (lambda m: None))
+    return {"hook_strict": cfg.hook_strict, "hook_early_apply": cfg.hook_early_apply,
+            "journal": cfg.journal}
 
 
 def _env_bool(name: str):
@@ -339,7 +318,10 @@ def _controller(opts: Options, ctl=None):
     from .controller import Controller
     if ctl is not None and (opts.journal is None or opts.journal == ctl.journal_path):
         return ctl
-    return Controller(journal_path=opts.journal or consts.JOURNAL_PATH)
+    from .service_config import resolve
+    # --journal (baked in at install), $CGCTL_JOURNAL, the config file's journal, the default
+    cfg = resolve(opts.config_file, {"journal": opts.journal}, on_error=lambda m: None)
+    return Controller(journal_path=cfg.journal)
 
 
 # --------------------------------------------------------------------------- domain XML

@@ -10,14 +10,15 @@ import pytest
 from cgctl import consts
 from cgctl import daemon as D
 from cgctl.errors import UsageError
+from cgctl.service_config import load_config, resolve
 from tests.daemonkit import TEST_URI, NotifySink, Subprocess
 
 pytest.importorskip("libvirt")
 
 
 def test_no_file_means_defaults(tmp_path):
-    assert D.load_config(str(tmp_path / "absent.toml")) == D.Config()
-    assert D.load_config(None) == D.Config()
+    assert load_config(str(tmp_path / "absent.toml")) == D.Config()
+    assert load_config(None) == D.Config()
     assert D.Config().uris == consts.DEFAULT_URIS
     assert D.Config().journal == consts.JOURNAL_PATH
 
@@ -27,7 +28,7 @@ def test_a_full_file(tmp_path):
     f.write_text('uris = ["qemu:///system"]\njournal = "/srv/j.db"\nlog_level = "DEBUG"\n'
                  "reconnect_initial = 1\nreconnect_max = 10.5\nkeepalive_interval = 10\n"
                  "keepalive_count = 5\nwatch_devices = false\n")
-    assert D.load_config(str(f)) == D.Config(
+    assert load_config(str(f)) == D.Config(
         uris=("qemu:///system",), journal="/srv/j.db", log_level="debug",
         reconnect_initial=1.0, reconnect_max=10.5, keepalive_interval=10, keepalive_count=5,
         watch_devices=False)
@@ -49,7 +50,7 @@ def test_a_wrong_file_names_the_file_and_the_key(tmp_path, text, words):
     f = tmp_path / "cgctl.toml"
     f.write_text(text + "\n")
     with pytest.raises(UsageError) as exc:
-        D.load_config(str(f))
+        load_config(str(f))
     assert words in str(exc.value) and str(f) in str(exc.value)
     assert "\n" not in str(exc.value)
 
