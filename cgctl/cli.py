@@ -36,24 +36,43 @@ def _eprint(*args, **kw) -> None:
     print(*args, file=_ERR.get() or sys.stderr, **kw)
 
 
-def run_captured(argv: List[str]):
-    """``main(argv)`` with its output captured: (exit status, stdout text, stderr text)."""
+def run_captured(argv: List[str], who: Optional[str] = None, only=None):
+    """``main(argv)`` with its output captured: (exit status, stdout text, stderr text).
+
+    ``who`` is recorded in the history as the one who asked (the command socket's client);
+    ``only``: the commands this caller may run (anything else is refused, never run)."""
     import io
+    from . import journal
     out, err = io.StringIO(), io.StringIO()
     t_out, t_err = _OUT.set(out), _ERR.set(err)
+    t_who = journal.ASKED_BY.set(who)
     try:
-        rc = main(list(argv))
-    except SystemExit as exc:  # argparse's --help/--version: never end the caller
+        rc = main(list(argv), only=only)
+    except SystemExit as exc:  # never end the caller, whatever asks for it
         rc = exc.code if isinstance(exc.code, int) else 1
     finally:
         _OUT.reset(t_out)
         _ERR.reset(t_err)
+        journal.ASKED_BY.reset(t_who)
     return rc, out.getvalue(), err.getvalue()
 
 
 class _Parser(argparse.ArgumentParser):
+    """argparse, read strictly: no abbreviated options (``--journ`` is not ``--journal``), so
+    the command socket (cgctl/cmdserver.py) and this process read a command line alike."""
+
+    def __init__(self, *args, **kw):
+        kw["allow_abbrev"] = False
+        super().__init__(*args, **kw)
+
     def error(self, message):  # one line, exit 2, as every other usage error
         raise UsageError(message)
+
+    def _print_message(self, message, file=None):  # --help, --version: captured output too
+        if message:
+            err = file is sys.stderr
+            target = (_ERR.get() or sys.stderr) if err else (_OUT.get() or sys.stdout)
+            target.write(message)
 
 
 def _add_mode(p: argparse.ArgumentParser) -> None:
@@ -90,9 +109,16 @@ _VIRSH = {
 def _add_common(p: argparse.ArgumentParser, defaults: bool) -> None:
     d = (lambda v: v) if defaults else (lambda v: argparse.SUPPRESS)
     p.add_argument("--json", action="store_true", default=d(False), help="machine-readable output")
-    p.add_argument("--journal", default=d(consts.JOURNAL_PATH), help="journal file")
+    # None = not given: the value then comes from $CGCTL_JOURNAL / $CGCTL_URIS, the config
+    # file, the defaults (cgctl.service_config.resolve)
+    p.add_argument("--journal", default=d(None),
+                   help=f"journal file (default: $CGCTL_JOURNAL, the config file's journal, "
+                        f"{consts.BUILTIN_JOURNAL})")
     p.add_argument("-c", "--connect", action="append", metavar="URI", default=d(None),
-                   help="libvirt URI (repeatable; default: %s)" % " ".join(consts.DEFAULT_URIS))
+                   help="libvirt URI (repeatable; default: $CGCTL_URIS, the config file's "
+                        "uris, %s)" % " ".join(consts.BUILTIN_URIS))
+    p.add_argument("--config-file", metavar="PATH", default=d(None),
+                   help=f"config file (default: $CGCTL_CONFIG, {consts.CONFIG_PATH})")
     p.add_argument("-v", "--verbose", action="store_true", default=d(False),
                    help="log each action")
 
@@ -161,8 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
         for o in opts:
             p.add_argument(f"--{o}", dest=o.replace("-", "_"), metavar="VALUE")
         _add_mode(p)
-    p = sub.add_parser("daemon", parents=[common], help="run the listener service")
-    p.add_argument("--config-file", default=consts.CONFIG_PATH)
+    sub.add_parser("daemon", parents=[common], help="run the listener service")
     p = sub.add_parser("hook", parents=[common], help="libvirt hook entry point / install")
     p.add_argument("hook_args", nargs=argparse.REMAINDER)
     return top
@@ -406,12 +431,25 @@ def _retention(args):
 
 def cmd_daemon(args, ctl) -> int:
     from . import daemon
-    return daemon.main(ctl, config_file=args.config_file)
+    return daemon.main(ctl, config_file=args.config_file or consts.CONFIG_PATH,
+                       command_line=_command_line(args))
+
+
+def _command_line(args) -> dict:
+    """The config keys given on the command line (cgctl.service_config.resolve)."""
+    return {"journal": args.journal, "uris": args.connect}
 
 
 def cmd_hook(args, ctl) -> int:
+    """The hook reads the config file itself: leniently, within its time bound (cgctl/hook.py);
+    the options given before ``hook`` become the hook's own."""
     from . import hook
-    return hook.main(args.hook_args, ctl)
+    rest = list(args.hook_args)
+    if rest[:1] == ["--"]:
+        rest.pop(0)
+    given = ((["--journal", args.journal] if args.journal else [])
+             + (["--config-file", args.config_file] if args.config_file else []))
+    return hook.main(given + rest, ctl)
 
 
 COMMANDS = {"params": cmd_params, "host": cmd_host, "set": cmd_set, "unset": cmd_unset,
@@ -420,9 +458,10 @@ COMMANDS = {"params": cmd_params, "host": cmd_host, "set": cmd_set, "unset": cmd
 COMMANDS.update({k: cmd_virsh for k in _VIRSH})
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: Optional[List[str]] = None, only=None) -> int:
+    """``only``: the commands this caller may run (the command socket's); None = all."""
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["hook"]:
+    if argv[:1] == ["hook"] and only is None:
         # libvirt's calling convention and the hook's own options are the hook's to parse,
         # and the hook must start fast: hand it everything before building any parser
         from . import hook
@@ -432,13 +471,18 @@ def main(argv: Optional[List[str]] = None) -> int:
         args = _parser().parse_args(argv)
         if not args.command:
             raise UsageError("no command given (try 'cgctl --help')")
+        if only is not None and args.command not in only:
+            raise UsageError(f"{args.command!r} is not run here")
         if args.verbose or args.command == "daemon":
             import logging  # only here: see cgctl/log.py
             logging.basicConfig(level=logging.INFO, format="cgctl: %(message)s",
                                 stream=sys.stderr)
+        if args.command == "hook":  # before reading the config: see cmd_hook
+            return cmd_hook(args, None)
         from .controller import Controller
-        ctl = Controller(journal_path=args.journal,
-                         uris=args.connect or consts.DEFAULT_URIS)
+        from .service_config import resolve
+        cfg = resolve(args.config_file or consts.CONFIG_PATH, _command_line(args))
+        ctl = Controller(journal_path=cfg.journal, uris=cfg.uris)
         try:
             return COMMANDS[args.command](args, ctl)
         finally:

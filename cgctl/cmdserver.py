@@ -2,17 +2,30 @@
 
 One AF_UNIX stream socket in a 0700 directory, mode 0600; a peer must be the
 service's own user (root), checked with SO_PEERCRED. A request is
-``MAGIC, 4-byte length, journal NUL arg NUL arg...``; the answer is ``R``,
-the exit status (4 bytes, signed) and two length-prefixed texts (stdout,
-stderr), or ``F`` when the client should run the command itself (another
-journal than the service's, a command that is not forwarded, too many
-requests at once). Binary and tiny, because the client must start fast.
-Each request runs ``cgctl.cli.main`` in its own thread with its output
-captured, so it does exactly what the client would have done.
+``MAGIC, 4-byte length, fields NUL-separated`` (``fast.HEADER``, then the
+arguments); the answer is ``R``, the exit status (4 bytes, signed) and two
+length-prefixed texts (stdout, stderr), or ``F`` when the client should run
+the command itself. Binary and tiny, because the client must start fast.
+
+The command line is read with the CLI's own parser (cgctl/cli.py), and only
+a command that means exactly what it would mean in the client's process is
+run here (``refusal``): one of ``FORWARDED``, no option that changes the
+journal, the URIs, the config file, the logging or asks for help, and the
+client's environment and config file naming this service's journal and URIs.
+Anything else is answered ``F``. It runs ``cgctl.cli.main`` in its own thread
+with its output captured and the client recorded as the one who asked
+(uid from the kernel, login uid, ``SUDO_USER``: docs/operations.md).
+
+Bounds: at most ``MAX_CONNECTIONS`` open connections (one more is answered
+``F`` and closed before any thread is made), ``MAX_CONCURRENT`` commands
+running, and ``REQUEST_DEADLINE_S`` to send a whole request (a client
+dribbling bytes is cut off, not waited for one ``recv`` at a time).
 """
 
 from __future__ import annotations
 
+import argparse
+import io
 import logging
 import os
 import socket
@@ -22,29 +35,67 @@ import threading
 import time
 from typing import Callable, Optional
 
-from .fast import FORWARDED, MAGIC, _recv_exact, scan
+from .errors import CgctlError
+from .fast import FORWARDED, HEADER, MAGIC
+from .journal import describe_user, read_loginuid
 
 log = logging.getLogger("cgctl")
 
 MAX_REQUEST = 1024 * 1024
-MAX_CONCURRENT = 8
+MAX_CONCURRENT = 8  # commands running at once; more: "F", the client runs it itself
+MAX_CONNECTIONS = 32  # open connections (a thread each); more are refused before a thread
+REQUEST_DEADLINE_S = 5.0  # to send a whole request (a few hundred bytes, from this host)
+# options of the CLI that may come with a served command (the output's form only); every
+# other global option changes what the command means and sends it back to the client
+SERVED_OPTIONS = frozenset({"json"})
 
 
-def _default_runner(argv):
+class _Late(Exception):
+    """The client did not send its whole request within the deadline."""
+
+
+def _default_runner(argv, who):
     from .cli import run_captured
-    return run_captured(argv)
+    return run_captured(argv, who=who, only=FORWARDED)
+
+
+def _printable(argv) -> str:
+    return " ".join(a.encode("utf-8", "backslashreplace").decode("utf-8") for a in argv)
+
+
+def _default_uris():
+    from .service_config import resolve
+    return resolve(None).uris
 
 
 class CommandServer:
     def __init__(self, path: str, journal: str,
-                 runner: Callable[[list], tuple] = _default_runner):
+                 runner: Callable[[list, str], tuple] = _default_runner, uris=None):
         self.path = path
-        self.journal = os.path.abspath(journal)
         self.runner = runner
+        self.configure(journal, uris if uris is not None else _default_uris())
+        self.max_connections = MAX_CONNECTIONS
+        self.request_deadline = REQUEST_DEADLINE_S
         self._sock: Optional[socket.socket] = None
         self._thread: Optional[threading.Thread] = None
         self._slots = threading.BoundedSemaphore(MAX_CONCURRENT)
+        self._open = 0  # connections being served
+        self._open_lock = threading.Lock()
+        self._refused = 0
+        self._refused_logged = 0.0
         self._stopping = threading.Event()
+
+    def configure(self, journal: str, uris) -> None:
+        """The journal and URIs requests run with (the service's; changed by SIGHUP)."""
+        self._serving = (os.path.abspath(journal), tuple(uris))  # one assignment: atomic
+
+    @property
+    def journal(self) -> str:
+        return self._serving[0]
+
+    @property
+    def uris(self) -> tuple:
+        return self._serving[1]
 
     # -- life ----------------------------------------------------------------------
     def start(self) -> bool:
@@ -109,25 +160,79 @@ class CommandServer:
                 conn, _ = self._sock.accept()
             except OSError:
                 return  # closed by stop()
-            threading.Thread(target=self._serve, args=(conn,), name="cgctl-command",
-                             daemon=True).start()
+            with self._open_lock:
+                full = self._open >= self.max_connections
+                if not full:
+                    self._open += 1
+            if full:
+                self._refuse(conn)
+                continue
+            try:
+                threading.Thread(target=self._serve, args=(conn,), name="cgctl-command",
+                                 daemon=True).start()
+            except RuntimeError:  # no thread to be had: the same as full
+                self._done()
+                self._refuse(conn)
+
+    def _done(self) -> None:
+        with self._open_lock:
+            self._open -= 1
+
+    def _refuse(self, conn: socket.socket) -> None:
+        """Over the cap: "F" (the client runs it itself) without reading or waiting, close."""
+        try:
+            conn.setblocking(False)
+            conn.send(b"F")
+        except OSError:
+            pass
+        conn.close()
+        self._refused += 1
+        now = time.monotonic()
+        if now - self._refused_logged > 10:  # one line per 10 s, however many
+            self._refused_logged = now
+            log.warning("command socket: %d connection(s) refused so far: more than %d open "
+                        "at once", self._refused, self.max_connections)
 
     def _serve(self, conn: socket.socket) -> None:
-        with conn:
+        try:
+            with conn:
+                try:
+                    reply = self._answer(conn)
+                except _Late:
+                    log.warning("command socket: a client did not send its request within "
+                                "%g s; closed", self.request_deadline)
+                    reply = None
+                except (EOFError, OSError) as exc:
+                    log.warning("command socket: a client went away mid-request: %s", exc)
+                    return
+                except Exception as exc:  # a bug: the client gets a one-line error, the log one
+                    log.error("command socket: internal error: %s: %s", type(exc).__name__, exc)
+                    reply = (1, "", f"cgctl: error: internal error in the service: "
+                                    f"{type(exc).__name__}: {exc}\n")
+                try:
+                    conn.settimeout(10)
+                    conn.sendall(encode_reply(reply))
+                except OSError as exc:
+                    log.warning("command socket: the client left before the answer: %s", exc)
+        finally:
+            self._done()
+
+    def _recv(self, conn: socket.socket, n: int, deadline: float) -> bytes:
+        """``n`` bytes before ``deadline`` (time.monotonic()), however they trickle in."""
+        buf = b""
+        while len(buf) < n:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise _Late()
+            conn.settimeout(left)
             try:
-                conn.settimeout(10)
-                reply = self._answer(conn)
-            except (EOFError, OSError) as exc:
-                log.warning("command socket: a client went away mid-request: %s", exc)
-                return
-            except Exception as exc:  # a bug: the client gets a one-line error, the log one line
-                log.error("command socket: internal error: %s: %s", type(exc).__name__, exc)
-                reply = (1, "", f"cgctl: error: internal error in the service: "
-                                f"{type(exc).__name__}: {exc}\n")
-            try:
-                conn.sendall(encode_reply(reply))
-            except OSError as exc:
-                log.warning("command socket: the client left before the answer: %s", exc)
+                b = conn.recv(min(65536, n - len(buf)))
+            except socket.timeout:
+                raise _Late() from None
+            if not b:
+                raise EOFError("the connection closed early")
+            buf += b
+        return buf
 
     def _answer(self, conn: socket.socket):
         """(rc, out, err), or None: the client should run the command itself."""
@@ -136,36 +241,106 @@ class CommandServer:
         if uid != os.geteuid():
             log.warning("command socket: refused a client with uid %d (pid %d)", uid, pid)
             return (1, "", "cgctl: error: permission denied\n")
-        if _recv_exact(conn, len(MAGIC)) != MAGIC:
-            return None
-        n = int.from_bytes(_recv_exact(conn, 4), "big")
+        deadline = time.monotonic() + self.request_deadline
+        if self._recv(conn, len(MAGIC), deadline) != MAGIC:
+            return None  # another version of the client: it runs the command itself
+        n = int.from_bytes(self._recv(conn, 4, deadline), "big")
         if n > MAX_REQUEST:
             return None
-        fields = _recv_exact(conn, n).decode("utf-8", "surrogateescape").split("\0")
-        journal, argv = fields[0], fields[1:]
-        # the client says which journal the command means to it (its --journal, its
-        # CGCTL_JOURNAL or the default); only the service's own is served, and named
-        # explicitly, since this process's defaults are not the client's
-        command, _ = scan(argv)
-        if command not in FORWARDED or journal != self.journal:
+        fields = self._recv(conn, n, deadline).decode("utf-8", "surrogateescape").split("\0")
+        if len(fields) < len(HEADER):
             return None
-        argv = ["--journal", self.journal] + argv
+        env_journal, config_file, sudo_user, loginuid = fields[:len(HEADER)]
+        argv = fields[len(HEADER):]
+        journal, uris = self._serving  # one request, one configuration (SIGHUP may change it)
+        why = refusal(argv, env_journal, config_file, journal, uris)
+        if why is not None:
+            log.info("command socket: pid %d runs it itself: %s", pid, why)
+            return None
+        # who asked: the uid from the kernel, never from the client; the login uid from the
+        # kernel too while the client waits (its own reading if /proc has none); SUDO_USER is
+        # only in the client's environment
+        luid = read_loginuid(pid)
+        if luid is None and loginuid.isdigit():
+            luid = int(loginuid)
+        who = describe_user(uid, luid, sudo_user or None)
+        run = ["--journal", journal] + [w for u in uris for w in ("-c", u)] + argv
         if not self._slots.acquire(blocking=False):
             return None  # busy: the client runs it itself
         t0 = time.monotonic()
         try:
-            rc, out, err = self.runner(argv)
+            rc, out, err = self.runner(run, who)
         finally:
             self._slots.release()
-        log.info("served for pid %d: cgctl %s -> exit %d (%.1f ms)", pid, " ".join(argv), rc,
-                 (time.monotonic() - t0) * 1000)
+        log.info("served for pid %d (%s): cgctl %s -> exit %d (%.1f ms)", pid, who,
+                 _printable(argv), rc, (time.monotonic() - t0) * 1000)
         return rc, out, err
+
+
+def parse(argv):
+    """The CLI's own reading of ``argv`` (cgctl/cli.py), printing nothing: the Namespace, or
+    a reason (str) it is none of the service's business."""
+    from . import cli
+    sink = io.StringIO()
+    t_out, t_err = cli._OUT.set(sink), cli._ERR.set(sink)
+    try:
+        return cli._parser().parse_args(argv)
+    except SystemExit:
+        return "it asks for help or the version"
+    except CgctlError as exc:
+        return f"not a valid command line ({exc})"
+    finally:
+        cli._OUT.reset(t_out)
+        cli._ERR.reset(t_err)
+
+
+def _global_options():
+    """The CLI's options valid before and after every command word: (dest, option, default)."""
+    from . import cli
+    p = argparse.ArgumentParser(add_help=False)
+    cli._add_common(p, defaults=True)
+    return [(a.dest, a.option_strings[-1], a.default) for a in p._actions]
+
+
+def refusal(argv, env_journal: str, config_file: str, journal: str, uris) -> Optional[str]:
+    """None when ``argv`` (with the client's ``$CGCTL_JOURNAL`` and config file) means exactly
+    the service's own command, on its journal and URIs; else why the client runs it itself."""
+    args = parse(argv)
+    if isinstance(args, str):
+        return args
+    if args.command not in FORWARDED:
+        return f"{args.command or 'no command'} is not served here"
+    for dest, option, default in _global_options():
+        if dest not in SERVED_OPTIONS and getattr(args, dest, default) != default:
+            return f"{option} given"
+    if env_journal and not os.path.isabs(env_journal):
+        return "a relative $CGCTL_JOURNAL"
+    from .service_config import resolve
+    try:  # what the command means in the client's process
+        mine = resolve(config_file or None, None,
+                       environ={"CGCTL_JOURNAL": env_journal} if env_journal else {})
+    except CgctlError as exc:
+        return f"its config file: {exc}"
+    if mine.journal != journal:
+        return f"another journal ({mine.journal})"
+    if tuple(mine.uris) != tuple(uris):
+        return f"other URIs ({' '.join(mine.uris)})"
+    return None
+
+
+def _encode(text: str) -> bytes:
+    """UTF-8; bytes a command line carried (surrogate escapes) back as they were, anything
+    else that cannot be encoded replaced: an answer must always go out."""
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace")
 
 
 def encode_reply(reply) -> bytes:
     if reply is None:
         return b"F"
     rc, out, err = reply
-    o, e = out.encode(), err.encode()
+    o, e = _encode(out), _encode(err)
     return (b"R" + int(rc).to_bytes(4, "big", signed=True) + len(o).to_bytes(4, "big") + o
             + len(e).to_bytes(4, "big") + e)

@@ -6,7 +6,11 @@ CGROUP_ROOT = os.environ.get("CGCTL_CGROUP_ROOT", "/sys/fs/cgroup")
 PROC_ROOT = os.environ.get("CGCTL_PROC_ROOT", "/proc")
 LIBVIRT_RUN_DIR = os.environ.get("CGCTL_LIBVIRT_RUN_DIR", "/run/libvirt")
 LIBVIRT_ETC_DIR = os.environ.get("CGCTL_LIBVIRT_ETC_DIR", "/etc/libvirt")
-JOURNAL_PATH = os.environ.get("CGCTL_JOURNAL", "/var/lib/cgctl/journal.db")
+# the built-in defaults; what a process runs with is cgctl.service_config.resolve():
+# command line > environment > config file > these
+BUILTIN_JOURNAL = "/var/lib/cgctl/journal.db"
+BUILTIN_URIS = ("qemu:///system", "lxc:///system")
+JOURNAL_PATH = os.environ.get("CGCTL_JOURNAL", BUILTIN_JOURNAL)
 CONFIG_PATH = os.environ.get("CGCTL_CONFIG", "/etc/cgctl/cgctl.toml")
 DEFAULT_URIS = tuple(
     u for u in os.environ.get("CGCTL_URIS", "qemu:///system lxc:///system").split() if u

@@ -42,7 +42,7 @@ from typing import Callable, Dict, Optional
 from . import consts, runtime
 from .errors import CgctlError
 from .notify import Notifier
-from .service_config import Config, load_config
+from .service_config import Config, resolve
 
 log = logging.getLogger("cgctl")
 
@@ -480,7 +480,7 @@ class Daemon:
     def _reload(self) -> None:
         self.notifier.reloading()
         try:
-            new = dataclasses.replace(load_config(self.config_file), **self.overrides)
+            new = resolve(self.config_file, self.overrides)
         except CgctlError as e:
             log.error("reload: %s; keeping the previous configuration", e)
             self.notifier.ready(self._status())
@@ -490,6 +490,8 @@ class Daemon:
             set_log_level(new.log_level)
         if (new.journal, new.uris) != (old.journal, old.uris):
             self._jobs.put(_Job("swap", payload=(new.journal, new.uris)))
+            if self.command_server is not None:  # `cgctl set` through the socket too
+                self.command_server.configure(new.journal, new.uris)
         for uri in [u for u in self.links if u not in new.uris]:
             log.info("reload: no longer watching %s", uri)
             self._disconnect(self.links.pop(uri))
@@ -779,22 +781,20 @@ def set_log_level(level: str) -> None:
     log.setLevel(level.upper())
 
 
-def main(ctl, config_file: Optional[str] = consts.CONFIG_PATH) -> int:
-    """``cgctl daemon``: command-line ``--journal`` / ``-c`` win over the config file."""
-    overrides = {}
-    if ctl.journal_path != consts.JOURNAL_PATH:
-        overrides["journal"] = ctl.journal_path
-    if tuple(ctl.uris) != tuple(consts.DEFAULT_URIS):
-        overrides["uris"] = tuple(ctl.uris)
+def main(ctl, config_file: Optional[str] = consts.CONFIG_PATH,
+         command_line: Optional[dict] = None) -> int:
+    """``cgctl daemon``: the command line's ``--journal`` / ``-c`` win over the environment,
+    which wins over the config file (cgctl.service_config.resolve, as for every entry point)."""
+    overrides = {k: v for k, v in (command_line or {}).items() if v is not None}
     setup_logging("info")
     # a wrong file at start is an error (exit 2, the unit does not restart on it); at SIGHUP
     # the running configuration stays
-    config = dataclasses.replace(load_config(config_file), **overrides)
+    config = resolve(config_file, overrides)
     set_log_level(config.log_level)
     server = None
     if config.command_socket:
         from .cmdserver import CommandServer
-        server = CommandServer(config.command_socket, config.journal)
+        server = CommandServer(config.command_socket, config.journal, uris=config.uris)
     daemon = Daemon(config, config_file=config_file, overrides=overrides,
                     device_watcher=default_device_watcher(config), command_server=server)
     return daemon.run()

@@ -8,9 +8,13 @@ line to the service's root-only socket and prints its answer. The service
 runs exactly what ``cgctl.cli.main`` would run here (same checks, same
 journal, same output, same exit status).
 
-Everything else, and every case where the service cannot answer for us,
-runs in this process: no service, another journal or URI than the
-service's, test overrides in the environment, ``CGCTL_NO_SERVICE=1``.
+This side only guesses cheaply (``precheck``); the service reads the command
+line with the CLI's own parser and decides (cgctl/cmdserver.py). Everything
+else, and every case where the service cannot answer for us, runs in this
+process: no service, a command line that means anything else than the
+service's own journal and URIs (``--journal``, ``-c``, ``--config-file``,
+``-v``, ``--help``...), test overrides in the environment,
+``CGCTL_NO_SERVICE=1``.
 A request that reached the service but got no answer is NOT run again
 here (it may have been applied): that is an error naming what to check.
 """
@@ -26,44 +30,45 @@ FORWARDED = frozenset({"set", "memtune", "schedinfo", "blkiotune", "cpuset"})
 # environment that changes what the command means: only the service's own meaning is forwarded
 _LOCAL_ENV = ("CGCTL_CGROUP_ROOT", "CGCTL_PROC_ROOT", "CGCTL_LIBVIRT_RUN_DIR",
               "CGCTL_LIBVIRT_ETC_DIR", "CGCTL_URIS", "CGCTL_DEBUG", "CGCTL_SYS_DEV_BLOCK")
-MAGIC = b"cgctl1\n"  # protocol version 1
+MAGIC = b"cgctl2\n"  # protocol version 2
 MAX_REPLY = 16 * 1024 * 1024
 REPLY_TIMEOUT_S = 90.0  # the journal may wait 30 s for a lock; the service's answer comes after
 
 
-def scan(argv):
-    """(command, journal path) the command line means, or (None, None) when it is unusual
-    (help, another URI) and is best run here."""
-    journal = consts.JOURNAL_PATH
-    command = None
-    i = 0
-    while i < len(argv):
-        a = argv[i]
-        if a in ("-h", "--help", "--version", "-c", "--connect") or a.startswith("--connect="):
-            return None, None
-        if a == "--journal":
-            if i + 1 >= len(argv):
-                return None, None
-            journal = argv[i + 1]
-            i += 1
-        elif a.startswith("--journal="):
-            journal = a.split("=", 1)[1]
-        elif command is None and not a.startswith("-"):
-            command = a
-        i += 1
-    return command, os.path.abspath(journal)
+def precheck(argv) -> bool:
+    """Worth asking the service? Its first word is a forwarded command and it asks for no
+    help. Only a hint: the service decides with the real parser (cmdserver.Request.refusal)."""
+    command = next((a for a in argv if not a.startswith("-")), None)
+    return command in FORWARDED and not any(a in ("-h", "--help", "--version") for a in argv)
 
 
 def forwardable(argv) -> bool:
-    command, _ = scan(argv)
-    return (command in FORWARDED and os.environ.get("CGCTL_NO_SERVICE") != "1"
+    return (precheck(argv) and os.environ.get("CGCTL_NO_SERVICE") != "1"
             and not any(os.environ.get(k) for k in _LOCAL_ENV))
 
 
-def encode_request(argv, journal: str) -> bytes:
-    """``MAGIC len body``; body = journal NUL arg NUL arg ... (argv cannot hold NUL)."""
-    body = "\0".join([journal] + list(argv)).encode("utf-8", "surrogateescape")
+def _loginuid() -> str:
+    try:
+        with open("/proc/self/loginuid") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def encode_request(argv) -> bytes:
+    """``MAGIC len body``; body = the fields of ``HEADER``, then the arguments, NUL between
+    them (argv and the environment cannot hold NUL). The client's uid is not sent: the service
+    takes it from the kernel (SO_PEERCRED)."""
+    journal = os.environ.get("CGCTL_JOURNAL", "")
+    header = [os.path.abspath(journal) if journal else "",  # relative: to OUR working directory
+              os.path.abspath(consts.CONFIG_PATH),
+              os.environ.get("SUDO_USER", ""), _loginuid()]
+    body = "\0".join(header + list(argv)).encode("utf-8", "surrogateescape")
     return MAGIC + len(body).to_bytes(4, "big") + body
+
+
+# the fields before the arguments
+HEADER = ("journal from $CGCTL_JOURNAL", "config file", "SUDO_USER", "loginuid")
 
 
 def _recv_exact(s, n: int) -> bytes:
@@ -91,8 +96,14 @@ def ask_service(argv, path: str = None):
             s.connect(path)
         except OSError:
             return None  # no service: run it here
+        sent = True
         try:
-            s.sendall(encode_request(argv, scan(argv)[1]))
+            s.sendall(encode_request(argv))
+        except OSError:
+            # the service closed before reading it all (too many clients): it cannot run a
+            # request it did not read whole; its "F" may still be waiting to be read
+            sent = False
+        try:
             s.settimeout(REPLY_TIMEOUT_S)
             head = _recv_exact(s, 1)
             if head == b"F":
@@ -107,6 +118,8 @@ def ask_service(argv, path: str = None):
                     raise ValueError("answer too large")
                 texts.append(_recv_exact(s, n).decode("utf-8", "replace"))
         except (OSError, ValueError, EOFError) as exc:
+            if not sent:
+                return None
             return (1, "", f"cgctl: error: the service at {path} took the request but did not "
                     f"answer ({exc}); it may or may not be applied: check 'cgctl show'\n")
     finally:

@@ -180,34 +180,13 @@ def _route_cgctl_log(log: Log) -> None:
 # --------------------------------------------------------------------------- settings
 
 def read_config_file(path: str, log=None) -> dict:
-    """The keys the hook uses from the cgctl configuration file (others are the service's)."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        return {}
-    except OSError as exc:
-        if log:
-            log(f"cannot read {path}: {exc.strerror}; hook defaults used", error=True)
-        return {}
-    try:
-        try:
-            import tomllib
-        except ModuleNotFoundError:  # Python < 3.11
-            import tomli as tomllib
-        doc = tomllib.loads(data.decode("utf-8"))
-    except Exception as exc:
-        if log:
-            log(f"cannot parse {path}: {exc}; hook defaults used", error=True)
-        return {}
-    out = {}
-    for key in ("hook_strict", "hook_early_apply"):
-        if key in doc:
-            if isinstance(doc[key], bool):
-                out[key] = doc[key]
-            elif log:
-                log(f"{path}: {key} must be true or false, not {doc[key]!r}; ignored", error=True)
-    return out
+    """The keys the hook uses from cgctl's configuration file, read by the one loader every
+    entry point uses (cgctl.service_config). Never fatal: a problem is logged and that key (or
+    the whole file) falls back to its default."""
+    from .service_config import load_config
+    cfg = load_config(path, on_error=(lambda m: log(m, error=True)) if log else (lambda m: None))
+    return {"hook_strict": cfg.hook_strict, "hook_early_apply": cfg.hook_early_apply,
+            "journal": cfg.journal}
 
 
 def timeouts(log=None) -> tuple:
@@ -380,7 +359,10 @@ def _start_watchdog(seconds: float, code, log: Log) -> None:
 def _controller(opts: Options, ctl=None, lock_wait: float = None):
     from .controller import Controller
     if ctl is None or (opts.journal is not None and opts.journal != ctl.journal_path):
-        ctl = Controller(journal_path=opts.journal or consts.JOURNAL_PATH)
+        from .service_config import resolve
+        # --journal (baked in at install), $CGCTL_JOURNAL, the config file's journal, the default
+        cfg = resolve(opts.config_file, {"journal": opts.journal}, on_error=lambda m: None)
+        ctl = Controller(journal_path=cfg.journal)
     # the guest's lock (cgctl/guestlock.py) is waited for well within this call's own bound:
     # a writer holding it too long costs this apply (logged), never libvirt's start
     ctl.lock_wait = lock_wait if lock_wait is not None else lock_wait_within(HOOK_TIMEOUT)

@@ -194,10 +194,21 @@ def other_hooks(hooks_dir: str, drivers=DRIVERS) -> list:
     return found
 
 
+def _journal_to_bake(journal, opts: Options):
+    """The journal to write into the script: only one the hook would not find by itself (libvirt
+    runs it with an empty environment), so that it reads the config file's ``journal`` at each
+    call, as the CLI and the service do (cgctl.service_config.resolve)."""
+    from .service_config import resolve
+    quiet = lambda m: None  # noqa: E731 (a broken file: the hook says so at each call)
+    wanted = resolve(opts.config_file, {"journal": journal}, on_error=quiet).journal
+    own = resolve(opts.config_file, None, environ={}, on_error=quiet).journal
+    return None if wanted == own else wanted
+
+
 def install_main(verb: str, args, opts: Options, ctl) -> int:
     import argparse
     from .errors import CgctlError
-    p = argparse.ArgumentParser(prog=f"cgctl hook {verb}")
+    p = argparse.ArgumentParser(prog=f"cgctl hook {verb}", allow_abbrev=False)
     p.add_argument("--hooks-dir", default=consts.LIBVIRT_HOOKS_DIR,
                    help="libvirt's hooks directory (default %(default)s)")
     p.add_argument("--drivers", default=",".join(DRIVERS), help="qemu,lxc (default)")
@@ -228,11 +239,9 @@ def install_main(verb: str, args, opts: Options, ctl) -> int:
             for path, what in uninstall(a.hooks_dir, drivers):
                 print(f"{path}: {what}")
         else:
-            opts.journal = a.journal or opts.journal or (ctl.journal_path if ctl else None) \
-                or consts.JOURNAL_PATH
-            opts.journal = os.path.abspath(opts.journal)
             if a.config_file:
                 opts.config_file = os.path.abspath(a.config_file)
+            opts.journal = _journal_to_bake(a.journal or opts.journal, opts)
             if a.strict is not None:
                 opts.strict = a.strict
             if a.early is not None:

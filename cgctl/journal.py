@@ -19,6 +19,7 @@ Writers use one transaction per change::
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import errno as _errno
 import os
 import pwd
@@ -151,18 +152,48 @@ def _timestamp(when: Union[str, float, datetime]) -> str:
     return when.astimezone(timezone.utc).isoformat(timespec="microseconds")
 
 
-def current_user() -> str:
-    """Who is making the change: "login(uid)", plus the sudo caller if any."""
-    uid = os.getuid()
+# who asked, when it is not this process's user: the command socket's client (cgctl/cmdserver.py
+# sets it per request, in the thread that runs it)
+ASKED_BY: "contextvars.ContextVar[Optional[str]]" = contextvars.ContextVar("cgctl_asked_by",
+                                                                          default=None)
+NO_LOGINUID = 4294967295  # (uid_t)-1: the process never logged in (a service, a boot script)
+
+
+def read_loginuid(pid="self") -> Optional[int]:
+    """The kernel's audit login uid of a process (who logged in, kept across su/sudo)."""
     try:
-        login = pwd.getpwuid(uid).pw_name
+        with open(f"/proc/{pid}/loginuid") as f:
+            value = int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+    return None if value == NO_LOGINUID else value
+
+
+def _name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
     except KeyError:
-        login = "?"
+        return "?"
+
+
+def describe_user(uid: int, loginuid: Optional[int] = None, sudo_user: Optional[str] = None) -> str:
+    """``login(uid)``, then ``login NAME(UID)`` when someone else logged in, then
+    ``via sudo by NAME``: e.g. ``root(0) login alice(1000) via sudo by alice``."""
+    login = _name(uid)
     who = f"{login}({uid})"
-    sudo = os.environ.get("SUDO_USER")
-    if sudo and sudo != login:
-        who += f" via sudo by {sudo}"
+    if loginuid is not None and loginuid != NO_LOGINUID and loginuid != uid:
+        who += f" login {_name(loginuid)}({loginuid})"
+    if sudo_user and sudo_user != login:
+        who += f" via sudo by {sudo_user}"
     return who
+
+
+def current_user() -> str:
+    """Who is making the change: the command socket's client, else this process's user."""
+    asked = ASKED_BY.get()
+    if asked is not None:
+        return asked
+    return describe_user(os.getuid(), read_loginuid(), os.environ.get("SUDO_USER"))
 
 
 def normalize_uuid(value: str) -> str:

@@ -1,7 +1,9 @@
-"""The service's configuration file (``/etc/cgctl/cgctl.toml``): defaults, keys, checks.
+"""cgctl's configuration file (``/etc/cgctl/cgctl.toml``): defaults, keys, checks.
 
-Defaults, then the file, then the command line (``cgctl daemon --journal``, ``-c``). The hook
-reads its own two keys from the same file (cgctl/hook.py); the service accepts and ignores them.
+The ONE loader of every entry point: the CLI (``cgctl/cli.py``), the hook (``cgctl/hook.py``),
+the service (``cgctl/daemon.py``) and the command socket (``cgctl/cmdserver.py``) all call
+``resolve()``, so a key means the same thing to each of them. Precedence, highest first: the
+command line, the environment (``ENVIRONMENT``), the file, the defaults (docs/operations.md).
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 from . import consts
 from .errors import UsageError
@@ -21,8 +23,8 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 class Config:
     """The service's settings: defaults, then the config file, then the command line."""
 
-    uris: Tuple[str, ...] = consts.DEFAULT_URIS
-    journal: str = consts.JOURNAL_PATH
+    uris: Tuple[str, ...] = consts.BUILTIN_URIS
+    journal: str = consts.BUILTIN_JOURNAL
     log_level: str = "info"
     reconnect_initial: float = 0.5  # seconds before the first reconnect; doubles each attempt
     reconnect_max: float = 30.0
@@ -81,28 +83,97 @@ def _check_key(key: str, value, path: str):
     raise UsageError(f"config {path}: unknown key {key!r} (known: {known})", path=path)
 
 
-def load_config(path: Optional[str]) -> Config:
+# environment variables that win over the file (and lose to the command line)
+ENVIRONMENT = {"journal": "CGCTL_JOURNAL", "uris": "CGCTL_URIS"}
+
+
+def _toml():
+    """tomllib (Python 3.11+), else tomli; else a one-line error (no traceback)."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python < 3.11
+        try:
+            import tomli as tomllib
+        except ModuleNotFoundError:
+            raise UsageError("reading the config file needs Python 3.11+ or the tomli package "
+                             "(pip install tomli)") from None
+    return tomllib
+
+
+def load_config(path: Optional[str], on_error: Optional[Callable[[str], None]] = None) -> Config:
     """The config in the TOML file at ``path``; the defaults if there is no such file.
 
-    UsageError (naming the file and the key) for a file that cannot be read or is wrong.
+    UsageError (naming the file and the key) for a file that cannot be read or is wrong; with
+    ``on_error`` (the hook, which must never fail on it), each problem is passed to it instead
+    and the key (or the whole file) falls back to the defaults.
     """
-    import tomllib
-
     if not path:
         return Config()
     try:
+        tomllib = _toml()
         with open(path, "rb") as f:
             data = tomllib.load(f)
     except FileNotFoundError:
         return Config()
+    except UsageError as e:
+        if on_error is None:
+            raise
+        on_error(f"{e}; defaults used")
+        return Config()
     except OSError as e:
+        if on_error is not None:
+            on_error(f"cannot read {path}: {e.strerror}; defaults used")
+            return Config()
         raise UsageError(f"config {path}: cannot read: {e.strerror}", path=path,
                          errno=e.errno) from e
-    except tomllib.TOMLDecodeError as e:
+    except ValueError as e:  # tomllib.TOMLDecodeError (and tomli's) is a ValueError
+        if on_error is not None:
+            on_error(f"cannot parse {path}: {e}; defaults used")
+            return Config()
         raise UsageError(f"config {path}: not valid TOML: {e}", path=path) from e
-    values = {k: _check_key(k, v, path) for k, v in data.items()}
+    values = {}
+    for k, v in data.items():
+        try:
+            values[k] = _check_key(k, v, path)
+        except UsageError as e:
+            if on_error is None:
+                raise
+            on_error(f"{e}; ignored")
     cfg = Config(**values)
     if cfg.reconnect_initial > cfg.reconnect_max:
-        raise UsageError(f"config {path}: reconnect_initial ({cfg.reconnect_initial:g}) is more "
-                         f"than reconnect_max ({cfg.reconnect_max:g})", path=path)
+        msg = (f"config {path}: reconnect_initial ({cfg.reconnect_initial:g}) is more "
+               f"than reconnect_max ({cfg.reconnect_max:g})")
+        if on_error is None:
+            raise UsageError(msg, path=path)
+        on_error(msg + "; ignored")
+        cfg = dataclasses.replace(cfg, reconnect_initial=Config.reconnect_initial,
+                                  reconnect_max=Config.reconnect_max)
     return cfg
+
+
+def from_environment(environ=None) -> dict:
+    """The keys the environment sets (``ENVIRONMENT``), checked like the file's."""
+    environ = os.environ if environ is None else environ
+    out = {}
+    journal = environ.get(ENVIRONMENT["journal"])
+    if journal:
+        out["journal"] = os.path.abspath(journal)
+    uris = environ.get(ENVIRONMENT["uris"])
+    if uris is not None and uris.split():
+        out["uris"] = tuple(uris.split())
+    return out
+
+
+def resolve(config_file: Optional[str], command_line: Optional[dict] = None, environ=None,
+            on_error: Optional[Callable[[str], None]] = None) -> Config:
+    """What every entry point runs with: command line > environment > file > defaults.
+
+    ``command_line`` holds only the options given (None values are "not given"); a relative
+    journal is made absolute against this process's working directory."""
+    cfg = load_config(config_file, on_error)
+    given = {k: v for k, v in (command_line or {}).items() if v is not None}
+    if given.get("journal"):
+        given["journal"] = os.path.abspath(given["journal"])
+    if "uris" in given:
+        given["uris"] = tuple(given["uris"])
+    return dataclasses.replace(cfg, **{**from_environment(environ), **given})

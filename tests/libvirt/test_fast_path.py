@@ -3,8 +3,11 @@ the same effect, output and exit status as running it in the client's own proces
 
 from __future__ import annotations
 
+import json
 import os
+import pwd
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -74,3 +77,53 @@ def test_without_the_service_it_runs_alone(tmp_path, make_guest):
     r = cgctl(env, "set", guest.name, "cpu_shares=222", "--live")
     assert r.returncode == 0, r.stderr
     assert cpu_shares(guest) == "222"
+
+
+def test_forwarded_set_records_who_asked(service, make_guest):
+    """The history names the client (uid from the kernel, its login uid, its SUDO_USER), not
+    the service's root(0): the same text a local run records."""
+    svc, env = service
+    guest = make_guest("qemu", start=True)
+    env = dict(env, SUDO_USER="alice-cgctl-test")
+    # a login uid of its own (writable once by root): the client's shell logs in as 4242
+    r = subprocess.run(["sh", "-c", 'echo 4242 > /proc/self/loginuid && exec "$@"', "sh", BIN,
+                        "set", guest.name, "cpu_shares=321", "--live"],
+                       env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert svc.log().count("served for pid") == 1
+    try:
+        login = pwd.getpwuid(4242).pw_name
+    except KeyError:
+        login = "?"
+    want = f"root(0) login {login}(4242) via sudo by alice-cgctl-test"
+    h = cgctl(env, "--json", "history", guest.name)
+    rows = [x for x in json.loads(h.stdout) if x["param"] == "cpu_shares"]
+    assert [x["user"] for x in rows] == [want]
+
+
+def test_a_forwarded_hook_or_daemon_is_refused_and_the_service_lives(service, make_guest):
+    svc, env = service
+    guest = make_guest("qemu", start=True)
+    # what the old scan() let through: `--journ` swallowed `set`, argparse then read `hook`
+    for argv in (["--journ", "set", "hook", "qemu", guest.name, "reconnect", "begin", "-"],
+                 ["--journ", "set", "daemon"], ["--journ", "set", "prune"],
+                 ["set", guest.name, "cpu_shares=2", "--journ", "/tmp/cgctl-other.db"]):
+        r = cgctl(env, *argv)
+        # the client's own run: a usage error (one line, exit 2), as without the service
+        assert r.returncode == 2 and r.stderr.count("\n") == 1, (argv, r.stderr)
+    assert "runs it itself" in svc.log() and "served for pid" not in svc.log()
+    # straight to the socket, past the client's own check
+    from cgctl import fast
+    for argv in (["hook", "qemu", guest.name, "reconnect", "begin", "-"], ["daemon"],
+                 ["forget", guest.name], ["prune"]):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(svc.socket_path)
+        body = "\0".join([env["CGCTL_JOURNAL"], "/nonexistent.toml", "", ""] + argv).encode()
+        s.sendall(fast.MAGIC + len(body).to_bytes(4, "big") + body)
+        assert s.recv(1) == b"F", argv
+        s.close()
+    # still there, still serving
+    r = cgctl(env, "set", guest.name, "cpu_shares=432", "--live")
+    assert r.returncode == 0, r.stderr
+    assert svc.proc.poll() is None and cpu_shares(guest) == "432"
+    assert svc.log().count("served for pid") == 1

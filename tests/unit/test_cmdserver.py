@@ -7,11 +7,12 @@ import socket
 import stat
 import subprocess
 import sys
+import select
 import threading
 
 import pytest
 
-from cgctl import cmdserver, fast
+from cgctl import cmdserver, consts, fast
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -26,32 +27,216 @@ def sock_path(tmp_path):
 
 
 @pytest.fixture
-def server(sock_path, tmp_path):
-    calls = []
+def client_env(tmp_path, monkeypatch):
+    """The client's side: its journal is the service's, its config file has nothing."""
+    monkeypatch.setenv("CGCTL_JOURNAL", str(tmp_path / "j.db"))
+    monkeypatch.setattr(consts, "CONFIG_PATH", str(tmp_path / "none.toml"))
+    for k in fast._LOCAL_ENV + ("CGCTL_NO_SERVICE", "SUDO_USER"):
+        monkeypatch.delenv(k, raising=False)
+    return tmp_path
 
-    def runner(argv):
+
+@pytest.fixture
+def server(sock_path, client_env):
+    calls, whos = [], []
+
+    def runner(argv, who=None):
         calls.append(list(argv))
+        whos.append(who)
         return 3, "out text\n", "err text\n"
 
-    srv = cmdserver.CommandServer(sock_path, str(tmp_path / "j.db"), runner=runner)
+    srv = cmdserver.CommandServer(sock_path, str(client_env / "j.db"), runner=runner)
     assert srv.start()
-    srv.calls = calls
+    srv.calls, srv.whos = calls, whos
     yield srv
     srv.stop()
 
 
+def served_as(srv, argv):
+    """What the service runs for a client's argv: its journal and URIs, then the argv."""
+    return ["--journal", srv.journal] + [w for u in srv.uris for w in ("-c", u)] + list(argv)
+
+
 def test_forwarded_set_runs_in_the_service(server, tmp_path):
-    argv = ["set", "web1", "cpu_shares=300", "--live", "--journal", str(tmp_path / "j.db")]
+    argv = ["set", "web1", "cpu_shares=300", "--live"]
     assert fast.ask_service(argv, server.path) == (3, "out text\n", "err text\n")
-    assert server.calls == [["--journal", str(tmp_path / "j.db")] + argv]
+    assert server.calls == [served_as(server, argv)]
     assert stat.S_IMODE(os.stat(server.path).st_mode) == 0o600
+    argv = ["--json", "memtune", "web1", "--hard-limit", "1G", "--perm"]
+    assert fast.ask_service(argv, server.path)[0] == 3
+    assert server.calls[-1] == served_as(server, argv)
 
 
-def test_other_journal_or_command_is_declined(server, tmp_path):
-    other = ["set", "web1", "cpu_shares=300", "--journal", str(tmp_path / "other.db")]
-    assert fast.ask_service(other, server.path) is None
-    assert fast.ask_service(["params", "--journal", str(tmp_path / "j.db")], server.path) is None
+def test_other_journal_or_command_is_declined(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("CGCTL_JOURNAL", str(tmp_path / "other.db"))
+    assert fast.ask_service(["set", "web1", "cpu_shares=300"], server.path) is None
+    monkeypatch.setenv("CGCTL_JOURNAL", str(tmp_path / "j.db"))
+    assert fast.ask_service(["params"], server.path) is None
     assert server.calls == []
+
+
+OTHER = "/tmp/cgctl-ut-other.db"
+# command lines the old scan() read differently from argparse: each one must be run by the
+# client itself (answer "F"), never in the service
+BYPASSES = [
+    ["set", "g", "cpu_shares=2", "--journ", OTHER],               # abbreviation
+    ["--journ", OTHER, "set", "g", "cpu_shares=2"],
+    ["set", "g", "cpu_shares=2", "--conn", "qemu:///session"],
+    ["--conn=qemu:///session", "set", "g", "cpu_shares=2"],
+    ["set", "--he"],                                              # help, abbreviated
+    ["set", "-h"], ["set", "g", "cpu_shares=2", "--help"], ["set", "-vh"], ["--version", "set"],
+    ["-vc", "qemu:///session", "set", "g", "cpu_shares=2"],       # bundled short flags
+    ["set", "g", "cpu_shares=2", "-vcqemu:///session"],
+    ["set", "g", "cpu_shares=2", "--journal", OTHER],             # --journal after the command
+    ["set", "g", "cpu_shares=2", "--journal=" + OTHER],
+    ["set", "g", "cpu_shares=2", "--journal", "j.db"],            # relative: the client's cwd
+    ["set", "g", "cpu_shares=2", "--config-file", "/tmp/x.toml"],
+    ["set", "g", "cpu_shares=2", "-v"],                           # its log belongs to the client
+    ["--journ", "set", "hook", "qemu", "g", "prepare", "begin", "-"],   # not served commands
+    ["--journ", "set", "daemon"], ["--journ", "set", "forget", "g"],
+    ["--journ", "set", "prune"], ["--journ", "set", "history"],
+    ["hook", "qemu", "g", "prepare", "begin", "-"], ["daemon"], ["forget", "g"], ["prune"],
+    ["history"], ["--journal", "set", "hook", "install"],
+]
+
+
+@pytest.mark.parametrize("argv", BYPASSES, ids=" ".join)
+def test_a_command_line_that_means_more_is_run_by_the_client(server, client_env, argv, capsys,
+                                                            monkeypatch):
+    monkeypatch.chdir(client_env)  # where the relative j.db is the service's journal
+    assert fast.ask_service(argv, server.path) is None
+    assert server.calls == []
+    assert capsys.readouterr().out == ""  # no help text on the service's stdout
+
+
+@pytest.mark.parametrize("argv", BYPASSES, ids=" ".join)
+def test_refusal_names_why(argv, tmp_path):
+    why = cmdserver.refusal(argv, str(tmp_path / "j.db"), str(tmp_path / "none.toml"),
+                            str(tmp_path / "j.db"), consts.BUILTIN_URIS)
+    assert isinstance(why, str) and why
+
+
+def test_refusal_accepts_what_it_serves(tmp_path):
+    j = str(tmp_path / "j.db")
+    for argv in (["set", "g", "cpu_shares=2", "--live"], ["--json", "set", "g", "cpu_shares=2"],
+                 ["schedinfo", "g", "--cpu-shares", "5", "--json"], ["cpuset", "g"]):
+        assert cmdserver.refusal(argv, j, str(tmp_path / "none.toml"), j,
+                                 consts.BUILTIN_URIS) is None, argv
+
+
+def test_the_clients_config_file_and_environment_decide_its_journal(server, client_env,
+                                                                   monkeypatch):
+    argv = ["set", "g", "cpu_shares=2"]
+    monkeypatch.delenv("CGCTL_JOURNAL")
+    conf = client_env / "cgctl.toml"
+    monkeypatch.setattr(consts, "CONFIG_PATH", str(conf))
+    conf.write_text(f'journal = "{client_env}/other.db"\n')
+    assert fast.ask_service(argv, server.path) is None   # the client means other.db
+    conf.write_text(f'journal = "{client_env}/j.db"\n')
+    assert fast.ask_service(argv, server.path)[0] == 3   # the client means the service's
+    conf.write_text('uris = ["test:///default"]\n' f'journal = "{client_env}/j.db"\n')
+    assert fast.ask_service(argv, server.path) is None   # ... but other URIs
+    conf.write_text("journal = [\n")
+    assert fast.ask_service(argv, server.path) is None   # broken: the client says so itself
+    # a relative $CGCTL_JOURNAL is the client's cwd's, made absolute by the client
+    monkeypatch.setattr(consts, "CONFIG_PATH", str(client_env / "none.toml"))
+    monkeypatch.chdir(client_env)
+    monkeypatch.setenv("CGCTL_JOURNAL", "j.db")
+    assert fast.ask_service(argv, server.path)[0] == 3
+    assert server.calls == [served_as(server, argv)] * 2
+
+
+def test_the_service_records_who_asked(server, monkeypatch):
+    from cgctl import journal
+    monkeypatch.setenv("SUDO_USER", "alice-ut")
+    assert fast.ask_service(["set", "g", "cpu_shares=2"], server.path)[0] == 3
+    assert server.whos == [journal.describe_user(os.geteuid(), journal.read_loginuid(),
+                                                 "alice-ut")]
+    assert server.whos[0].endswith(" via sudo by alice-ut")
+
+
+def test_describe_user():
+    from cgctl.journal import describe_user
+    assert describe_user(0) == "root(0)"
+    assert describe_user(0, 4294967295, "root") == "root(0)"
+    assert describe_user(0, 0, "bob") == "root(0) via sudo by bob"
+    assert describe_user(0, 999999, "bob") == "root(0) login ?(999999) via sudo by bob"
+
+
+def test_an_unencodable_answer_is_still_answered(server):
+    server.runner = lambda argv, who=None: (0, "caf\udce9 \ud800 ok\n", "e\udcff\n")
+    rc, out, err = fast.ask_service(["set", "g", "cpu_shares=2"], server.path)
+    assert rc == 0 and out.startswith("caf") and out.endswith(" ok\n") and err.endswith("\n")
+
+
+def _idle(path):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(path)
+    return s
+
+
+def test_connections_over_the_cap_are_refused_before_a_thread(server):
+    from tests.daemonkit import wait_for
+    server.max_connections = 2
+    idle = [_idle(server.path), _idle(server.path)]
+    try:
+        wait_for(lambda: getattr(server, "_open", None) == 2, 10, "two connections served")
+        threads = [t for t in threading.enumerate() if t.name == "cgctl-command"]
+        assert fast.ask_service(["set", "g", "cpu_shares=2"], server.path) is None
+        assert [t for t in threading.enumerate() if t.name == "cgctl-command"] == threads
+        assert len(threads) == 2 and server.calls == []
+    finally:
+        for s in idle:
+            s.close()
+    wait_for(lambda: server._open == 0, 10, "the idle connections to end")
+    assert fast.ask_service(["set", "g", "cpu_shares=2"], server.path)[0] == 3
+
+
+def test_a_slow_client_gets_a_total_deadline_not_one_per_recv(server):
+    """slowloris: one byte at a time, each well within any per-recv timeout."""
+    server.request_deadline = 1.0
+    s = _idle(server.path)
+    try:
+        s.sendall(fast.MAGIC + (1000).to_bytes(4, "big"))
+        ended = False
+        for _ in range(150):  # 15 s of dribbling; the deadline is 1 s
+            try:
+                s.send(b"x")
+            except OSError:
+                ended = True
+                break
+            r, _, _ = select.select([s], [], [], 0.1)
+            if r:
+                assert s.recv(16) in (b"F", b"")  # "run it yourself", or closed
+                ended = True
+                break
+        assert ended, "the service kept reading a request that never ends"
+    finally:
+        s.close()
+    assert server.calls == []
+
+
+def test_the_real_runner_never_runs_other_commands(tmp_path):
+    from cgctl import cli
+    for argv in (["daemon"], ["hook", "install", "--hooks-dir", str(tmp_path)],
+                 ["--journal", str(tmp_path / "j.db"), "forget", "g"]):
+        rc, out, err = cli.run_captured(argv, only=cmdserver.FORWARDED)
+        assert rc == 2 and "is not run here" in err, (argv, err)
+    assert os.listdir(tmp_path) == []
+
+
+def test_abbreviations_are_refused_by_every_parser(tmp_path):
+    from cgctl import cli, hook, hookinstall
+    rc, out, err = cli.run_captured(["set", "g", "cpu_shares=2", "--journ", "/x"])
+    assert rc == 2 and "unrecognized arguments: --journ" in err
+    rc = hookinstall.install_main("install", ["--hooks", str(tmp_path)], hook.Options(), None)
+    assert rc == 2 and os.listdir(tmp_path) == []
+
+
+def test_help_is_captured_not_printed(capsys):
+    from cgctl import cli
+    rc, out, err = cli.run_captured(["set", "--help"])
+    assert rc == 0 and "PARAM=VALUE" in out and capsys.readouterr().out == ""
 
 
 def test_forwardable_rules(monkeypatch):
@@ -61,8 +246,7 @@ def test_forwardable_rules(monkeypatch):
     assert fast.forwardable(["set", "g", "cpu_shares=2"])
     assert fast.forwardable(["--json", "memtune", "g", "--hard-limit", "1G"])
     assert not fast.forwardable(["show", "g"])
-    assert not fast.forwardable(["set", "g", "x=1", "-c", "qemu:///session"])
-    assert not fast.forwardable(["set", "--help"])
+    assert not fast.forwardable(["set", "--help"])  # the rest the service decides
     monkeypatch.setenv("CGCTL_NO_SERVICE", "1")
     assert not fast.forwardable(["set", "g", "cpu_shares=2"])
     monkeypatch.delenv("CGCTL_NO_SERVICE")
@@ -94,21 +278,21 @@ def test_a_service_that_drops_the_request_is_an_error_not_a_retry(sock_path):
 
 
 def test_a_second_service_does_not_steal_the_socket(server, tmp_path):
-    other = cmdserver.CommandServer(server.path, str(tmp_path / "j.db"), runner=lambda a: (0, "", ""))
+    other = cmdserver.CommandServer(server.path, str(tmp_path / "j.db"),
+                                    runner=lambda a, w=None: (0, "", ""))
     assert other.start() is False
-    assert fast.ask_service(["set", "g", "cpu_shares=2", "--journal", str(tmp_path / "j.db")],
-                            server.path)[0] == 3   # still the first one
+    assert fast.ask_service(["set", "g", "cpu_shares=2"], server.path)[0] == 3  # still the first
 
 
-def test_a_stale_socket_is_replaced(sock_path, tmp_path):
+def test_a_stale_socket_is_replaced(sock_path, client_env, tmp_path):
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.bind(sock_path)
     s.close()  # a service that died: the file stays, nobody listens
-    srv = cmdserver.CommandServer(sock_path, str(tmp_path / "j.db"), runner=lambda a: (0, "ok\n", ""))
+    srv = cmdserver.CommandServer(sock_path, str(tmp_path / "j.db"),
+                                  runner=lambda a, w=None: (0, "ok\n", ""))
     try:
         assert srv.start()
-        assert fast.ask_service(["set", "g", "cpu_shares=2", "--journal",
-                                 str(tmp_path / "j.db")], sock_path) == (0, "ok\n", "")
+        assert fast.ask_service(["set", "g", "cpu_shares=2"], sock_path) == (0, "ok\n", "")
     finally:
         srv.stop()
     assert not os.path.exists(sock_path)
@@ -120,8 +304,7 @@ def test_other_users_are_refused(server, tmp_path):
     os.chmod(os.path.dirname(server.path), 0o1777)  # /tmp already is; the socket stays 0600
     os.chmod(server.path, 0o666)                     # let nobody reach it: the uid check answers
     code = ("import sys; sys.path.insert(0, %r); from cgctl import fast; "
-            "print(fast.ask_service(['set', 'g', 'cpu_shares=2', '--journal', %r], %r))"
-            % (ROOT, str(tmp_path / "j.db"), server.path))
+            "print(fast.ask_service(['set', 'g', 'cpu_shares=2'], %r))" % (ROOT, server.path))
     r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
                         sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert "permission denied" in r.stdout, r.stderr

@@ -10,14 +10,15 @@ import pytest
 from cgctl import consts
 from cgctl import daemon as D
 from cgctl.errors import UsageError
+from cgctl.service_config import load_config, resolve
 from tests.daemonkit import TEST_URI, NotifySink, Subprocess
 
 pytest.importorskip("libvirt")
 
 
 def test_no_file_means_defaults(tmp_path):
-    assert D.load_config(str(tmp_path / "absent.toml")) == D.Config()
-    assert D.load_config(None) == D.Config()
+    assert load_config(str(tmp_path / "absent.toml")) == D.Config()
+    assert load_config(None) == D.Config()
     assert D.Config().uris == consts.DEFAULT_URIS
     assert D.Config().journal == consts.JOURNAL_PATH
 
@@ -27,7 +28,7 @@ def test_a_full_file(tmp_path):
     f.write_text('uris = ["qemu:///system"]\njournal = "/srv/j.db"\nlog_level = "DEBUG"\n'
                  "reconnect_initial = 1\nreconnect_max = 10.5\nkeepalive_interval = 10\n"
                  "keepalive_count = 5\nwatch_devices = false\n")
-    assert D.load_config(str(f)) == D.Config(
+    assert load_config(str(f)) == D.Config(
         uris=("qemu:///system",), journal="/srv/j.db", log_level="debug",
         reconnect_initial=1.0, reconnect_max=10.5, keepalive_interval=10, keepalive_count=5,
         watch_devices=False)
@@ -49,7 +50,7 @@ def test_a_wrong_file_names_the_file_and_the_key(tmp_path, text, words):
     f = tmp_path / "cgctl.toml"
     f.write_text(text + "\n")
     with pytest.raises(UsageError) as exc:
-        D.load_config(str(f))
+        load_config(str(f))
     assert words in str(exc.value) and str(f) in str(exc.value)
     assert "\n" not in str(exc.value)
 
@@ -110,5 +111,115 @@ def test_command_line_wins_over_the_file(tmp_path):
     try:
         log = svc.wait_log("ready:")
         assert f"uris={TEST_URI} journal={tmp_path}/cli.db" in log
+    finally:
+        assert svc.stop() == 0
+
+
+# --------------------------------------------------------------------------- one loader for all
+
+def test_precedence_command_line_environment_file_default(tmp_path):
+    f = tmp_path / "cgctl.toml"
+    f.write_text('journal = "/srv/file.db"\nuris = ["test:///default"]\n')
+    env = {"CGCTL_JOURNAL": "/srv/env.db"}
+    assert resolve(str(tmp_path / "absent.toml"), None, environ={}).journal == \
+        consts.BUILTIN_JOURNAL
+    assert resolve(str(f), None, environ={}).journal == "/srv/file.db"
+    assert resolve(str(f), None, environ=env).journal == "/srv/env.db"
+    assert resolve(str(f), {"journal": "/srv/cli.db"}, environ=env).journal == "/srv/cli.db"
+    assert resolve(str(f), {"journal": None}, environ={}).journal == "/srv/file.db"  # not given
+    assert resolve(str(f), None, environ={}).uris == ("test:///default",)
+    assert resolve(str(f), {"uris": ["qemu:///session"]}, environ={}).uris == ("qemu:///session",)
+
+
+def test_without_tomllib_a_one_line_error_not_a_crash(tmp_path, monkeypatch):
+    import builtins
+    real = builtins.__import__
+
+    def no_toml(name, *a, **kw):
+        if name in ("tomllib", "tomli"):
+            raise ModuleNotFoundError(name)
+        return real(name, *a, **kw)
+    monkeypatch.setattr(builtins, "__import__", no_toml)
+    f = tmp_path / "cgctl.toml"
+    f.write_text("hook_strict = true\n")
+    with pytest.raises(UsageError) as exc:
+        load_config(str(f))
+    assert "tomli" in str(exc.value) and "\n" not in str(exc.value)
+    msgs = []
+    assert load_config(str(f), on_error=msgs.append) == D.Config()  # the hook: defaults
+    assert len(msgs) == 1
+
+
+def _journal_with_guest(path, name):
+    from cgctl.journal import Journal
+    with Journal(str(path)) as j, j.transaction() as tx:
+        tx.set_config("8d2a2f5e-6b3c-4c1e-9a44-3a3a3a3a3a3a", name, "qemu",
+                      {("cpu_shares", ""): "300"})
+
+
+def test_cli_hook_and_service_read_the_same_journal_key(tmp_path):
+    """The config file's `journal` is the journal of the CLI, the hook and the service."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from cgctl import cli, hook
+    journal = tmp_path / "from-file.db"
+    _journal_with_guest(journal, "web-from-file")
+    f = tmp_path / "cgctl.toml"
+    f.write_text(f'journal = "{journal}"\nuris = ["{TEST_URI}"]\n')
+    env = {k: v for k, v in os.environ.items() if k not in ("CGCTL_JOURNAL", "CGCTL_URIS")}
+    # the CLI: --config-file, and $CGCTL_CONFIG
+    rc, out, err = cli.run_captured(["--config-file", str(f), "list", "--json"])
+    assert rc == 0, err
+    assert [g["guest"] for g in json.loads(out)] == ["web-from-file"]
+    r = subprocess.run([sys.executable, "-m", "cgctl.cli", "list", "--json"], text=True,
+                       capture_output=True, timeout=60, env=dict(env, CGCTL_CONFIG=str(f)))
+    assert r.returncode == 0, r.stderr
+    assert [g["guest"] for g in json.loads(r.stdout)] == ["web-from-file"]
+    # the hook (libvirt gives it no environment: the file is all it has)
+    opts = hook.Options()
+    opts.config_file = str(f)
+    assert hook.read_config_file(str(f))["journal"] == str(journal)
+    ctl = hook._controller(opts)
+    try:
+        assert ctl.journal_path == str(journal)
+    finally:
+        ctl.close()
+    # the service
+    svc = Subprocess(["--config-file", str(f)], log_path=tmp_path / "daemon.log",
+                     env_extra={"CGCTL_JOURNAL": ""})
+    try:
+        assert f"uris={TEST_URI} journal={journal}" in svc.wait_log("ready:")
+    finally:
+        assert svc.stop() == 0
+
+
+def test_sighup_changes_the_command_sockets_journal(tmp_path, monkeypatch):
+    """`cgctl set` through the socket writes the journal the reloaded file names."""
+    from cgctl import fast
+    one, two = tmp_path / "one.db", tmp_path / "two.db"
+    f = tmp_path / "cgctl.toml"
+    f.write_text(f'journal = "{one}"\nuris = ["{TEST_URI}"]\n')
+    svc = Subprocess(["--config-file", str(f)], log_path=tmp_path / "daemon.log",
+                     env_extra={"CGCTL_JOURNAL": ""})
+    # the client: the same file, nothing in its environment
+    monkeypatch.setattr(consts, "CONFIG_PATH", str(f))
+    for k in fast._LOCAL_ENV + ("CGCTL_JOURNAL", "CGCTL_NO_SERVICE"):
+        monkeypatch.delenv(k, raising=False)
+    # the test driver's guest cannot be configured (not qemu/lxc), but the command opens the
+    # journal it runs with before it finds that out: which file appears says which journal
+    argv = ["set", "test", "cpu_shares=300", "--config"]
+    try:
+        svc.wait_log("ready:")
+        assert fast.ask_service(argv, svc.socket_path) is not None
+        assert one.exists() and not two.exists()
+        f.write_text(f'journal = "{two}"\nuris = ["{TEST_URI}"]\n')
+        svc.signal(signal.SIGHUP)
+        svc.wait_log("reloaded")
+        assert fast.ask_service(argv, svc.socket_path) is not None, \
+            "the socket still serves the old journal only"
+        assert two.exists()
+        assert svc.log().count("served for pid") == 2
     finally:
         assert svc.stop() == 0
