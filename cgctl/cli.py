@@ -183,6 +183,8 @@ def _print_outcome(o: dict) -> None:
               f"{c['new'] if c['new'] is not None else '-'}")
     for e in o.get("errors", []):
         _print(f"  FAILED {e['param'] or ''}: {e['message']}")
+    for w in o.get("warnings", []):
+        _print(f"  warning: {w}")
 
 
 # -- commands ------------------------------------------------------------------

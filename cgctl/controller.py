@@ -16,7 +16,7 @@ from . import consts, devices, hostinfo, live, log, resolve, runtime
 from . import params as P
 from .cgroup import Router
 from .errors import (CgctlError, GuestNotFound, GuestNotRunning, GuestTransient, UsageError)
-from .journal import Journal
+from .journal import Journal, current_user, now
 from .live import Change
 from .runtime import Guest
 
@@ -34,6 +34,7 @@ class Outcome:
         self.mode = mode
         self.changes: List[Change] = changes or []
         self.errors: List[CgctlError] = errors or []  # per-parameter failures (apply)
+        self.warnings: List[str] = []  # done, but something beside it was not (metadata)
 
     def to_dict(self) -> dict:
         return {
@@ -42,6 +43,7 @@ class Outcome:
             "changes": [{"param": c.param, "device": c.device or None, "old": c.old, "new": c.new}
                         for c in self.changes],
             "errors": [e.to_dict() for e in self.errors],
+            "warnings": list(self.warnings),
         }
 
 
@@ -158,6 +160,7 @@ class Controller:
                                  guest=guest.name, param=s.param.name)
         journal = self.journal()
         writes = []
+        at, user = now(), current_user()  # the same stamp in the history and the metadata
         try:
             with journal.transaction() as tx:
                 old_config = tx.get_config(guest.uuid)
@@ -178,13 +181,21 @@ class Controller:
                 else:
                     tx.upsert_guest(guest.uuid, guest.name, guest.driver)
                 tx.add_history(guest.uuid, guest.name, command=command, source=source,
-                               mode=mode, changes=changes)
+                               mode=mode, changes=changes, at=at, user=user)
         except BaseException:
             if writes:
                 live.undo(writes, guest.name)
             raise
         log_changes(guest, changes, source, mode)
-        return Outcome(guest, mode, changes)
+        outcome = Outcome(guest, mode, changes)
+        # --- settings travel with the guest (cgctl/travel.py): after the commit, never fatal
+        from . import travel
+        warning = travel.publish(
+            guest, mode, {s.key: None if s.removes else s.text() for s in settings.values()},
+            live_changes={s.key: s.text() for s in settings.values()}, at=at, user=user)
+        if warning:
+            outcome.warnings.append(warning)
+        return outcome
 
     def _validate_config(self, guest: Guest, config, settings) -> None:
         merged: Dict[str, P.Value] = {}
@@ -206,6 +217,7 @@ class Controller:
             p = P.lookup(n.split("=", 1)[0].split(",", 1)[0])
             dev = n.split("=", 1)[1] if "=" in n else None
             wanted.append((p.name, dev))
+        at, user = now(), current_user()
         with self.journal().transaction() as tx:
             config = tx.get_config(guest.uuid)
             drop = {k: None for k in config
@@ -216,9 +228,15 @@ class Controller:
             old = tx.set_config(guest.uuid, guest.name, guest.driver, drop)
             changes = [Change(p, d, old[(p, d)], None) for (p, d) in drop]
             tx.add_history(guest.uuid, guest.name, command="unset", source=source, mode=CONFIG,
-                           changes=changes)
+                           changes=changes, at=at, user=user)
         log_changes(guest, changes, source, CONFIG)
-        return Outcome(guest, CONFIG, changes)
+        outcome = Outcome(guest, CONFIG, changes)
+        from . import travel  # tombstones in the persistent metadata (cgctl/travel.py)
+        warning = travel.publish(guest, CONFIG, dict(drop), at=at, user=user) \
+            if guest.persistent else None
+        if warning:
+            outcome.warnings.append(warning)
+        return outcome
 
     def apply_config(self, guest: Guest, *, source: str = "cli", command: str = "apply",
                      journal: Journal = None) -> Outcome:
