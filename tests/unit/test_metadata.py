@@ -151,3 +151,32 @@ def test_record_perm_drops_the_live_entry():
     d = M.record(None, {key: "512"}, section="live", at=T0, host="a", user="u")
     d = M.record(d, {key: "1024"}, section="config", at=T1, host="a", user="u", drop_live=True)
     assert d.live == {} and d.config[key].value == "1024"
+
+
+# --------------------------------------------------------------------------- through the real hook
+
+def test_hook_prepare_takes_the_metadata_into_the_journal_without_libvirt(tmp_path):
+    """`cgctl hook qemu NAME prepare begin` with a domain XML carrying cgctl metadata (a guest
+    defined from another host's dumpxml): the journal gets the config with its origin; the hook
+    process never imports libvirt; a second call adds nothing."""
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, CGCTL_LIBVIRT_RUN_DIR=str(tmp_path / "run"),
+               CGCTL_HOOK_RUN_DIR=str(tmp_path / "hookrun"), CGCTL_CONFIG=str(tmp_path / "c"),
+               CGCTL_JOURNAL=str(tmp_path / "j.db"))
+    (tmp_path / "run" / "qemu").mkdir(parents=True)
+    xml = doc_xml({("hard_limit", ""): M.Entry("1G", T1, "hosta", "root(0)")})
+    out = tmp_path / "modules"
+    code = ("import sys, cgctl.hook as h;"
+            "h.main(['--no-early-apply', 'qemu', 'g1', 'prepare', 'begin', '-']);"
+            "bad = [m for m in sys.modules if m in ('libvirt', 'cgctl.virt')];"
+            f"open({str(out)!r}, 'w').write(repr(bad))")
+    for _ in range(2):
+        r = subprocess.run([sys.executable, "-c", code], input=xml, capture_output=True,
+                           text=True, env=env, timeout=30)
+        assert out.read_text() == "[]", r.stderr
+    with Journal(env["CGCTL_JOURNAL"]) as j:
+        assert j.get_config(UUID) == {("hard_limit", ""): "1G"}
+        assert [(r.command, r.source, r.user) for r in j.history(UUID)] == \
+            [("metadata", "hook", "root(0)@hosta")]
