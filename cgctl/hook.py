@@ -407,8 +407,14 @@ def _receive_metadata(driver: str, name: str, xml: bytes, opts: Options, ctl, lo
             return {}
         c = _controller(opts, ctl)
         _route_cgctl_log(log)
-        overlay, decisions = travel.receive(c.journal(), info.uuid, name, driver, xml,
-                                            source="hook")
+        try:
+            overlay, decisions = travel.receive(c.journal(), info.uuid, name, driver, xml,
+                                                source="hook")
+        finally:
+            if c is not ctl:
+                # closed before the early applier forks: a child must not inherit an open
+                # SQLite connection (its locks and WAL state belong to this process)
+                c.close()
         taken = sum(d.taken for d in decisions)
         if decisions:
             log(f"metadata: {taken} setting(s) taken, {len(decisions) - taken} kept from this "
