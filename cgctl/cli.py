@@ -187,6 +187,19 @@ def build_parser() -> argparse.ArgumentParser:
         for o in opts:
             p.add_argument(f"--{o}", dest=o.replace("-", "_"), metavar="VALUE")
         _add_mode(p)
+    # --- policy files (cgctl/policy.py) ---
+    p = sub.add_parser("export", parents=[common],
+                       help="write the config of guests as a policy file (JSON or TOML)")
+    p.add_argument("guests", nargs="*", metavar="GUEST")
+    p.add_argument("--format", choices=["json", "toml"], default=None,
+                   help="default: from -o's extension, else json")
+    p.add_argument("-o", "--output", metavar="FILE", help="default: standard output")
+    p = sub.add_parser("import", parents=[common],
+                       help="make the guests' config match a policy file")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--dry-run", "-n", action="store_true", help="only print what would change")
+    p.add_argument("--perm", "--live", dest="live", action="store_true",
+                   help="also put changed settings in force on running guests")
     sub.add_parser("daemon", parents=[common], help="run the listener service")
     p = sub.add_parser("hook", parents=[common], help="libvirt hook entry point / install")
     p.add_argument("hook_args", nargs=argparse.REMAINDER)
@@ -229,6 +242,8 @@ def _print_outcome(o: dict) -> None:
               f"{c['new'] if c['new'] is not None else '-'}")
     for e in o.get("errors", []):
         _print(f"  FAILED {e['param'] or ''}: {e['message']}")
+    for w in o.get("warnings", []):
+        _print(f"  warning: {w}")
 
 
 # -- commands ------------------------------------------------------------------
@@ -429,6 +444,37 @@ def _retention(args):
     return days, rows
 
 
+def cmd_export(args, ctl) -> int:
+    from . import policy
+    fmt = args.format or ("toml" if (args.output or "").endswith(".toml") else "json")
+    text = policy.dumps(policy.export(ctl, args.guests), fmt)
+    if args.output:
+        policy.write_file(args.output, text)
+    else:
+        _print(text, end="")
+    return 0
+
+
+def cmd_import(args, ctl) -> int:
+    from . import policy
+    plans = policy.plan(ctl, policy.load(args.file))  # the whole file, before any write
+
+    def human(ps):
+        if not ps:
+            _print("nothing to change: the host matches the policy")
+        for pl in ps:
+            _print(f"guest {pl['guest']}:" + (" (dry run)" if args.dry_run else ""))
+            for c in pl["changes"]:
+                dev = f"[{c['device']}]" if c["device"] else ""
+                _print(f"  {c['param']}{dev}: {c['old'] or '-'} -> {c['new'] or '-'}")
+    if not args.dry_run:
+        for o in policy.apply(ctl, plans, live=args.live):
+            for w in o.warnings:
+                _eprint(f"cgctl: warning: guest {o.guest.name}: {w}")
+    _out(args, [pl.to_dict() for pl in plans], human)
+    return 0
+
+
 def cmd_daemon(args, ctl) -> int:
     from . import daemon
     return daemon.main(ctl, config_file=args.config_file or consts.CONFIG_PATH,
@@ -454,7 +500,8 @@ def cmd_hook(args, ctl) -> int:
 
 COMMANDS = {"params": cmd_params, "host": cmd_host, "set": cmd_set, "unset": cmd_unset,
             "show": cmd_show, "list": cmd_list, "history": cmd_history, "apply": cmd_apply,
-            "forget": cmd_forget, "verify": cmd_verify, "prune": cmd_prune, "daemon": cmd_daemon, "hook": cmd_hook}
+            "forget": cmd_forget, "verify": cmd_verify, "prune": cmd_prune, "daemon": cmd_daemon, "hook": cmd_hook,
+            "export": cmd_export, "import": cmd_import}
 COMMANDS.update({k: cmd_virsh for k in _VIRSH})
 
 

@@ -20,7 +20,7 @@ from . import consts, devices, guestlock, hostinfo, live, log, resolve, runtime
 from . import params as P
 from .cgroup import Router
 from .errors import (CgctlError, GuestNotFound, GuestNotRunning, GuestTransient, UsageError)
-from .journal import Journal
+from .journal import Journal, current_user, now
 from .live import Change
 from .runtime import Guest
 
@@ -38,6 +38,7 @@ class Outcome:
         self.mode = mode
         self.changes: List[Change] = changes or []
         self.errors: List[CgctlError] = errors or []  # per-parameter failures (apply)
+        self.warnings: List[str] = []  # done, but something beside it was not (metadata)
 
     def to_dict(self) -> dict:
         return {
@@ -46,6 +47,7 @@ class Outcome:
             "changes": [{"param": c.param, "device": c.device or None, "old": c.old, "new": c.new}
                         for c in self.changes],
             "errors": [e.to_dict() for e in self.errors],
+            "warnings": list(self.warnings),
         }
 
 
@@ -190,6 +192,7 @@ class Controller:
                                  guest=guest.name, param=s.param.name)
         journal = self.journal()
         writes = []
+        at, user = now(), current_user()  # the same stamp in the history and the metadata
         with self.locked(guest):  # the undo too: no other writer between write and undo
             try:
                 with journal.transaction() as tx:
@@ -211,13 +214,21 @@ class Controller:
                     else:
                         tx.upsert_guest(guest.uuid, guest.name, guest.driver)
                     tx.add_history(guest.uuid, guest.name, command=command, source=source,
-                                   mode=mode, changes=changes)
+                                   mode=mode, changes=changes, at=at, user=user)
             except BaseException:
                 if writes:
                     live.undo(writes, guest.name)
                 raise
         log_changes(guest, changes, source, mode)
-        return Outcome(guest, mode, changes)
+        outcome = Outcome(guest, mode, changes)
+        # --- settings travel with the guest (cgctl/travel.py): after the commit, never fatal
+        from . import travel
+        warning = travel.publish(
+            guest, mode, {s.key: None if s.removes else s.text() for s in settings.values()},
+            live_changes={s.key: s.text() for s in settings.values()}, at=at, user=user)
+        if warning:
+            outcome.warnings.append(warning)
+        return outcome
 
     def _validate_config(self, guest: Guest, config, settings) -> None:
         merged: Dict[str, P.Value] = {}
@@ -239,6 +250,7 @@ class Controller:
             p = P.lookup(n.split("=", 1)[0].split(",", 1)[0])
             dev = n.split("=", 1)[1] if "=" in n else None
             wanted.append((p.name, dev))
+        at, user = now(), current_user()
         with self.locked(guest), self.journal().transaction() as tx:
             config = tx.get_config(guest.uuid)
             drop = {k: None for k in config
@@ -249,12 +261,19 @@ class Controller:
             old = tx.set_config(guest.uuid, guest.name, guest.driver, drop)
             changes = [Change(p, d, old[(p, d)], None) for (p, d) in drop]
             tx.add_history(guest.uuid, guest.name, command="unset", source=source, mode=CONFIG,
-                           changes=changes)
+                           changes=changes, at=at, user=user)
         log_changes(guest, changes, source, CONFIG)
-        return Outcome(guest, CONFIG, changes)
+        outcome = Outcome(guest, CONFIG, changes)
+        from . import travel  # tombstones in the persistent metadata (cgctl/travel.py)
+        warning = travel.publish(guest, CONFIG, dict(drop), at=at, user=user) \
+            if guest.persistent else None
+        if warning:
+            outcome.warnings.append(warning)
+        return outcome
 
     def apply_config(self, guest: Guest, *, source: str = "cli", command: str = "apply",
-                     journal: Journal = None, once: bool = False) -> Optional[Outcome]:
+                     journal: Journal = None, once: bool = False,
+                     overlay: Optional[Dict[P.Key, str]] = None) -> Optional[Outcome]:
         """Write the guest's journal config into its live cgroups and record the instance.
 
         All at once when possible; if that is refused, parameter by parameter, so
@@ -262,9 +281,11 @@ class Controller:
         With ``once``: None, and nothing written, if the journal records that this very
         process (pid + start time) has had its config applied already; decided under the
         guest's lock, so a ``--live`` change made after that apply is kept.
+        ``overlay``: key -> text put in force on top of the config (the ``<live>`` settings a
+        migrated guest carries in its metadata, docs/fleet.md); not written to the config.
         """
         return self._apply_journal(guest, source=source, command=command, journal=journal,
-                                   once=once)
+                                   once=once, overlay=overlay)
 
     def apply_devices(self, guest: Guest, *, source: str = "event", command: str = "device",
                       journal: Journal = None) -> Outcome:
@@ -276,13 +297,15 @@ class Controller:
 
     def _apply_journal(self, guest: Guest, *, source: str, command: str,
                        journal: Optional[Journal], devices_only: bool = False,
-                       once: bool = False) -> Optional[Outcome]:
+                       once: bool = False,
+                       overlay: Optional[Dict[P.Key, str]] = None) -> Optional[Outcome]:
         journal = journal or self.journal()
         with self.locked(guest):  # from reading the config to recording what was written
             if once and same_instance(journal.get_instance(guest.uuid),
                                       runtime.instance_of(guest.pid)):
                 return None
-            config = journal.get_config(guest.uuid)
+            config = dict(journal.get_config(guest.uuid))
+            config.update(overlay or {})
             _test_window()
             if devices_only:
                 config = {k: v for k, v in config.items() if k[1]}

@@ -434,6 +434,8 @@ class Daemon:
             kind = "started"
         elif ev.event == "undefined" and ev.detail != "renamed":  # a rename keeps the UUID
             kind = "undefined"
+        elif ev.event == "defined":  # maybe with settings in its metadata (cgctl/travel.py)
+            kind = "defined"
         else:
             log.debug("event guest=%s %s/%s on %s: nothing to do", ev.name, ev.event,
                       ev.detail, ev.uri)
@@ -608,6 +610,8 @@ class Daemon:
             self._apply_started(job)
         elif job.kind == "undefined":
             self._forget(job)
+        elif job.kind == "defined":
+            self._receive_metadata(job, inactive=True)
         elif job.kind == "reconcile":
             self._reconcile(job)
         elif job.kind == "close":
@@ -628,9 +632,30 @@ class Daemon:
     def _has_config(self, uuid: str) -> bool:
         return bool(self._ctl.journal().get_config(uuid))
 
+    # --- settings carried in the domain's <metadata> (cgctl/travel.py) ---
+    def _receive_metadata(self, job: _Job, inactive: bool = False) -> dict:
+        """Merge the metadata of the guest's live (or persistent) XML into the journal;
+        returns the <live> overlay. Never raises: the journal config still applies."""
+        from . import travel
+        ev = job.event
+        try:
+            xml = job.conn.domain_xml(ev.uuid, inactive=inactive)
+            driver = "lxc" if job.uri.startswith("lxc") else "qemu"
+            overlay, decisions = travel.receive(self._ctl.journal(), ev.uuid, ev.name, driver,
+                                                xml, source="event", live=not inactive)
+        except Exception as e:  # noqa: BLE001  bad metadata never stops the apply
+            log.error("guest=%s metadata not used: %s", ev.name, e)
+            return {}
+        if decisions:
+            log.info("guest=%s metadata (%s): %d setting(s) taken, %d kept", ev.name,
+                     "persistent" if inactive else "live", sum(d.taken for d in decisions),
+                     sum(not d.taken for d in decisions))
+        return overlay
+
     def _apply_started(self, job: _Job) -> None:
         ev = job.event
-        if not self._has_config(ev.uuid):
+        overlay = self._receive_metadata(job)
+        if not overlay and not self._has_config(ev.uuid):
             log.debug("guest=%s has no config: nothing to apply", ev.name)
             return
         try:
@@ -639,7 +664,8 @@ class Daemon:
             if not guest.running:
                 log.info("guest=%s stopped before its config was applied", ev.name)
                 return
-            outcome = self._ctl.apply_config(guest, source="event", command="event")
+            outcome = self._ctl.apply_config(guest, source="event", command="event",
+                                             overlay=overlay)
         except CgctlError as e:
             # the next reconcile (reconnect or restart) tries again if the guest still runs
             log.error("guest=%s apply failed source=event: %s", ev.name, e)

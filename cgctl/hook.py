@@ -268,12 +268,14 @@ def run(driver: str, name: str, op: str, subop: str, opts: Options, ctl=None) ->
                     else EXIT_OK, log)
     try:
         state["strict"], early = resolve_settings(opts, log)
+        overlay = _receive_metadata(driver, name, xml, opts, ctl, log) \
+            if action in ("early", "started") else {}
         if action == "early":
             if early:
-                _launch_early(driver, name, xml, opts, log, early_timeout)
+                _launch_early(driver, name, xml, opts, log, early_timeout, overlay)
             return EXIT_OK
         if action == "started":
-            _started(driver, name, xml, opts, ctl, log)
+            _started(driver, name, xml, opts, ctl, log, overlay)
             return EXIT_OK
         _reconnect(driver, name, opts, ctl, log)
         return EXIT_OK
@@ -422,9 +424,43 @@ def _domain_or_log(xml: bytes, name: str, log: Log):
     return info
 
 
+# --------------------------------------------------------------------------- metadata (travel)
+
+def _receive_metadata(driver: str, name: str, xml: bytes, opts: Options, ctl, log: Log) -> dict:
+    """Merge the settings carried in the domain XML's <metadata> into the journal (a guest
+    defined or migrated from another host: cgctl/travel.py); the <live> overlay to apply.
+    Never raises: the journal config still applies."""
+    try:
+        from . import metadata, travel
+        if metadata.NS.encode() not in xml:
+            return {}  # the common case costs one byte search
+        info = _domain_or_log(xml, name, log)
+        if info is None:
+            return {}
+        c = _controller(opts, ctl)
+        _route_cgctl_log(log)
+        try:
+            overlay, decisions = travel.receive(c.journal(), info.uuid, name, driver, xml,
+                                                source="hook")
+        finally:
+            if c is not ctl:
+                # closed before the early applier forks: a child must not inherit an open
+                # SQLite connection (its locks and WAL state belong to this process)
+                c.close()
+        taken = sum(d.taken for d in decisions)
+        if decisions:
+            log(f"metadata: {taken} setting(s) taken, {len(decisions) - taken} kept from this "
+                f"host's journal")
+        return overlay
+    except Exception as exc:  # noqa: BLE001  a hook never fails on metadata
+        log(f"cannot use the settings in the domain's metadata: {exc}", error=True)
+        return {}
+
+
 # --------------------------------------------------------------------------- started / reconnect
 
-def _started(driver: str, name: str, xml: bytes, opts: Options, ctl, log: Log) -> None:
+def _started(driver: str, name: str, xml: bytes, opts: Options, ctl, log: Log,
+             overlay=None) -> None:
     from . import runtime
     from .errors import GuestNotRunning
     info = _domain_or_log(xml, name, log)  # malformed: logged, the runtime files decide
@@ -439,12 +475,12 @@ def _started(driver: str, name: str, xml: bytes, opts: Options, ctl, log: Log) -
         raise HookFailure("cannot tell which guest this is: no usable domain XML on stdin and "
                           f"no running {driver} guest named {name}")
     config = ctl.journal(create=False).get_config(uuid)
-    if not config:
+    if not config and not overlay:
         return  # nothing configured: nothing to enforce, strict or not
     if guest is None:
         raise GuestNotRunning(f"libvirt says the guest started, but no running {driver} process "
                               f"of it was found under {ctl.run_dir}", guest=name)
-    outcome = ctl.apply_config(guest, source="hook", command="hook started")
+    outcome = ctl.apply_config(guest, source="hook", command="hook started", overlay=overlay)
     if outcome.errors:
         raise HookFailure(f"{len(outcome.errors)} of {len(config)} setting(s) not applied: "
                           + "; ".join(str(e) for e in outcome.errors))
@@ -490,7 +526,7 @@ def _try_lock(path: str):
 
 
 def _launch_early(driver: str, name: str, xml: bytes, opts: Options, log: Log,
-                  timeout: float = EARLY_TIMEOUT) -> None:
+                  timeout: float = EARLY_TIMEOUT, overlay=None) -> None:
     info = _domain_or_log(xml, name, log)
     if info is None:
         return
@@ -502,8 +538,8 @@ def _launch_early(driver: str, name: str, xml: bytes, opts: Options, log: Log,
         return  # launched at `prepare begin` and still waiting: one is enough
     os.close(fd)
     launched = _monotonic()
-    _detach(lambda: early_apply(driver, name, info.uuid, info.vcpus, opts, launched, timeout),
-            timeout)
+    _detach(lambda: early_apply(driver, name, info.uuid, info.vcpus, opts, launched, timeout,
+                                overlay), timeout)
 
 
 def _monotonic() -> float:
@@ -547,7 +583,7 @@ def _detach(work, timeout: float = EARLY_TIMEOUT) -> None:
 
 
 def early_apply(driver: str, name: str, uuid: str, vcpus: int, opts: Options,
-                launched: float, timeout: float = EARLY_TIMEOUT) -> str:
+                launched: float, timeout: float = EARLY_TIMEOUT, overlay=None) -> str:
     """Wait for the guest's process and cgroup, then apply its journal config once.
 
     Returns what happened (also recorded in the journal's history as ``hook early``).
@@ -559,7 +595,7 @@ def early_apply(driver: str, name: str, uuid: str, vcpus: int, opts: Options,
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     try:
-        what = _early_apply(driver, name, uuid, vcpus, opts, launched, timeout)
+        what = _early_apply(driver, name, uuid, vcpus, opts, launched, timeout, overlay)
         _syslog(f"cgctl hook: {driver} guest={name} op=early: {what}", False)
         return what
     finally:
@@ -568,17 +604,18 @@ def early_apply(driver: str, name: str, uuid: str, vcpus: int, opts: Options,
         os.close(fd)
 
 
-def _early_apply(driver, name, uuid, vcpus, opts, launched, timeout) -> str:
+def _early_apply(driver, name, uuid, vcpus, opts, launched, timeout, overlay=None) -> str:
     log = Log(driver, name, "early")
     _route_cgctl_log(log)
     ctl = _controller(opts, lock_wait=lock_wait_within(EARLY_TIMEOUT))
     try:  # closed here (checkpoints the WAL): the applier ends in os._exit, which skips it
-        return _early_apply_with(ctl, driver, name, uuid, vcpus, launched, timeout, log)
+        return _early_apply_with(ctl, driver, name, uuid, vcpus, launched, timeout, log, overlay)
     finally:
         ctl.close()
 
 
-def _early_apply_with(ctl, driver, name, uuid, vcpus, launched, timeout, log) -> str:
+def _early_apply_with(ctl, driver, name, uuid, vcpus, launched, timeout, log,
+                      overlay=None) -> str:
     import time
     from . import params as P
     from . import resolve, runtime
@@ -586,7 +623,8 @@ def _early_apply_with(ctl, driver, name, uuid, vcpus, launched, timeout, log) ->
 
     deadline = launched + timeout
     journal = ctl.journal(create=False)
-    config = journal.get_config(uuid)
+    config = dict(journal.get_config(uuid))
+    config.update(overlay or {})  # <live> settings carried in the metadata (cgctl/travel.py)
     if not config:
         return "nothing in the journal"
     sub = [P.BY_NAME[n] for n, _ in config if n in P.BY_NAME
@@ -609,7 +647,8 @@ def _early_apply_with(ctl, driver, name, uuid, vcpus, launched, timeout, log) ->
                 # once, decided under the guest's lock: `started` may have applied meanwhile
                 ctl.lock_wait = max(min(ctl.lock_wait, deadline - time.monotonic()), 0.0)
                 outcome = ctl.apply_config(guest, source="hook", command="hook early",
-                                           journal=journal, once=True)
+                                           journal=journal, once=True,
+                                           overlay=overlay)
                 if outcome is None:
                     return "already applied to this instance"
                 return (f"applied {len(outcome.changes)} setting(s), "

@@ -19,7 +19,7 @@ from cgctl.runtime import Guest  # noqa: F401  (the public home of Guest is here
 
 __all__ = ["Guest", "lookup", "list_guests", "open_connection", "translate_error", "guest_from_domain",
            "start_event_loop", "event_loop_alive", "add_timer", "remove_timer", "LifecycleEvent",
-           "EventConnection"]
+           "EventConnection", "get_metadata", "set_metadata", "update_metadata", "domain_xml"]
 
 log = logging.getLogger("cgctl")
 
@@ -160,6 +160,67 @@ def list_guests(uris: Iterable[str] = consts.DEFAULT_URIS, *, conn=None) -> List
                 except errors.GuestNotFound:
                     continue  # undefined while we listed
     return out
+
+
+# --------------------------------------------------------------------------- cgctl's metadata
+# (cgctl.metadata holds the format; this is only libvirt's side of it)
+
+def _metadata_flags(libvirt, live: bool, config: bool) -> int:
+    return ((libvirt.VIR_DOMAIN_AFFECT_LIVE if live else 0)
+            | (libvirt.VIR_DOMAIN_AFFECT_CONFIG if config else 0))
+
+
+def get_metadata(dom, *, live: bool) -> Optional[str]:
+    """cgctl's element of the live (``live=True``) or persistent copy; None if it has none."""
+    from cgctl import metadata
+    libvirt = _libvirt()
+    try:
+        return dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, metadata.NS,
+                            _metadata_flags(libvirt, live, not live))
+    except libvirt.libvirtError as e:
+        if e.get_error_code() == getattr(libvirt, "VIR_ERR_NO_DOMAIN_METADATA", 80):
+            return None
+        raise translate_error(e, guest=dom.name()) from e
+
+
+def set_metadata(dom, text: str, *, live: bool) -> None:
+    """Replace cgctl's element in the live or the persistent copy of the domain."""
+    from cgctl import metadata
+    libvirt = _libvirt()
+    try:
+        dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, text, metadata.PREFIX,
+                        metadata.NS, _metadata_flags(libvirt, live, not live))
+    except libvirt.libvirtError as e:
+        raise translate_error(e, guest=dom.name()) from e
+
+
+def update_metadata(guest: Guest, change: Callable, *, live: bool, config: bool) -> None:
+    """Read, ``change(Doc or None) -> Doc``, write back cgctl's metadata of the live and/or
+    persistent copy (each read and written on its own: libvirt keeps them apart)."""
+    from cgctl import metadata
+    libvirt = _libvirt()
+    conn = open_connection(guest.uri, readonly=False)
+    try:
+        try:
+            dom = conn.lookupByUUIDString(guest.uuid)
+        except libvirt.libvirtError as e:
+            raise translate_error(e, guest=guest.name, uri=guest.uri) from e
+        for flag_live, wanted in ((True, live), (False, config)):
+            if wanted:
+                doc = metadata.parse(get_metadata(dom, live=flag_live))
+                set_metadata(dom, metadata.serialize(change(doc)), live=flag_live)
+    finally:
+        with contextlib.suppress(Exception):
+            conn.close()
+
+
+def domain_xml(dom, *, inactive: bool = False) -> str:
+    """The domain's XML: the running definition, or (``inactive``) the persistent one."""
+    libvirt = _libvirt()
+    try:
+        return dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE if inactive else 0)
+    except libvirt.libvirtError as e:
+        raise translate_error(e, guest=dom.name()) from e
 
 
 # --------------------------------------------------------------------------- the service's side
@@ -350,6 +411,17 @@ class EventConnection:
         except libvirt.libvirtError as e:
             raise translate_error(e, guest=uuid, uri=self.uri) from e
         return guest_from_domain(dom, self.uri, self._conn)
+
+    def domain_xml(self, uuid: str, *, inactive: bool = False) -> str:
+        """The domain's live (or persistent) XML, with cgctl's metadata (cgctl.incoming)."""
+        libvirt = _libvirt()
+        if self._conn is None:
+            raise errors.LibvirtError(f"libvirt ({self.uri}): not connected")
+        try:
+            dom = self._conn.lookupByUUIDString(uuid)
+        except libvirt.libvirtError as e:
+            raise translate_error(e, guest=uuid, uri=self.uri) from e
+        return domain_xml(dom, inactive=inactive)
 
     def close(self) -> None:
         """Deregister and close; never fails (the other end may be gone already)."""

@@ -1,0 +1,128 @@
+"""Settings that travel with the guest (docs/fleet.md).
+
+- ``publish``: after a change is committed to the journal, write it into the domain's own
+  metadata (``cgctl.metadata``), live and/or persistent copy as the mode says. Called by the
+  controller (CLI and service); it calls libvirt, so never from the hook.
+- ``receive``: a domain XML arrives (the hook's stdin at ``prepare``/``start``/``started``,
+  the service's STARTED and DEFINED events): merge its ``<config>`` into this host's journal
+  by the conflict rules, and return the ``<live>`` entries to put in force on top.
+- the controller's ``apply_config(overlay=...)`` puts the journal config plus that overlay
+  into the guest's cgroups, under the guest's lock.
+
+A failure here never fails the change or the start: the journal is the host's authority and
+the metadata its copy for other hosts. Whatever is wrong is said in one line.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Dict, List, Optional, Tuple
+
+from . import metadata
+from . import params as P
+from .errors import CgctlError
+
+log = logging.getLogger("cgctl")
+
+ENV = "CGCTL_METADATA"  # "0"/"off": never write metadata (a host whose libvirt must not be
+                        # written by cgctl, or tests with fake guests)
+COMMAND = "metadata"  # the history command of an imported setting
+
+
+def enabled() -> bool:
+    return os.environ.get(ENV, "1").strip().lower() not in ("0", "off", "no", "false")
+
+
+# --------------------------------------------------------------------------- publishing
+
+def publish(guest, mode: str, changes: Dict[Tuple[str, str], Optional[str]], *, at: str,
+            user: str, live_changes: Optional[Dict[Tuple[str, str], str]] = None) -> Optional[str]:
+    """Write a committed change into the domain's metadata; returns a warning or None.
+
+    ``changes``: config key → canonical text (None: removed), for 'config'/'live+config';
+    ``live_changes``: key → text in force now, for 'live' (and 'live+config', where the
+    live copy's ``<config>`` gets ``changes`` and its ``<live>`` entries for them go)."""
+    if not enabled() or not (changes or live_changes):
+        return None
+    host = metadata.hostname()
+    kw = dict(at=at, host=host, user=user)
+    try:
+        from . import virt
+        if mode == "live":
+            virt.update_metadata(guest, lambda d: metadata.record(d, live_changes or {},
+                                                                  section="live", **kw),
+                                 live=True, config=False)
+        elif mode == "config":
+            virt.update_metadata(guest, lambda d: metadata.record(d, changes, section="config",
+                                                                  **kw),
+                                 live=False, config=True)
+        else:
+            virt.update_metadata(guest, lambda d: metadata.record(d, changes, section="config",
+                                                                  drop_live=True, **kw),
+                                 live=guest.running, config=guest.persistent)
+    except (CgctlError, metadata.MetadataError) as exc:
+        msg = (f"the change is in force and in the journal, but not in the domain's metadata "
+               f"(it will not travel with the guest): {exc}")
+        log.warning("guest=%s %s", guest.name, msg)
+        return msg
+    return None
+
+
+# --------------------------------------------------------------------------- receiving
+
+def receive(journal, uuid: str, name: str, driver: str, domain_xml, *, source: str,
+            live: bool = True) -> Tuple[Dict[Tuple[str, str], str], List[metadata.Decision]]:
+    """Merge the cgctl metadata of ``domain_xml`` into the journal (one transaction).
+
+    Returns (live overlay, decisions). ``live=False`` (a persistent definition): the
+    ``<live>`` section is not for this instance and is ignored. MetadataError if the
+    element is unusable (nothing is written then)."""
+    doc = metadata.find_in_domain(domain_xml)
+    if doc is None or not (doc.config or doc.live):
+        return {}, []
+    incoming = {}
+    for key, e in doc.config.items():
+        if key[0] not in P.BY_NAME:
+            log.warning("guest=%s metadata: unknown parameter %s from %s ignored", name,
+                        key[0], e.host)
+            continue
+        if e.value is not None:
+            try:
+                e = e._replace(value=P.from_text(key[0], key[1], e.value).text())
+            except CgctlError as exc:
+                log.warning("guest=%s metadata: %s from %s ignored: %s", name, key[0],
+                            e.host, exc)
+                continue
+        incoming[key] = e
+    with journal.transaction() as tx:
+        config = tx.get_config(uuid)
+        rows = tx.history(uuid)
+        stamps = metadata.journal_stamps(rows)
+        decisions = metadata.decide(config, stamps, incoming)
+        taken = [d for d in decisions if d.taken]
+        if taken:
+            tx.set_config(uuid, name, driver, {d.key: d.incoming.value for d in taken})
+        for d in taken:
+            # the row carries the decision's own time, host and user: the conflict rules
+            # compare that time the next time metadata arrives
+            tx.add_history(uuid, name, command=COMMAND, source=source, mode="config",
+                           changes=[(d.key[0], d.key[1], d.journal, d.incoming.value)],
+                           user=metadata.origin(d.incoming), at=d.incoming.at)
+            stamps[d.key] = d.incoming.at
+        last = {(r.param, r.device): r for r in rows}
+        for d in decisions:
+            if d.taken:
+                continue
+            prev = last.get(d.key)
+            if prev is not None and prev.outcome == d.why and prev.new_value == d.incoming.value:
+                continue  # said already (this guest restarts with the same old metadata)
+            tx.add_history(uuid, name, command=COMMAND, source=source, mode="config",
+                           changes=[(d.key[0], d.key[1], d.journal, d.incoming.value)],
+                           user=metadata.origin(d.incoming), outcome=d.why)
+    for d in decisions:
+        log.info("guest=%s param=%s%s metadata %s -> %s: %s", name, d.key[0],
+                 f"[{d.key[1]}]" if d.key[1] else "", d.journal or "-",
+                 d.incoming.value or "-", d.why)
+    overlay = metadata.live_overlay(doc, stamps) if live else {}
+    return {k: v for k, v in overlay.items() if k[0] in P.BY_NAME}, decisions
