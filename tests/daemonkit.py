@@ -137,7 +137,7 @@ class FakeController:
             self._journal = Journal(self.journal_path)
         return self._journal
 
-    def apply_config(self, guest, *, source, command):
+    def apply_config(self, guest, *, source, command, overlay=None, **_):
         with self.rec.lock:
             self.rec.calls.append(Call("apply", guest.name, guest.uuid, source))
         if guest.name in self.rec.fail:
