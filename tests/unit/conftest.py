@@ -67,13 +67,19 @@ class FakeHost:
         argv = ["/usr/bin/qemu-system-x86_64", "-name", f"guest={name}", "-uuid", uuid]
         self.fs.create_file(os.path.join(proc, "cmdline"),
                             contents="".join(a + "\0" for a in argv))
-        start_ticks = 900 * CLK_TCK
-        self.fs.create_file(os.path.join(proc, "stat"), contents=(
-            f"{m.pid} (qemu-system-x86) S 1 " + " ".join(["0"] * 17) + f" {start_ticks} 0 0\n"))
+        self.fs.create_file(os.path.join(proc, "stat"))
+        self.started(m.pid, 100)
         if persistent:
             self.define(name)
         self.machines[name] = m
         return m
+
+    def started(self, pid: int, seconds_ago: float) -> None:
+        """Set when process ``pid`` started (/proc/PID/stat's field 22 against /proc/uptime's
+        1000 s); a negative value is a process started after now (a new run of the guest)."""
+        ticks = int((1000 - seconds_ago) * CLK_TCK)
+        self.fs.get_object(os.path.join(consts.PROC_ROOT, str(pid), "stat")).set_contents(
+            f"{pid} (qemu-system-x86) S 1 " + " ".join(["0"] * 17) + f" {ticks} 0 0\n")
 
     def define(self, name: str) -> None:
         path = os.path.join(consts.LIBVIRT_ETC_DIR, "qemu", f"{name}.xml")
@@ -109,6 +115,12 @@ def fakefs_journal_real(tmp_path):
 def fake_host(fakefs_journal_real, monkeypatch, tmp_path):
     """A cgroup v1 host (this project's real machines are v1) with no guest yet."""
     return FakeHost(fakefs_journal_real, monkeypatch, str(tmp_path / "journal.db"))
+
+
+@pytest.fixture
+def fake_host_v2(fakefs_journal_real, monkeypatch, tmp_path):
+    """A cgroup v2 (systemd) host with no guest yet."""
+    return FakeHost(fakefs_journal_real, monkeypatch, str(tmp_path / "journal.db"), version=2)
 
 
 def read(path: str) -> str:
