@@ -1,0 +1,128 @@
+"""A faked host for the controller, CLI and drift tests: cgroupfs, /proc and libvirt's run
+files on pyfakefs (tests/fakecg.py), the journal a real SQLite file under tmp_path.
+
+No root, no libvirtd, no libvirt-python: a running guest is found the way cgctl finds one
+without libvirt (``runtime.find_running`` reads ``<run dir>/qemu/NAME.{xml,pid}`` and checks
+``/proc/PID/cmdline`` names its UUID); a stopped guest is what ``virt.lookup`` would return
+(patched here: the real one needs libvirt). Paths are consts' (``CGCTL_*`` overrides apply).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Dict
+
+import pytest
+from pyfakefs.fake_filesystem_unittest import Patcher
+
+from cgctl import consts, hostinfo, runtime
+from cgctl.errors import GuestNotFound
+from cgctl.runtime import Guest
+from tests import fakecg
+
+STATUS = """<domstatus state='running' reason='booted' pid='{pid}'>
+  <domain type='kvm' id='{id}'>
+    <name>{name}</name>
+    <uuid>{uuid}</uuid>
+  </domain>
+</domstatus>
+"""
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+class FakeHost:
+    """Guests on a faked cgroup v1 (default) or v2 host."""
+
+    def __init__(self, fs, monkeypatch, journal_path: str, version: int = 1):
+        self.fs = fs
+        self.version = version
+        self.journal_path = journal_path
+        self.stopped: Dict[str, Guest] = {}
+        self.machines = {}
+        if version == 1:
+            fakecg.make_v1_host(fs, consts.CGROUP_ROOT, proc_root=consts.PROC_ROOT)
+        else:
+            fakecg.make_v2_host(fs, consts.CGROUP_ROOT, proc_root=consts.PROC_ROOT)
+        # the process has run 100 s; /proc/uptime says the host has run 1000 s
+        fs.create_file(os.path.join(consts.PROC_ROOT, "uptime"), contents="1000.00 1900.00\n")
+        # the apply path records the instance (psutil's start time of a real process)
+        monkeypatch.setattr(runtime, "instance_of", lambda pid: (pid, 1_000_000.0 + pid))
+        import cgctl.virt as virt
+        monkeypatch.setattr(virt, "lookup", self._lookup)
+
+    def running(self, name: str, uuid: str, id: int = 1, *, persistent: bool = True,
+                layout: str = "nosystemd"):
+        """A running QEMU guest: its groups, status XML, pid file and /proc/PID."""
+        if self.version == 1:
+            m = fakecg.make_v1_machine(self.fs, consts.CGROUP_ROOT, name, id=id, layout=layout,
+                                       proc_root=consts.PROC_ROOT,
+                                       run_dir=consts.LIBVIRT_RUN_DIR)
+        else:
+            m = fakecg.make_systemd_v2_machine(self.fs, name, id=id, proc_root=consts.PROC_ROOT,
+                                               run_dir=consts.LIBVIRT_RUN_DIR)
+        run = os.path.join(consts.LIBVIRT_RUN_DIR, "qemu")
+        self.fs.create_file(os.path.join(run, f"{name}.xml"),
+                            contents=STATUS.format(pid=m.pid, id=id, name=name, uuid=uuid))
+        proc = os.path.join(consts.PROC_ROOT, str(m.pid))
+        argv = ["/usr/bin/qemu-system-x86_64", "-name", f"guest={name}", "-uuid", uuid]
+        self.fs.create_file(os.path.join(proc, "cmdline"),
+                            contents="".join(a + "\0" for a in argv))
+        self.fs.create_file(os.path.join(proc, "stat"))
+        self.started(m.pid, 100)
+        if persistent:
+            self.define(name)
+        self.machines[name] = m
+        return m
+
+    def started(self, pid: int, seconds_ago: float) -> None:
+        """Set when process ``pid`` started (/proc/PID/stat's field 22 against /proc/uptime's
+        1000 s); a negative value is a process started after now (a new run of the guest)."""
+        ticks = int((1000 - seconds_ago) * CLK_TCK)
+        self.fs.get_object(os.path.join(consts.PROC_ROOT, str(pid), "stat")).set_contents(
+            f"{pid} (qemu-system-x86) S 1 " + " ".join(["0"] * 17) + f" {ticks} 0 0\n")
+
+    def define(self, name: str) -> None:
+        path = os.path.join(consts.LIBVIRT_ETC_DIR, "qemu", f"{name}.xml")
+        if not self.fs.exists(path):
+            self.fs.create_file(path, contents="<domain/>")
+
+    def stopped_guest(self, name: str, uuid: str, persistent: bool = True) -> Guest:
+        """A guest libvirt defines but does not run (what virt.lookup would say)."""
+        g = Guest(name=name, uuid=uuid, driver="qemu", uri="qemu:///system", running=False,
+                  persistent=persistent, pid=None)
+        self.stopped[name] = g
+        return g
+
+    def _lookup(self, ident, uris=(), **kw):
+        for g in self.stopped.values():
+            if ident in (g.name, g.uuid):
+                return g
+        raise GuestNotFound("no such guest on " + ", ".join(uris), guest=ident)
+
+    def host(self):
+        return hostinfo.detect(consts.PROC_ROOT)
+
+
+@pytest.fixture
+def fakefs_journal_real(tmp_path):
+    """pyfakefs for every module but the journal: SQLite (C) opens real files, so the
+    journal's own os calls must see the real filesystem too. (tmp_path first: it is real.)"""
+    with Patcher(additional_skip_names=["cgctl.journal"]) as p:
+        yield p.fs
+
+
+@pytest.fixture
+def fake_host(fakefs_journal_real, monkeypatch, tmp_path):
+    """A cgroup v1 host (this project's real machines are v1) with no guest yet."""
+    return FakeHost(fakefs_journal_real, monkeypatch, str(tmp_path / "journal.db"))
+
+
+@pytest.fixture
+def fake_host_v2(fakefs_journal_real, monkeypatch, tmp_path):
+    """A cgroup v2 (systemd) host with no guest yet."""
+    return FakeHost(fakefs_journal_real, monkeypatch, str(tmp_path / "journal.db"), version=2)
+
+
+def read(path: str) -> str:
+    with open(path) as f:
+        return f.read().strip()
