@@ -24,6 +24,7 @@ STATUS = """<domstatus state='running' reason='booted' pid='{pid}'>
   <domain type='kvm' id='{id}'>
     <name>{name}</name>
     <uuid>{uuid}</uuid>
+    <devices><emulator>/usr/bin/qemu-system-x86_64</emulator></devices>
   </domain>
 </domstatus>
 """
@@ -49,6 +50,8 @@ class FakeHost:
         monkeypatch.setattr(runtime, "instance_of", lambda pid: (pid, 1_000_000.0 + pid))
         import cgctl.virt as virt
         monkeypatch.setattr(virt, "lookup", self._lookup)
+        # these guests are not libvirt's: no domain metadata to write (cgctl/travel.py)
+        monkeypatch.setenv("CGCTL_METADATA", "0")
 
     def running(self, name: str, uuid: str, id: int = 1, *, persistent: bool = True,
                 layout: str = "nosystemd"):
@@ -68,6 +71,9 @@ class FakeHost:
         self.fs.create_file(os.path.join(proc, "cmdline"),
                             contents="".join(a + "\0" for a in argv))
         self.fs.create_file(os.path.join(proc, "stat"))
+        # what cgctl.runtime checks besides argv: the emulator's binary, run by root
+        self.fs.create_symlink(os.path.join(proc, "exe"), argv[0])
+        self.fs.create_file(os.path.join(proc, "status"), contents="Uid:\t0\t0\t0\t0\n")
         self.started(m.pid, 100)
         if persistent:
             self.define(name)
@@ -80,6 +86,14 @@ class FakeHost:
         ticks = int((1000 - seconds_ago) * CLK_TCK)
         self.fs.get_object(os.path.join(consts.PROC_ROOT, str(pid), "stat")).set_contents(
             f"{pid} (qemu-system-x86) S 1 " + " ".join(["0"] * 17) + f" {ticks} 0 0\n")
+        # libvirt writes the pid file once the process runs: never older than the process
+        import time
+        run = os.path.join(consts.LIBVIRT_RUN_DIR, "qemu")
+        for f in os.listdir(run) if os.path.isdir(run) else ():
+            path = os.path.join(run, f)
+            if f.endswith(".pid") and open(path).read().strip() == str(pid):
+                t = time.time() - seconds_ago + 1
+                os.utime(path, (t, t))
 
     def define(self, name: str) -> None:
         path = os.path.join(consts.LIBVIRT_ETC_DIR, "qemu", f"{name}.xml")

@@ -63,7 +63,7 @@ def test_set_json_shape(run, vm, fake_host):
     assert (rc, err) == (0, "")
     d = json.loads(out)
     assert d == {"guest": "web1", "uuid": UUID, "driver": "qemu", "mode": "live+config",
-                 "errors": [],
+                 "errors": [], "warnings": [],
                  "changes": [{"param": "hard_limit", "device": None, "old": "unlimited",
                               "new": "1G"},
                              {"param": "cpu_shares", "device": None, "old": "1024",
