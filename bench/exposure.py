@@ -140,7 +140,7 @@ class Events:
 def start_daemon(journal: str, log_path: str):
     """``cgctl daemon`` on the sandbox, or None (with why) if it cannot run yet."""
     if not os.path.exists(os.path.join(REPO, "cgctl", "daemon.py")):
-        return None, "cgctl/daemon.py does not exist yet"
+        return None, "cgctl/service/daemon.py does not exist yet"
     log = open(log_path, "w")
     p = subprocess.Popen([PY, "-m", "cgctl.cli", "--journal", journal, "daemon",
                           "--config-file", "/nonexistent"], stdin=subprocess.DEVNULL,

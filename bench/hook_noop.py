@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.hook_noop [--runs 40]      (no root, no libvirt needed)
 
 Before (up to issue 10) the script was ``exec PYTHON -m cgctl.hook ... qemu "$@"``: every call,
-even one cgctl does nothing for, started Python. Now (cgctl/hookinstall.py) the shell answers
+even one cgctl does nothing for, started Python. Now (cgctl/hook/install.py) the shell answers
 those calls itself and, for the four it passes on, stays to map cgctl's exit status
 (docs/hook.md). Both scripts are run exactly as libvirt runs them, ``/bin/sh SCRIPT NAME OP
 SUBOP -`` with a 4 KiB domain XML on stdin, waited for, interleaved: ``stopped end`` (a no-op)
@@ -32,7 +32,7 @@ def _xml() -> str:
 
 
 def run(runs: int = 40) -> dict:
-    from cgctl import hook, hookinstall
+    from cgctl.hook import main as hook, install as hookinstall
     with workdir("cgctl-bench-hooknoop-") as wd:
         run_dir = os.path.join(wd, "run")
         for d in ("qemu", "lxc"):

@@ -15,7 +15,7 @@ import tempfile
 import time
 
 from bench.common import write_result
-from cgctl.journal import Journal
+from cgctl.core.journal import Journal
 
 UUID = "00000000-0000-4000-8000-000000000001"
 

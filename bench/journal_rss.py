@@ -17,7 +17,7 @@ from bench.service import status_kib
 
 
 def main(cycles: int = 5000) -> None:
-    from cgctl.journal import Journal
+    from cgctl.core.journal import Journal
     d = tempfile.mkdtemp(prefix="cgctl-journal-rss-")
     try:
         path, uuid = os.path.join(d, "journal.db"), "6ba0895f-fa92-4fae-88dc-fcb92a3e5016"

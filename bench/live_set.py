@@ -63,7 +63,7 @@ def _warm_main_ms(py, guest, journal, env, runs) -> float:
     """cgctl's own work: cli.main() in a process whose imports are already done."""
     code = f"""
 import time, statistics, sys, io, contextlib
-import cgctl.cli as cli, cgctl.controller
+import cgctl.cli.main as cli, cgctl.core.controller as controller
 ts = []
 for i in range({runs}):
     argv = ["--journal", {journal!r}, "set", {guest!r}, "hard_limit=%dM" % (320 + i % 2), "--live"]
@@ -80,7 +80,7 @@ print(statistics.median(ts))
 
 def _commit_ms(journal_dir, runs) -> Dict[str, float]:
     """One journal transaction with one history row, as a --live change makes it (fsync'd)."""
-    from cgctl.journal import Journal
+    from cgctl.core.journal import Journal
     path = os.path.join(journal_dir, "commit.db")
     t_open = []
     t_commit = []
@@ -142,7 +142,7 @@ def run(runs: int = 40) -> dict:
                 ["sh", "-c", f"echo {(v(i) + 4) << 20} > {limit_file}"], env=env),
         }
         # the same command while the service runs: bin/cgctl hands it over its socket
-        # (cgctl/fast.py) and the service, with everything imported, makes the change
+        # (cgctl/cli/fast.py) and the service, with everything imported, makes the change
         sock = os.path.join(tmp, "cmd.sock")
         svc_env = bench_env(CGCTL_SOCKET=sock)
         with open(os.path.join(tmp, "daemon.log"), "w") as daemon_log:
@@ -173,8 +173,8 @@ def run(runs: int = 40) -> dict:
                 "python -S -I -c pass": _median_process([py, "-S", "-I", "-c", "pass"], env, runs),
                 "python -I -c pass": _median_process([py, "-I", "-c", "pass"], env, runs),
                 "python -c pass": _median_process([py, "-c", "pass"], env, runs),
-                "python -c 'import cgctl.cli, cgctl.controller'": _median_process(
-                    [py, "-c", "import cgctl.cli, cgctl.controller"], env, runs),
+                "python -c 'import cgctl.cli.main as cli, cgctl.core.controller as controller'": _median_process(
+                    [py, "-c", "import cgctl.cli.main as cli, cgctl.core.controller as controller"], env, runs),
             }
         imports = _importtime(inst_py, ["-m", "cgctl.cli", "--journal", journal, "set", g.name,
                                         "hard_limit=330M", "--live"], env)

@@ -13,7 +13,7 @@ What is real and what is simulated:
   ``test:///default``; the guest list comes from a real ``cgctl.virt.EventConnection`` on it
   (``listAllDomains`` + per-domain calls, as on a real host). The test driver has no pid files,
   so each listed guest is given its ``sleep`` process's PID (the only simulated step).
-- **the service's code: real.** ``cgctl.daemon.Daemon._reconcile`` — the very method the worker
+- **the service's code: real.** ``cgctl.service.daemon.Daemon._reconcile`` — the very method the worker
   runs after every (re)connect — with a real ``Controller`` and a real journal holding a
   6-parameter config for each guest; its log goes to a file at level info, as in service.
 
@@ -152,11 +152,13 @@ class TestDriverLister:
 def main(n: int, parent_name: str) -> dict:
     import libvirt
 
-    from cgctl import daemon as D, hostinfo, virt
-    from cgctl.controller import Controller
-    from cgctl.journal import Journal
+    from cgctl.service import daemon as D
+    from cgctl.cgroup import hierarchy
+    from cgctl import virt
+    from cgctl.core.controller import Controller
+    from cgctl.core.journal import Journal
 
-    host = hostinfo.detect()
+    host = hierarchy.detect()
     sim = SimGuests(host, parent_name, n)
     out = {"guests": n, "parameters_per_guest": len(CONFIG)}
     tmp = tempfile.mkdtemp(prefix="cgctl-bench-rec-")
@@ -167,7 +169,7 @@ def main(n: int, parent_name: str) -> dict:
         sim.create()
         out["setup_groups_s"] = round(time.perf_counter() - t0, 2)
 
-        from cgctl import params as P
+        from cgctl.model import params as P
         config = {}  # the journal's canonical spelling, as `cgctl set --config` stores it
         for k, v in CONFIG.items():
             p = P.lookup(k)

@@ -18,7 +18,7 @@ import time
 import uuid as uuidlib
 from datetime import datetime, timedelta, timezone
 
-from cgctl.journal import Journal
+from cgctl.core.journal import Journal
 
 GUESTS, ROWS = 1000, 200_000
 

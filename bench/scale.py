@@ -51,7 +51,7 @@ def _measure(argv, env, runs=5):
 
 
 def _fill_journal(path: str, n: int, real) -> None:
-    from cgctl.journal import Journal
+    from cgctl.core.journal import Journal
     rows_per_guest = HISTORY_ROWS // (n + 1)
     with Journal(path) as j:
         guests = [(str(uuidlib.uuid4()), f"sim-{i:05d}") for i in range(n)] + [real]
@@ -107,11 +107,12 @@ def _rm_tree(path):
 
 
 def engine_scale() -> List[dict]:
-    from cgctl import hostinfo, live
-    from cgctl import params as P
+    from cgctl.cgroup import hierarchy
+    from cgctl.core import live
+    from cgctl.model import params as P
     from cgctl.cgroup import Router
     from cgctl.cgroup.groups import GuestGroups
-    host = hostinfo.detect()
+    host = hierarchy.detect()
     mounts = {c: host.owner(c).mountpoint for c in ("memory", "cpu", "io") if host.has(c)}
     if any(host.owner(c).version != 1 for c in mounts):
         raise Skip("engine scale is written for v1 hierarchies (this build machine)")
@@ -166,8 +167,8 @@ def engine_scale() -> List[dict]:
 def reconcile_scale(sizes=SIZES) -> List[dict]:
     import json
     from bench import reconcile_sim
-    from cgctl import hostinfo
-    mounts = [m for m, _ in reconcile_sim.hierarchies(hostinfo.detect())]
+    from cgctl.cgroup import hierarchy
+    mounts = [m for m, _ in reconcile_sim.hierarchies(hierarchy.detect())]
     out = []
     for n in sizes:
         parent = f"cgctl-bench-rec-{uuidlib.uuid4().hex[:8]}"

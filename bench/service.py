@@ -150,10 +150,11 @@ class Probe:
     backends (the same files the service writes) and says whether they are ``want``."""
 
     def __init__(self, driver: str, name: str, want: Dict[str, str]):
-        from cgctl import hostinfo, params as P
+        from cgctl.cgroup import hierarchy
+        from cgctl.model import params as P
         from cgctl.cgroup import Router
         self.driver, self.name = driver, name
-        self.host = hostinfo.detect()
+        self.host = hierarchy.detect()
         self.router = Router(self.host)
         self.params = {k: P.lookup(k) for k in want}
         self.want = {k: P.canonical_text(p, P.parse_value(p, want[k]))
@@ -169,13 +170,15 @@ class Probe:
 
     def values(self, pid: Optional[int] = None) -> Optional[Dict[str, str]]:
         """The live values now (canonical text), or None while the guest has no groups."""
-        from cgctl import live, resolve, params as P
+        from cgctl.core import live
+        from cgctl.cgroup import placement
+        from cgctl.model import params as P
         from cgctl.errors import CgctlError
         pid = pid or self.pid()
         if not pid:
             return None
         try:
-            groups = resolve.groups_for_pid(pid, self.host, guest=self.name, driver=self.driver)
+            groups = placement.groups_for_pid(pid, self.host, guest=self.name, driver=self.driver)
             return {k: P.canonical_text(p, live.read_value(self.router, groups, p))
                     for k, p in self.params.items()}
         except (CgctlError, OSError):

@@ -64,7 +64,7 @@ def _retry(action, done, attempts: int = 5) -> None:
 def run(cycles: int = 100, kind: str = "lxc", idle: float = 60.0, every: int = 50,
         timeout: float = 10.0, quiet: bool = False) -> dict:
     from bench.service import Probe, Service, cgctl_config, cpu_seconds, status_kib, workdir
-    from cgctl.journal import Journal
+    from cgctl.core.journal import Journal
     need_root()
     out = {"kind": kind, "cycles": cycles, "settings": SETTINGS, "timeout_s": timeout}
     with sandbox() as sb, workdir("cgctl-soak-") as wd:

@@ -6,7 +6,7 @@ CGROUP_ROOT = os.environ.get("CGCTL_CGROUP_ROOT", "/sys/fs/cgroup")
 PROC_ROOT = os.environ.get("CGCTL_PROC_ROOT", "/proc")
 LIBVIRT_RUN_DIR = os.environ.get("CGCTL_LIBVIRT_RUN_DIR", "/run/libvirt")
 LIBVIRT_ETC_DIR = os.environ.get("CGCTL_LIBVIRT_ETC_DIR", "/etc/libvirt")
-# the built-in defaults; what a process runs with is cgctl.service_config.resolve():
+# the built-in defaults; what a process runs with is cgctl.config.resolve():
 # command line > environment > config file > these
 BUILTIN_JOURNAL = "/var/lib/cgctl/journal.db"
 BUILTIN_URIS = ("qemu:///system", "lxc:///system")
@@ -19,7 +19,7 @@ DEFAULT_URIS = tuple(
 # v1 reads "unlimited" back as PAGE_COUNTER_MAX pages; anything at or above it is unlimited.
 V1_UNLIMITED = 9223372036854771712
 
-# the libvirt hook (cgctl/hook.py)
+# the libvirt hook (cgctl/hook/main.py)
 LIBVIRT_HOOKS_DIR = os.environ.get("CGCTL_LIBVIRT_HOOKS_DIR", "/etc/libvirt/hooks")
 HOOK_RUN_DIR = os.environ.get("CGCTL_HOOK_RUN_DIR", "/run/cgctl")  # early appliers' lock files
 # the service answers `cgctl set` here, so that a change costs no interpreter start-up of imports

@@ -14,8 +14,9 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, List, Optional
 
-from cgctl import consts, errors, runtime
-from cgctl.runtime import Guest  # noqa: F401  (the public home of Guest is here too)
+from cgctl import consts, errors
+from cgctl.host import runfiles
+from cgctl.host.runfiles import Guest  # noqa: F401  (the public home of Guest is here too)
 
 __all__ = ["Guest", "lookup", "list_guests", "open_connection", "translate_error", "guest_from_domain",
            "start_event_loop", "event_loop_alive", "add_timer", "remove_timer", "LifecycleEvent",
@@ -107,11 +108,11 @@ def guest_from_domain(dom, uri: str, conn=None) -> Guest:
         raise translate_error(e, guest=name, uri=uri) from e
     driver = _driver(conn)
     pid = None
-    if running and driver in runtime.DRIVERS:
+    if running and driver in runfiles.DRIVERS:
         # QEMU: the pid file is the only place libvirt tells; LXC: the pid file holds the
-        # libvirt_lxc controller, whose cgroup is the machine group (see cgctl.runtime).
+        # libvirt_lxc controller, whose cgroup is the machine group (see cgctl.host.runfiles).
         with contextlib.suppress(errors.UsageError):  # a name no pid file can have
-            pid = runtime.read_pid(driver, name)
+            pid = runfiles.read_pid(driver, name)
         if pid is None and driver == "lxc":
             with contextlib.suppress(libvirt.libvirtError):
                 pid = dom.ID() if dom.ID() > 0 else None
@@ -128,7 +129,7 @@ def lookup(ident: str, uris: Iterable[str] = consts.DEFAULT_URIS, *, conn=None) 
     libvirt = _libvirt()
     if not isinstance(ident, str) or not ident or "\0" in ident:
         raise errors.UsageError(f"invalid guest name {ident!r}")
-    uuid = runtime.normalize_uuid(ident)
+    uuid = runfiles.normalize_uuid(ident)
     with _connections(uris, conn) as conns:
         for uri, c in conns:
             tries = ([(c.lookupByUUIDString, uuid)] if uuid else []) + [(c.lookupByName, ident)]
@@ -163,7 +164,7 @@ def list_guests(uris: Iterable[str] = consts.DEFAULT_URIS, *, conn=None) -> List
 
 
 # --------------------------------------------------------------------------- cgctl's metadata
-# (cgctl.metadata holds the format; this is only libvirt's side of it)
+# (cgctl.model.metadata holds the format; this is only libvirt's side of it)
 
 def _metadata_flags(libvirt, live: bool, config: bool) -> int:
     return ((libvirt.VIR_DOMAIN_AFFECT_LIVE if live else 0)
@@ -172,7 +173,7 @@ def _metadata_flags(libvirt, live: bool, config: bool) -> int:
 
 def get_metadata(dom, *, live: bool) -> Optional[str]:
     """cgctl's element of the live (``live=True``) or persistent copy; None if it has none."""
-    from cgctl import metadata
+    from cgctl.model import metadata
     libvirt = _libvirt()
     try:
         return dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, metadata.NS,
@@ -185,7 +186,7 @@ def get_metadata(dom, *, live: bool) -> Optional[str]:
 
 def set_metadata(dom, text: str, *, live: bool) -> None:
     """Replace cgctl's element in the live or the persistent copy of the domain."""
-    from cgctl import metadata
+    from cgctl.model import metadata
     libvirt = _libvirt()
     try:
         dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, text, metadata.PREFIX,
@@ -197,7 +198,7 @@ def set_metadata(dom, text: str, *, live: bool) -> None:
 def update_metadata(guest: Guest, change: Callable, *, live: bool, config: bool) -> None:
     """Read, ``change(Doc or None) -> Doc``, write back cgctl's metadata of the live and/or
     persistent copy (each read and written on its own: libvirt keeps them apart)."""
-    from cgctl import metadata
+    from cgctl.model import metadata
     libvirt = _libvirt()
     conn = open_connection(guest.uri, readonly=False)
     try:
@@ -224,7 +225,7 @@ def domain_xml(dom, *, inactive: bool = False) -> str:
 
 
 # --------------------------------------------------------------------------- the service's side
-# Long-lived connections that deliver lifecycle events (cgctl.daemon). libvirt's rule: an event
+# Long-lived connections that deliver lifecycle events (cgctl.service.daemon). libvirt's rule: an event
 # loop implementation must be registered before the connections that should use it are opened
 # (keepalive and events of remote connections run on it).
 

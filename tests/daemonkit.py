@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 from cgctl.errors import CgctlError
-from cgctl.journal import Journal
+from cgctl.core.journal import Journal
 
 TEST_URI = "test:///default"
 CGCTL = [sys.executable, "-m", "cgctl.cli"]

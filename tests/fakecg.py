@@ -7,7 +7,7 @@ kernel prints ("max\\n", "100\\n"; files the kernel prints empty, such as io.max
 cgroup.procs or an empty cgroup.subtree_control, are ""). Code under test must strip.
 
 The builders also write /proc/self/mounts, /proc/cgroups, /proc/<pid>/cgroup and
-/run/libvirt/qemu/<name>.pid, so cgctl.hostinfo.detect() and the guest resolver can run
+/run/libvirt/qemu/<name>.pid, so cgctl.cgroup.hierarchy.detect() and the guest resolver can run
 end to end against the fake.
 
 What plain files cannot do (ERANGE on cpu.weight 0, EINVAL on memory.max -1, EBUSY, the

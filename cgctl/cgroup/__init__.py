@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Dict
 
-from .backend import Backend
-from .v1 import V1Backend
-from .v2 import V2Backend
+from cgctl.cgroup.backend import Backend
+from cgctl.cgroup.v1 import V1Backend
+from cgctl.cgroup.v2 import V2Backend
 
 # our controller names → v1's, where they differ
 V1_NAMES = {"io": "blkio"}

@@ -11,11 +11,11 @@ import errno as E
 import os
 from typing import Callable, List, Optional
 
-from .. import devices
-from .. import log
-from ..errors import CgroupNotFound, KernelRefused
-from . import fs
-from .backend import Write
+from cgctl.host import devices
+from cgctl import log
+from cgctl.errors import CgroupNotFound, KernelRefused
+from cgctl.cgroup import fs
+from cgctl.cgroup.backend import Write
 
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 from typing import Dict, List, Mapping, Optional
 
-from .. import params as P
-from ..errors import CgctlError, Unsupported
-from . import fs
-from .groups import GuestGroups
+from cgctl.model import params as P
+from cgctl.errors import CgctlError, Unsupported
+from cgctl.cgroup import fs
+from cgctl.cgroup.groups import GuestGroups
 
 
 class Write:
@@ -115,7 +115,7 @@ class Backend:
         raise NotImplementedError
 
     def usage(self, groups: GuestGroups) -> str:
-        from .. import units
+        from cgctl.model import units
         try:
             path = os.path.join(groups.libvirt_dir("memory"), self.usage_file)
             return units.format_bytes(int(fs.read(path)))

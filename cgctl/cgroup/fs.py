@@ -11,7 +11,7 @@ import re
 import stat
 from typing import Iterable
 
-from ..errors import UnsafePath
+from cgctl.errors import UnsafePath
 
 # What a guest's machine group may be called (DESIGN §4): libvirt's own
 # layout without systemd, and machined's scopes with systemd.

@@ -6,9 +6,9 @@ import os
 import re
 from typing import Dict, List, Mapping, Tuple, NamedTuple
 
-from .. import params as P
-from ..errors import CgroupNotFound, Unsupported
-from . import fs
+from cgctl.model import params as P
+from cgctl.errors import CgroupNotFound, Unsupported
+from cgctl.cgroup import fs
 
 _VCPU_RE = re.compile(r"^vcpu(\d+)$")
 
@@ -21,7 +21,7 @@ class GuestGroups(NamedTuple):
     machine: Mapping[str, Tuple[str, str]]  # controller -> (mountpoint, absolute dir)
     v2_controllers: frozenset = frozenset()  # controllers owned by v2
     # controllers where libvirt put the guest's process below ``<machine>/libvirt`` (libvirt
-    # >= 7.1 under systemd), as /proc/PID/cgroup said (cgctl/resolve.py)
+    # >= 7.1 under systemd), as /proc/PID/cgroup said (cgctl/cgroup/placement.py)
     nested: frozenset = frozenset()
 
     def mount(self, controller: str) -> str:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 from typing import Dict, List, Optional
 
-from .. import convert, devices
-from .. import params as P
-from .. import units
-from ..errors import Unsupported
-from . import fs
-from .backend import Backend, PlanContext, Write, parse_device_file
-from .groups import GuestGroups
+from cgctl.model import convert
+from cgctl.host import devices
+from cgctl.model import params as P
+from cgctl.model import units
+from cgctl.errors import Unsupported
+from cgctl.cgroup import fs
+from cgctl.cgroup.backend import Backend, PlanContext, Write, parse_device_file
+from cgctl.cgroup.groups import GuestGroups
 
 _MEMORY_FILES = {"hard_limit": "memory.limit_in_bytes",
                  "soft_limit": "memory.soft_limit_in_bytes",

@@ -6,13 +6,14 @@ import errno
 import os
 from typing import List, Optional
 
-from .. import convert, devices
-from .. import params as P
-from .. import units
-from ..errors import KernelRefused
-from . import fs
-from .backend import Backend, PlanContext, Write, device_line, parse_device_file
-from .groups import GuestGroups
+from cgctl.model import convert
+from cgctl.host import devices
+from cgctl.model import params as P
+from cgctl.model import units
+from cgctl.errors import KernelRefused
+from cgctl.cgroup import fs
+from cgctl.cgroup.backend import Backend, PlanContext, Write, device_line, parse_device_file
+from cgctl.cgroup.groups import GuestGroups
 
 _SIMPLE = {"hard_limit": "memory.max", "soft_limit": "memory.high",
            "min_guarantee": "memory.min", "swap_soft_limit": "memory.swap.high"}

@@ -15,9 +15,9 @@ import subprocess
 
 import pytest
 
-from cgctl import hostinfo
-from cgctl.journal import Journal
-from cgctl.resolve import groups_for_pid
+from cgctl.cgroup import hierarchy
+from cgctl.core.journal import Journal
+from cgctl.cgroup.placement import groups_for_pid
 from tests.clikit import cgctl
 from tests.daemonkit import Subprocess, mdwe_wrapper, wait_for
 
@@ -31,7 +31,7 @@ def shares(guest):
     if not pid:
         return None
     try:
-        groups = groups_for_pid(pid, hostinfo.detect(), guest=guest.name, driver=guest.driver)
+        groups = groups_for_pid(pid, hierarchy.detect(), guest=guest.name, driver=guest.driver)
         with open(os.path.join(groups.machine_dir("cpu"), "cpu.shares")) as f:
             return f.read().strip()
     except Exception:  # the guest is (re)starting: no group yet

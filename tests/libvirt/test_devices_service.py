@@ -30,9 +30,9 @@ def _free_loop():
 
 
 def _throttle(guest):
-    from cgctl import hostinfo
-    from cgctl.resolve import groups_for_pid
-    g = groups_for_pid(guest.pid, hostinfo.detect(), guest=guest.name, driver=guest.driver)
+    from cgctl.cgroup import hierarchy
+    from cgctl.cgroup.placement import groups_for_pid
+    g = groups_for_pid(guest.pid, hierarchy.detect(), guest=guest.name, driver=guest.driver)
     with open(os.path.join(g.libvirt_dir("io"), "blkio.throttle.read_bps_device")) as f:
         return f.read()
 

@@ -14,9 +14,9 @@ def run(journal, *args):
 
 
 def shares_file(guest):
-    from cgctl import hostinfo
-    from cgctl.resolve import groups_for_pid
-    g = groups_for_pid(guest.pid, hostinfo.detect(), guest=guest.name, driver=guest.driver)
+    from cgctl.cgroup import hierarchy
+    from cgctl.cgroup.placement import groups_for_pid
+    g = groups_for_pid(guest.pid, hierarchy.detect(), guest=guest.name, driver=guest.driver)
     return os.path.join(g.machine_dir("cpu"), "cpu.shares")
 
 

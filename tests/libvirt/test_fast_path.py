@@ -1,4 +1,4 @@
-"""`cgctl set` through the running service (cgctl.fast → cgctl.cmdserver) on a real guest:
+"""`cgctl set` through the running service (cgctl.cli.fast → cgctl.service.cmdserver) on a real guest:
 the same effect, output and exit status as running it in the client's own process."""
 
 from __future__ import annotations
@@ -41,9 +41,9 @@ def service(tmp_path, libvirt_sandbox):
 
 
 def cpu_shares(guest):
-    from cgctl import hostinfo
-    from cgctl.resolve import groups_for_pid
-    g = groups_for_pid(guest.pid, hostinfo.detect(), guest=guest.name, driver=guest.driver)
+    from cgctl.cgroup import hierarchy
+    from cgctl.cgroup.placement import groups_for_pid
+    g = groups_for_pid(guest.pid, hierarchy.detect(), guest=guest.name, driver=guest.driver)
     with open(os.path.join(g.machine_dir("cpu"), "cpu.shares")) as f:
         return f.read().strip()
 
@@ -113,7 +113,7 @@ def test_a_forwarded_hook_or_daemon_is_refused_and_the_service_lives(service, ma
         assert r.returncode == 2 and r.stderr.count("\n") == 1, (argv, r.stderr)
     assert "runs it itself" in svc.log() and "served for pid" not in svc.log()
     # straight to the socket, past the client's own check
-    from cgctl import fast
+    from cgctl.cli import fast
     for argv in (["hook", "qemu", guest.name, "reconnect", "begin", "-"], ["daemon"],
                  ["forget", guest.name], ["prune"]):
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -18,7 +18,7 @@ import shlex
 
 import pytest
 
-from cgctl import hookinstall
+from cgctl.hook import install as hookinstall
 from tests.clikit import cgctl
 from tests.unit.test_hook_script import first_on_path
 

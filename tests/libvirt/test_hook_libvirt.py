@@ -17,7 +17,7 @@ import sys
 
 import pytest
 
-from cgctl import hook, hookinstall
+from cgctl.hook import main as hook, install as hookinstall
 from tests.clikit import cgctl
 
 HOOKS = "/etc/libvirt/hooks"

@@ -1,4 +1,4 @@
-"""virt.lookup and runtime.find_running agree on real QEMU and LXC guests (real libvirtd 9.0)."""
+"""virt.lookup and runfiles.find_running agree on real QEMU and LXC guests (real libvirtd 9.0)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import signal
 
 import pytest
 
-from cgctl import errors, runtime
+from cgctl import errors
+from cgctl.host import runfiles
 
 pytest.importorskip("libvirt")
 from cgctl import virt  # noqa: E402
@@ -27,14 +28,14 @@ def _cgroup(pid, controller="memory"):
 def test_running_guest_agrees(make_guest, kind):
     g = make_guest(kind)
     by_libvirt = virt.lookup(g.name, [g.uri])
-    by_files = runtime.find_running(g.name)
+    by_files = runfiles.find_running(g.name)
     assert by_libvirt == by_files
     assert (by_files.name, by_files.uuid, by_files.driver, by_files.uri) == (g.name, g.uuid, kind, g.uri)
     assert by_files.running and by_files.persistent
     assert by_files.pid == g.pid
     # by UUID, both ways, and through the default URI list
     assert virt.lookup(g.uuid) == by_libvirt
-    assert runtime.find_running(g.uuid.upper()) == by_files
+    assert runfiles.find_running(g.uuid.upper()) == by_files
     # the main PID is the one inside the guest's machine group (DESIGN §4)
     suffix = f"-{g.name}.libvirt-{kind}"
     assert _cgroup(by_files.pid).startswith(f"/machine/{kind}-")
@@ -48,20 +49,20 @@ def test_stopped_guest(libvirt_sandbox, make_guest, kind):
     g = make_guest(kind, start=False)
     stopped = virt.lookup(g.name, [g.uri])
     assert (stopped.running, stopped.persistent, stopped.pid) == (False, True, None)
-    assert runtime.find_running(g.name) is None
-    assert runtime.find_running(g.uuid) is None
+    assert runfiles.find_running(g.name) is None
+    assert runfiles.find_running(g.uuid) is None
     # start, then destroy: the runtime files go and find_running says so
     libvirt_sandbox.start_guest(g.name, g.uri)
-    assert runtime.find_running(g.name).pid == g.pid
+    assert runfiles.find_running(g.name).pid == g.pid
     libvirt_sandbox.destroy(g.name, g.uri)
-    assert runtime.find_running(g.name) is None
+    assert runfiles.find_running(g.name) is None
     assert virt.lookup(g.name, [g.uri]).running is False
 
 
 @pytest.mark.parametrize("kind", ["qemu", "lxc"])
 def test_transient_guest(make_guest, kind):
     g = make_guest(kind, transient=True)
-    by_libvirt, by_files = virt.lookup(g.name, [g.uri]), runtime.find_running(g.name)
+    by_libvirt, by_files = virt.lookup(g.name, [g.uri]), runfiles.find_running(g.name)
     assert by_libvirt == by_files
     assert by_files.persistent is False and by_files.running is True
 
@@ -69,7 +70,7 @@ def test_transient_guest(make_guest, kind):
 def test_unknown_guest(libvirt_sandbox):
     with pytest.raises(errors.GuestNotFound):
         virt.lookup("cgt-no-such-guest")
-    assert runtime.find_running("cgt-no-such-guest") is None
+    assert runfiles.find_running("cgt-no-such-guest") is None
 
 
 def test_list_guests_sees_both_drivers(make_guest):
@@ -80,20 +81,20 @@ def test_list_guests_sees_both_drivers(make_guest):
 
 
 def test_instance_changes_on_restart(libvirt_sandbox, qemu_guest):
-    first = runtime.instance_of(runtime.find_running(qemu_guest.name).pid)
+    first = runfiles.instance_of(runfiles.find_running(qemu_guest.name).pid)
     libvirt_sandbox.destroy(qemu_guest.name, qemu_guest.uri)
     libvirt_sandbox.start_guest(qemu_guest.name, qemu_guest.uri)
-    second = runtime.instance_of(runtime.find_running(qemu_guest.name).pid)
+    second = runfiles.instance_of(runfiles.find_running(qemu_guest.name).pid)
     assert first != second
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
 def test_find_running_without_libvirtd(libvirt_sandbox, make_guest, sig):
     q, c = make_guest("qemu"), make_guest("lxc")
-    before = runtime.find_running(q.name), runtime.find_running(c.name)
+    before = runfiles.find_running(q.name), runfiles.find_running(c.name)
     libvirt_sandbox.stop_libvirtd(sig)
     try:
-        assert (runtime.find_running(q.name), runtime.find_running(c.name)) == before
+        assert (runfiles.find_running(q.name), runfiles.find_running(c.name)) == before
         with pytest.raises(errors.LibvirtError):
             virt.lookup(q.name)
     finally:

@@ -19,11 +19,13 @@ import subprocess
 import sys
 import time
 
-from cgctl import drift, hostinfo, runtime
-from cgctl import params as P
-from cgctl.controller import Controller
-from cgctl.journal import Journal
-from cgctl.resolve import groups_for_pid
+from cgctl.core import drift
+from cgctl.cgroup import hierarchy
+from cgctl.host import runfiles
+from cgctl.model import params as P
+from cgctl.core.controller import Controller
+from cgctl.core.journal import Journal
+from cgctl.cgroup.placement import groups_for_pid
 from tests.clikit import CGCTL, cgctl
 
 ROUNDS = int(os.environ.get("CGCTL_LOST_UPDATE_ROUNDS", "10"))
@@ -33,7 +35,7 @@ MiB = 2**20
 
 
 def _limit_file(guest) -> str:
-    g = groups_for_pid(guest.pid, hostinfo.detect(), guest=guest.name, driver="qemu")
+    g = groups_for_pid(guest.pid, hierarchy.detect(), guest=guest.name, driver="qemu")
     return os.path.join(g.libvirt_dir("memory"), "memory.limit_in_bytes")
 
 
@@ -73,7 +75,7 @@ def test_no_lost_update_between_start_applies_and_set(libvirt_sandbox, qemu_gues
         j = Journal(journal, create=False)
         try:
             config = j.get_config(guest.uuid)[("hard_limit", "")]
-            running = runtime.find_running(guest.name)
+            running = runfiles.find_running(guest.name)
             reference = drift.expected(j, running)[("hard_limit", "")]
         finally:
             j.close()

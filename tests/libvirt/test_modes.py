@@ -14,8 +14,8 @@ import sqlite3
 
 import pytest
 
-from cgctl import hostinfo
-from cgctl.resolve import groups_for_pid
+from cgctl.cgroup import hierarchy
+from cgctl.cgroup.placement import groups_for_pid
 from tests.clikit import cgctl
 
 
@@ -29,7 +29,7 @@ CASES = {
 
 
 def live_file(guest, controller, filename):
-    host = hostinfo.detect()
+    host = hierarchy.detect()
     groups = groups_for_pid(guest.pid, host, guest=guest.name, driver=guest.driver)
     path = os.path.join(groups.machine_dir(controller), filename)
     with open(path) as f:

@@ -32,8 +32,8 @@ MiB = 1 << 20
 
 
 def _cgctl_hook() -> str:
-    from cgctl.hook import Options
-    from cgctl.hookinstall import hook_command, script_text
+    from cgctl.hook.main import Options
+    from cgctl.hook.install import hook_command, script_text
     return script_text("qemu", hook_command(sys.executable, Options()))
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from cgctl import hostinfo
+from cgctl.cgroup import hierarchy
 from cgctl.cgroup import Router
 
 try:  # package layout (tests/realcg/__init__.py exists)
@@ -34,7 +34,7 @@ ROOT = "/sys/fs/cgroup"
 def _real_host():
     if os.geteuid() != 0:
         pytest.skip("real cgroup tests need root")
-    host = hostinfo.detect()
+    host = hierarchy.detect()
     if not host.has("memory"):
         pytest.skip("no memory controller on this host")
     return host

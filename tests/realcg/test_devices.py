@@ -16,12 +16,13 @@ import uuid as uuidlib
 
 import pytest
 
-from cgctl import devices, live, udevwatch
-from cgctl import params as P
-from cgctl.controller import Controller, _show_row
+from cgctl.host import devices, udevwatch
+from cgctl.core import live
+from cgctl.model import params as P
+from cgctl.core.controller import Controller, _show_row
 from cgctl.errors import Unsupported, UsageError
-from cgctl.resolve import groups_for_pid
-from cgctl.runtime import Guest
+from cgctl.cgroup.placement import groups_for_pid
+from cgctl.host.runfiles import Guest
 
 pytestmark = pytest.mark.realcg
 

@@ -9,10 +9,10 @@ import sys
 
 import pytest
 
-from cgctl import live
-from cgctl import params as P
+from cgctl.core import live
+from cgctl.model import params as P
 from cgctl.errors import KernelRefused, Unsupported, UsageError
-from cgctl.resolve import groups_for_pid
+from cgctl.cgroup.placement import groups_for_pid
 
 pytestmark = pytest.mark.realcg
 

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from cgctl import live
-from cgctl import params as P
+from cgctl.core import live
+from cgctl.model import params as P
 from cgctl.errors import KernelRefused, UsageError
-from cgctl.resolve import groups_for_pid
+from cgctl.cgroup.placement import groups_for_pid
 
 try:  # package layout (tests/realcg/__init__.py exists)
     from .conftest_v2 import keyed, python_in, scratch_disk, start_in, write, write_errno
@@ -36,8 +36,8 @@ except ImportError:  # rootdir layout: tests/realcg is on sys.path
 
 def _memory_on_v2() -> bool:
     try:
-        from cgctl import hostinfo
-        return os.geteuid() == 0 and hostinfo.detect().owner("memory").version == 2
+        from cgctl.cgroup import hierarchy
+        return os.geteuid() == 0 and hierarchy.detect().owner("memory").version == 2
     except Exception:  # no memory controller at all, /proc unreadable...
         return False
 

@@ -13,9 +13,9 @@ import os
 
 import pytest
 
-from cgctl import live
-from cgctl import params as P
-from cgctl.resolve import groups_for_pid
+from cgctl.core import live
+from cgctl.model import params as P
+from cgctl.cgroup.placement import groups_for_pid
 
 pytestmark = pytest.mark.realcg
 MiB = 2**20

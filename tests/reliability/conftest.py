@@ -79,7 +79,7 @@ def reliability_guests(libvirt_sandbox):
 
 def guest_group_dirs(pid: int) -> List[str]:
     """Every directory of the guest's machine groups (memory, cpu, cpuset, blkio), subgroups included."""
-    from cgctl.resolve import machine_path, parse_proc_cgroup
+    from cgctl.cgroup.placement import machine_path, parse_proc_cgroup
     with open(f"/proc/{pid}/cgroup") as f:
         entries = parse_proc_cgroup(f.read())
     dirs = []

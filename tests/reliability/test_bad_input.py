@@ -252,7 +252,7 @@ def test_table_is_big_enough():
 @pytest.mark.parametrize("name", ["cgt\x00evil", "\x00", "../\x00"])
 def test_nul_in_a_guest_name_is_refused_by_the_api(name, tmp_path):
     """argv cannot carry NUL (execve stops at it), so the API is the way in."""
-    from cgctl.controller import Controller
+    from cgctl.core.controller import Controller
     from cgctl.errors import UsageError
     journal = tmp_path / "journal.db"
     ctl = Controller(journal_path=str(journal))
@@ -265,7 +265,7 @@ def test_nul_in_a_guest_name_is_refused_by_the_api(name, tmp_path):
 
 
 def test_nul_in_a_device_name_is_refused_by_the_api():
-    from cgctl import params as P
+    from cgctl.model import params as P
     from cgctl.errors import UsageError
     with pytest.raises(UsageError):
         P.parse_assignments(["device_read_bytes_sec=/dev/vda\x00x,1M"])

@@ -30,7 +30,7 @@ KILLS = int(os.environ.get("CGCTL_CRASH_RUNS", "60"))
 
 
 def _open_check(path):
-    from cgctl.journal import Journal
+    from cgctl.core.journal import Journal
     with Journal(str(path), create=False) as j:
         assert j.integrity_check() == "ok"
         return j.history(), {g.name: g for g in j.guests()}, j
@@ -81,7 +81,7 @@ def test_sigkill_at_random_points_loses_no_acknowledged_change(reliability_guest
     assert killed >= KILLS // 5 and finished >= KILLS // 5, (
         f"seed {seed}: the kills should land both before and after the end "
         f"(killed {killed}, finished {finished})")
-    from cgctl.journal import Journal
+    from cgctl.core.journal import Journal
     with Journal(str(journal), create=False) as j:
         for guest, value in last_acked.items():
             row = j.find_guest(guest)
@@ -94,7 +94,7 @@ def test_sigkill_at_random_points_loses_no_acknowledged_change(reliability_guest
 
 WORKER = r"""
 import io, sys, contextlib
-from cgctl import cli
+from cgctl.cli import main as cli
 journal, guest, k, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 bad = 0
 for i in range(n):
@@ -150,7 +150,7 @@ def test_concurrent_writers_lose_nothing(reliability_guests, tmp_path):
     values = [h.new_value for h in mine[1:]]
     assert sorted(values) == sorted(str(10000 + k * 1000 + i)
                                     for k in range(workers) for i in range(per))
-    from cgctl.journal import Journal
+    from cgctl.core.journal import Journal
     with Journal(str(journal), create=False) as j:
         uuid = j.find_guest(target).uuid
         assert j.get_config(uuid)[("cpu_shares", "")] == mine[-1].new_value

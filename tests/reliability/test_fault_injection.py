@@ -19,9 +19,9 @@ import uuid as uuidlib
 import pytest
 
 from cgctl.cgroup import fs
-from cgctl.controller import BOTH, Controller
+from cgctl.core.controller import BOTH, Controller
 from cgctl.errors import CgctlError, CgroupNotFound, KernelRefused
-from cgctl.runtime import Guest
+from cgctl.host.runfiles import Guest
 from tests.reliability.conftest import snapshot_journal
 
 pytestmark = pytest.mark.realcg

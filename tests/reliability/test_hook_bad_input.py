@@ -258,7 +258,7 @@ def test_hook_bad_input(case, strict, reliability_guests, seeded_hook_journal, t
 # --------------------------------------------------------------------------- positive controls
 
 def _history(journal, uuid):
-    from cgctl.journal import Journal
+    from cgctl.core.journal import Journal
     with Journal(str(journal), create=False) as j:
         return j.history(uuid)
 

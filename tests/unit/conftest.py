@@ -2,7 +2,7 @@
 files on pyfakefs (tests/fakecg.py), the journal a real SQLite file under tmp_path.
 
 No root, no libvirtd, no libvirt-python: a running guest is found the way cgctl finds one
-without libvirt (``runtime.find_running`` reads ``<run dir>/qemu/NAME.{xml,pid}`` and checks
+without libvirt (``runfiles.find_running`` reads ``<run dir>/qemu/NAME.{xml,pid}`` and checks
 ``/proc/PID/cmdline`` names its UUID); a stopped guest is what ``virt.lookup`` would return
 (patched here: the real one needs libvirt). Paths are consts' (``CGCTL_*`` overrides apply).
 """
@@ -15,9 +15,11 @@ from typing import Dict
 import pytest
 from pyfakefs.fake_filesystem_unittest import Patcher
 
-from cgctl import consts, hostinfo, runtime
+from cgctl import consts
+from cgctl.cgroup import hierarchy
+from cgctl.host import runfiles
 from cgctl.errors import GuestNotFound
-from cgctl.runtime import Guest
+from cgctl.host.runfiles import Guest
 from tests import fakecg
 
 STATUS = """<domstatus state='running' reason='booted' pid='{pid}'>
@@ -47,10 +49,10 @@ class FakeHost:
         # the process has run 100 s; /proc/uptime says the host has run 1000 s
         fs.create_file(os.path.join(consts.PROC_ROOT, "uptime"), contents="1000.00 1900.00\n")
         # the apply path records the instance (psutil's start time of a real process)
-        monkeypatch.setattr(runtime, "instance_of", lambda pid: (pid, 1_000_000.0 + pid))
+        monkeypatch.setattr(runfiles, "instance_of", lambda pid: (pid, 1_000_000.0 + pid))
         import cgctl.virt as virt
         monkeypatch.setattr(virt, "lookup", self._lookup)
-        # these guests are not libvirt's: no domain metadata to write (cgctl/travel.py)
+        # these guests are not libvirt's: no domain metadata to write (cgctl/core/travel.py)
         monkeypatch.setenv("CGCTL_METADATA", "0")
 
     def running(self, name: str, uuid: str, id: int = 1, *, persistent: bool = True,
@@ -71,7 +73,7 @@ class FakeHost:
         self.fs.create_file(os.path.join(proc, "cmdline"),
                             contents="".join(a + "\0" for a in argv))
         self.fs.create_file(os.path.join(proc, "stat"))
-        # what cgctl.runtime checks besides argv: the emulator's binary, run by root
+        # what cgctl.host.runfiles checks besides argv: the emulator's binary, run by root
         self.fs.create_symlink(os.path.join(proc, "exe"), argv[0])
         self.fs.create_file(os.path.join(proc, "status"), contents="Uid:\t0\t0\t0\t0\n")
         self.started(m.pid, 100)
@@ -114,14 +116,14 @@ class FakeHost:
         raise GuestNotFound("no such guest on " + ", ".join(uris), guest=ident)
 
     def host(self):
-        return hostinfo.detect(consts.PROC_ROOT)
+        return hierarchy.detect(consts.PROC_ROOT)
 
 
 @pytest.fixture
 def fakefs_journal_real(tmp_path):
     """pyfakefs for every module but the journal: SQLite (C) opens real files, so the
     journal's own os calls must see the real filesystem too. (tmp_path first: it is real.)"""
-    with Patcher(additional_skip_names=["cgctl.journal"]) as p:
+    with Patcher(additional_skip_names=["cgctl.core.journal"]) as p:
         yield p.fs
 
 

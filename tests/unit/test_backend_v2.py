@@ -9,11 +9,12 @@ import os
 
 import pytest
 
-from cgctl import hostinfo, live
-from cgctl import params as P
+from cgctl.cgroup import hierarchy
+from cgctl.core import live
+from cgctl.model import params as P
 from cgctl.cgroup import Router
 from cgctl.errors import KernelRefused, Unsupported, UsageError
-from cgctl.resolve import groups_for_pid
+from cgctl.cgroup.placement import groups_for_pid
 from tests import fakecg
 from tests.fakekernel import FakeKernel
 
@@ -30,7 +31,7 @@ def v2(fs, monkeypatch):
     fakecg.make_v2_host(fs, bfq=False)
     m = fakecg.make_systemd_v2_machine(fs, "web1", id=3, vcpus=2)
     kernel = FakeKernel(monkeypatch)
-    host = hostinfo.detect("/proc")
+    host = hierarchy.detect("/proc")
     groups = groups_for_pid(m.pid, host, guest="web1", driver="qemu", proc_root="/proc")
     return m, Router(host), groups, kernel
 
@@ -135,7 +136,7 @@ def test_no_swap_accounting_is_unsupported(fs, monkeypatch):
     fakecg.make_v2_host(fs, swap=False)
     m = fakecg.make_systemd_v2_machine(fs, "db", id=1)
     FakeKernel(monkeypatch)
-    host = hostinfo.detect("/proc")
+    host = hierarchy.detect("/proc")
     groups = groups_for_pid(m.pid, host, guest="db", driver="qemu", proc_root="/proc")
     router = Router(host)
     with pytest.raises(Unsupported) as ei:
@@ -155,7 +156,7 @@ def test_swap_below_hard_is_refused_before_writing(v2):
 def test_v1_systemd_layout_resolves(fs, monkeypatch):
     fakecg.make_v1_host(fs)
     m = fakecg.make_v1_machine(fs, name="vm1", id=2, layout="systemd")
-    host = hostinfo.detect("/proc")
+    host = hierarchy.detect("/proc")
     groups = groups_for_pid(m.pid, host, guest="vm1", driver="qemu", proc_root="/proc")
     assert groups.machine_dir("memory") == m.machine["memory"]
     assert groups.libvirt_dir("cpu") == m.libvirt["cpu"]
@@ -206,12 +207,12 @@ def test_iocost_stays_attached_after_enable_0(v2):
 
 
 def test_systemd_scope_is_noted(v2, fs):
-    from cgctl.controller import systemd_notes
+    from cgctl.core.controller import systemd_notes
     m, router, groups, _ = v2
     assert "daemon-reload" in systemd_notes(groups)[0]
     fakecg.make_v1_host(fs, root="/v1", proc_root="/proc9")
     v1m = fakecg.make_v1_machine(fs, root="/v1", name="vm9", id=9, layout="nosystemd",
                                  proc_root="/proc9")
-    host = hostinfo.detect("/proc9")
+    host = hierarchy.detect("/proc9")
     g1 = groups_for_pid(v1m.pid, host, guest="vm9", driver="qemu", proc_root="/proc9")
     assert systemd_notes(g1) == []

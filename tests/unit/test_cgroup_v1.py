@@ -10,13 +10,14 @@ import os
 
 import pytest
 
-from cgctl import hostinfo, live
-from cgctl import params as P
+from cgctl.cgroup import hierarchy
+from cgctl.core import live
+from cgctl.model import params as P
 from cgctl.cgroup import Router
 from cgctl.cgroup import fs as cgfs
 from cgctl.errors import KernelRefused, Unsupported
-from cgctl.resolve import groups_for_pid
-from cgctl.units import UNLIMITED
+from cgctl.cgroup.placement import groups_for_pid
+from cgctl.model.units import UNLIMITED
 from tests import fakecg
 
 G = 2**30
@@ -79,7 +80,7 @@ def v1(fs, monkeypatch, *, vcpus=2, cpus="0-3", **host):
     fakecg.make_v1_host(fs, cpus=cpus, **host)
     m = fakecg.make_v1_machine(fs, name="old1", vcpus=vcpus)
     kernel = V1Kernel(monkeypatch)
-    h = hostinfo.detect("/proc")
+    h = hierarchy.detect("/proc")
     groups = groups_for_pid(m.pid, h, guest="old1", driver="qemu", proc_root="/proc")
     return m, Router(h), groups, kernel
 

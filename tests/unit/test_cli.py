@@ -1,4 +1,4 @@
-"""cgctl/cli.py in-process (cli.run_captured) on the faked host of conftest.py: exit codes
+"""cgctl/cli/main.py in-process (cli.run_captured) on the faked host of conftest.py: exit codes
 0 done / 1 could not / 2 bad request, the --json shapes, one-line errors, no traceback."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import os
 
 import pytest
 
-from cgctl import cli
-from cgctl.controller import Controller
-from cgctl.journal import Journal
+from cgctl.cli import main as cli
+from cgctl.core.controller import Controller
+from cgctl.core.journal import Journal
 from tests.fakekernel import FakeKernel
 from tests.unit.conftest import read
 

@@ -1,4 +1,4 @@
-"""`cgctl set` handed to the service over its socket (cgctl.fast + cgctl.cmdserver)."""
+"""`cgctl set` handed to the service over its socket (cgctl.cli.fast + cgctl.service.cmdserver)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ import threading
 
 import pytest
 
-from cgctl import cmdserver, consts, fast
+from cgctl.service import cmdserver
+from cgctl import consts
+from cgctl.cli import fast
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -147,7 +149,7 @@ def test_the_clients_config_file_and_environment_decide_its_journal(server, clie
 
 
 def test_the_service_records_who_asked(server, monkeypatch):
-    from cgctl import journal
+    from cgctl.core import journal
     monkeypatch.setenv("SUDO_USER", "alice-ut")
     assert fast.ask_service(["set", "g", "cpu_shares=2"], server.path)[0] == 3
     assert server.whos == [journal.describe_user(os.geteuid(), journal.read_loginuid(),
@@ -156,7 +158,7 @@ def test_the_service_records_who_asked(server, monkeypatch):
 
 
 def test_describe_user():
-    from cgctl.journal import describe_user
+    from cgctl.core.journal import describe_user
     assert describe_user(0) == "root(0)"
     assert describe_user(0, 4294967295, "root") == "root(0)"
     assert describe_user(0, 0, "bob") == "root(0) via sudo by bob"
@@ -217,7 +219,7 @@ def test_a_slow_client_gets_a_total_deadline_not_one_per_recv(server):
 
 
 def test_the_real_runner_never_runs_other_commands(tmp_path):
-    from cgctl import cli
+    from cgctl.cli import main as cli
     for argv in (["daemon"], ["hook", "install", "--hooks-dir", str(tmp_path)],
                  ["--journal", str(tmp_path / "j.db"), "forget", "g"]):
         rc, out, err = cli.run_captured(argv, only=cmdserver.FORWARDED)
@@ -226,7 +228,8 @@ def test_the_real_runner_never_runs_other_commands(tmp_path):
 
 
 def test_abbreviations_are_refused_by_every_parser(tmp_path):
-    from cgctl import cli, hook, hookinstall
+    from cgctl.cli import main as cli
+    from cgctl.hook import main as hook, install as hookinstall
     rc, out, err = cli.run_captured(["set", "g", "cpu_shares=2", "--journ", "/x"])
     assert rc == 2 and "unrecognized arguments: --journ" in err
     rc = hookinstall.install_main("install", ["--hooks", str(tmp_path)], hook.Options(), None)
@@ -234,7 +237,7 @@ def test_abbreviations_are_refused_by_every_parser(tmp_path):
 
 
 def test_help_is_captured_not_printed(capsys):
-    from cgctl import cli
+    from cgctl.cli import main as cli
     rc, out, err = cli.run_captured(["set", "--help"])
     assert rc == 0 and "PARAM=VALUE" in out and capsys.readouterr().out == ""
 
@@ -303,7 +306,7 @@ def test_other_users_are_refused(server, tmp_path):
         pytest.skip("needs root to run a client as another user")
     os.chmod(os.path.dirname(server.path), 0o1777)  # /tmp already is; the socket stays 0600
     os.chmod(server.path, 0o666)                     # let nobody reach it: the uid check answers
-    code = ("import sys; sys.path.insert(0, %r); from cgctl import fast; "
+    code = ("import sys; sys.path.insert(0, %r); from cgctl.cli import fast; "
             "print(fast.ask_service(['set', 'g', 'cpu_shares=2'], %r))" % (ROOT, server.path))
     r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
                         sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
@@ -312,7 +315,7 @@ def test_other_users_are_refused(server, tmp_path):
 
 
 def test_cli_output_is_captured_per_call():
-    from cgctl import cli
+    from cgctl.cli import main as cli
     rc, out, err = cli.run_captured(["params", "--json"])
     assert rc == 0 and out.startswith("[") and err == ""
     rc, out, err = cli.run_captured(["set"])

@@ -1,4 +1,4 @@
-"""cgctl/controller.py on a faked cgroup v1 host with a real journal (no root, no libvirt):
+"""cgctl/core/controller.py on a faked cgroup v1 host with a real journal (no root, no libvirt):
 the modes and what each leaves in the kernel files and the journal, the undo of the live
 writes when the journal cannot commit, the per-parameter fallback of an apply, and a guest
 the host does not know. The real-libvirtd runs of the same claims are in tests/libvirt."""
@@ -11,11 +11,11 @@ import sqlite3
 
 import pytest
 
-from cgctl import controller
-from cgctl.controller import BOTH, CONFIG, CURRENT, LIVE, Controller
+from cgctl.core import controller
+from cgctl.core.controller import BOTH, CONFIG, CURRENT, LIVE, Controller
 from cgctl.errors import (GuestNotFound, GuestNotRunning, GuestTransient, JournalError,
                           KernelRefused, Unsupported, UsageError)
-from cgctl.journal import Journal, Transaction
+from cgctl.core.journal import Journal, Transaction
 from tests.fakekernel import FakeKernel
 from tests.unit.conftest import read
 
@@ -285,7 +285,7 @@ def test_unset_drops_config_and_leaves_the_kernel(ctl, vm):
 
 
 def test_resolve_mode_is_pure():
-    from cgctl.runtime import Guest
+    from cgctl.host.runfiles import Guest
     up = Guest("a", UUID, "qemu", "qemu:///system", True, True, 1)
     down = up._replace(running=False, pid=None)
     assert controller.resolve_mode(CURRENT, up) == LIVE

@@ -8,9 +8,9 @@ import signal
 import pytest
 
 from cgctl import consts
-from cgctl import daemon as D
+from cgctl.service import daemon as D
 from cgctl.errors import UsageError
-from cgctl.service_config import load_config, resolve
+from cgctl.config import load_config, resolve
 from tests.daemonkit import TEST_URI, NotifySink, Subprocess
 
 pytest.importorskip("libvirt")
@@ -151,7 +151,7 @@ def test_without_tomllib_a_one_line_error_not_a_crash(tmp_path, monkeypatch):
 
 
 def _journal_with_guest(path, name):
-    from cgctl.journal import Journal
+    from cgctl.core.journal import Journal
     with Journal(str(path)) as j, j.transaction() as tx:
         tx.set_config("8d2a2f5e-6b3c-4c1e-9a44-3a3a3a3a3a3a", name, "qemu",
                       {("cpu_shares", ""): "300"})
@@ -163,7 +163,8 @@ def test_cli_hook_and_service_read_the_same_journal_key(tmp_path):
     import os
     import subprocess
     import sys
-    from cgctl import cli, hook
+    from cgctl.cli import main as cli
+    from cgctl.hook import main as hook
     journal = tmp_path / "from-file.db"
     _journal_with_guest(journal, "web-from-file")
     f = tmp_path / "cgctl.toml"
@@ -197,7 +198,7 @@ def test_cli_hook_and_service_read_the_same_journal_key(tmp_path):
 
 def test_sighup_changes_the_command_sockets_journal(tmp_path, monkeypatch):
     """`cgctl set` through the socket writes the journal the reloaded file names."""
-    from cgctl import fast
+    from cgctl.cli import fast
     one, two = tmp_path / "one.db", tmp_path / "two.db"
     f = tmp_path / "cgctl.toml"
     f.write_text(f'journal = "{one}"\nuris = ["{TEST_URI}"]\n')

@@ -11,9 +11,9 @@ import pytest
 
 from tests.testdriver import remove_domains
 
-from cgctl import daemon as D
-from cgctl import runtime
-from cgctl.journal import Journal
+from cgctl.service import daemon as D
+from cgctl.host import runfiles
+from cgctl.core.journal import Journal
 from tests.daemonkit import TEST_URI, Recorder, domain_xml, in_process, wait_for
 
 libvirt = pytest.importorskip("libvirt")
@@ -130,12 +130,12 @@ def _same_instance_daemon(rec, tmp_path):
 def test_reconcile_leaves_the_same_instance_alone(rec, tmp_path):
     """Same PID + start time as the last apply: its --live changes stay; else apply."""
     uid = str(uuidlib.uuid4())
-    me = runtime.Guest(name="me", uuid=uid, driver="qemu", uri="qemu:///system",
+    me = runfiles.Guest(name="me", uuid=uid, driver="qemu", uri="qemu:///system",
                        running=True, persistent=True, pid=os.getpid())
     rec.set_config(uid, "me", {"cpu_shares": "512"})
     d = _same_instance_daemon(rec, tmp_path)
     assert d._reconcile_guest(me) == "applied"  # never applied: no instance yet
-    pid, start = runtime.instance_of(os.getpid())
+    pid, start = runfiles.instance_of(os.getpid())
     with Journal(rec.journal_path) as j, j.transaction() as tx:
         tx.set_instance(uid, pid, start)
     assert d._reconcile_guest(me) == "unchanged"

@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from cgctl import daemon as D
+from cgctl.service import daemon as D
 from tests.daemonkit import (TEST_URI, NotifySink, Recorder, Subprocess, in_process, wait_for)
 
 try:   # the daemon's own runs use libvirt's test driver; the Notifier tests need no libvirt

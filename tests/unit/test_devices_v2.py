@@ -12,12 +12,14 @@ import time
 
 import pytest
 
-from cgctl import devices, hostinfo, live, udevwatch
-from cgctl import params as P
+from cgctl.host import devices, udevwatch
+from cgctl.cgroup import hierarchy
+from cgctl.core import live
+from cgctl.model import params as P
 from cgctl.cgroup import Router
 from cgctl.errors import KernelRefused, Unsupported, UsageError
-from cgctl.resolve import groups_for_pid
-from cgctl.runtime import Guest
+from cgctl.cgroup.placement import groups_for_pid
+from cgctl.host.runfiles import Guest
 from tests import fakecg
 from tests.fakekernel import FakeKernel
 
@@ -36,7 +38,7 @@ def host_with(fs, monkeypatch, *, bfq, scheduler="mq-deadline"):
     fs.create_file(f"/sys/dev/block/{DISK}/queue/scheduler", contents=sched + "\n")
     fs.create_file(f"/sys/dev/block/{DISK}/uevent", contents="MAJOR=8\nMINOR=16\nDEVNAME=sdb\n")
     kernel = FakeKernel(monkeypatch)
-    host = hostinfo.detect("/proc")
+    host = hierarchy.detect("/proc")
     groups = groups_for_pid(m.pid, host, guest="db1", driver="qemu", proc_root="/proc")
     return m, Router(host), groups, kernel
 
@@ -99,7 +101,7 @@ def test_v1_bfq_weight_checks_scheduler_first(fs, monkeypatch):
     vm = fakecg.make_v1_machine(fs, name="old1")
     fs.create_file(f"/sys/dev/block/{DISK}/queue/scheduler", contents="none [mq-deadline] bfq\n")
     fs.create_file(f"/sys/dev/block/{DISK}/uevent", contents="DEVNAME=sdb\n")
-    host = hostinfo.detect("/proc")
+    host = hierarchy.detect("/proc")
     groups = groups_for_pid(vm.pid, host, guest="old1", driver="qemu", proc_root="/proc")
     if not fs.exists(groups.machine_dir("io") + "/blkio.bfq.weight_device"):
         fs.create_file(groups.machine_dir("io") + "/blkio.bfq.weight_device",

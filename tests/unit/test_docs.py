@@ -2,7 +2,7 @@
 
 import os
 
-from cgctl import docgen
+from cgctl.model import docgen
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -11,4 +11,4 @@ def test_parameters_md_is_current():
     with open(os.path.join(ROOT, "docs", "parameters.md")) as f:
         committed = f.read()
     assert committed == docgen.render(), \
-        "docs/parameters.md is stale: python -m cgctl.docgen > docs/parameters.md"
+        "docs/parameters.md is stale: python -m cgctl.model.docgen > docs/parameters.md"

@@ -1,4 +1,4 @@
-"""cgctl/drift.py on the faked host of conftest.py: a value rewritten behind cgctl's back is
+"""cgctl/core/drift.py on the faked host of conftest.py: a value rewritten behind cgctl's back is
 found and put back, an untouched one is not reported (also where the v2 conversion is
 lossy), and only cgctl's writes to this run of the guest are the reference."""
 
@@ -8,9 +8,10 @@ import os
 
 import pytest
 
-from cgctl import convert, drift
-from cgctl.controller import LIVE, Controller
-from cgctl.drift import Drift
+from cgctl.model import convert
+from cgctl.core import drift
+from cgctl.core.controller import LIVE, Controller
+from cgctl.core.drift import Drift
 from tests.unit.conftest import read
 
 UUID = "d30eb5b3-72ba-4af9-8591-0ef552da6d8c"

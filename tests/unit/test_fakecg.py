@@ -1,10 +1,10 @@
-"""The fake cgroup trees look to cgctl.hostinfo (and to a reader of files) like the real thing."""
+"""The fake cgroup trees look to cgctl.cgroup.hierarchy (and to a reader of files) like the real thing."""
 
 import os
 
 import pytest
 
-from cgctl import hostinfo
+from cgctl.cgroup import hierarchy
 from tests import fakecg
 
 
@@ -21,7 +21,7 @@ def parse_proc_cgroup(text):
 
 def test_v2_host_is_detected_as_v2(fs):
     fakecg.make_v2_host(fs)
-    host = hostinfo.detect("/proc")
+    host = hierarchy.detect("/proc")
     assert host.mode == "v2"
     (h,) = host.hierarchies
     assert h.mountpoint == "/sys/fs/cgroup"
@@ -118,7 +118,7 @@ def test_two_v2_machines_share_machine_slice(fs):
     b = fakecg.make_systemd_v2_machine(fs, "b", id=2)
     assert os.path.dirname(a.machine) == os.path.dirname(b.machine)
     assert a.pid != b.pid
-    assert hostinfo.detect().mode == "v2"
+    assert hierarchy.detect().mode == "v2"
 
 
 def test_machine_name_follows_libvirt_and_systemd():
@@ -132,7 +132,7 @@ def test_machine_name_follows_libvirt_and_systemd():
 
 def test_v1_host_like_this_machine_is_hybrid_with_v1_owning_everything_we_use(fs):
     fakecg.make_v1_host(fs)
-    host = hostinfo.detect("/proc")
+    host = hierarchy.detect("/proc")
     assert host.mode == "hybrid"
     for c in ("memory", "cpu", "cpuacct", "cpuset", "blkio"):
         h = host.owner(c)
@@ -144,7 +144,7 @@ def test_v1_host_like_this_machine_is_hybrid_with_v1_owning_everything_we_use(fs
 
 def test_pure_v1_comounted(fs):
     fakecg.make_v1_host(fs, cpu_comounted=True, unified=False)
-    host = hostinfo.detect("/proc")
+    host = hierarchy.detect("/proc")
     assert host.mode == "v1"
     assert host.owner("cpu") is host.owner("cpuacct")
     assert host.owner("cpu").mountpoint == "/sys/fs/cgroup/cpu,cpuacct"
@@ -207,7 +207,7 @@ def test_v1_machine_systemd_comounted(fs):
     assert lines["memory"] == f"/{scope}/libvirt"
     assert lines["name=systemd"] == f"/{scope}/libvirt"
     assert lines["pids"] == f"/{scope}"
-    host = hostinfo.detect()
+    host = hierarchy.detect()
     assert host.mode == "v1"
     # what a resolver does: mountpoint of the owner + the path from /proc/PID/cgroup
     assert os.path.isdir(host.owner("cpu").mountpoint + lines["cpu,cpuacct"])
@@ -221,5 +221,5 @@ def test_v1_without_memsw(fs):
 
 def test_v1_escaped_root_is_read_back(fs):
     fakecg.make_v1_host(fs, "/srv/cg root", unified=False, systemd=False)
-    host = hostinfo.detect()
+    host = hierarchy.detect()
     assert host.owner("memory").mountpoint == "/srv/cg root/memory"

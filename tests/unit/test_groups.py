@@ -12,11 +12,12 @@ import os
 
 import pytest
 
-from cgctl import hostinfo, live
-from cgctl import params as P
+from cgctl.cgroup import hierarchy
+from cgctl.core import live
+from cgctl.model import params as P
 from cgctl.cgroup import Router
 from cgctl.errors import UnsafePath
-from cgctl.resolve import groups_for_pid, split_path
+from cgctl.cgroup.placement import groups_for_pid, split_path
 from tests import fakecg
 from tests.fakekernel import FakeKernel
 
@@ -47,7 +48,7 @@ def v2(fs, monkeypatch):
     fakecg.make_v2_host(fs, bfq=False)
     m = fakecg.make_systemd_v2_machine(fs, "web1", id=3, vcpus=1)
     kernel = FakeKernel(monkeypatch)
-    host = hostinfo.detect("/proc")
+    host = hierarchy.detect("/proc")
     return fs, m, host, kernel
 
 
@@ -122,7 +123,7 @@ def test_v1_without_systemd_ignores_a_planted_libvirt_dir(fs):
     m = fakecg.make_v1_machine(fs, name="vm", id=4)
     plant_v1 = os.path.join(m.machine["memory"], "libvirt")
     os.mkdir(plant_v1)
-    host = hostinfo.detect("/proc")
+    host = hierarchy.detect("/proc")
     g = groups_for_pid(m.pid, host, guest="vm", driver="qemu", proc_root="/proc")
     assert g.libvirt_dir("memory") == m.machine["memory"]
     assert g.dirs(HARD) == [m.machine["memory"]]

@@ -1,4 +1,4 @@
-"""The per-guest lock (cgctl/guestlock.py) and the controller holding it around an apply.
+"""The per-guest lock (cgctl/core/guestlock.py) and the controller holding it around an apply.
 
 Real files, real flock, real threads and processes; the cgroups are a dict (the kernel is
 faked at ``live.set_live``), the journal is a real SQLite file. The real-guest race is
@@ -15,9 +15,11 @@ import threading
 
 import pytest
 
-from cgctl import consts, controller, guestlock, live, runtime
-from cgctl.controller import Controller
-from cgctl.guestlock import GuestBusy
+from cgctl import consts
+from cgctl.core import controller, guestlock, live
+from cgctl.host import runfiles
+from cgctl.core.controller import Controller
+from cgctl.core.guestlock import GuestBusy
 from cgctl.errors import CgctlError
 
 U = "3f2504e0-4f89-41d3-9a0c-0305e82c3301"
@@ -33,7 +35,7 @@ def lockdir(tmp_path, monkeypatch):
 
 def _holder(lockdir):
     """Another process holding the guest's lock until its stdin closes."""
-    code = ("import sys; sys.path.insert(0, %r); from cgctl import consts, guestlock; "
+    code = ("import sys; sys.path.insert(0, %r); from cgctl import consts; from cgctl.core import guestlock; "
             "consts.HOOK_RUN_DIR = %r\n"
             "with guestlock.hold(%r, wait=5):\n"
             "    print('held', flush=True); sys.stdin.read()\n" % (ROOT, str(lockdir), U))
@@ -153,7 +155,7 @@ class FakeKernel:
 
 @pytest.fixture
 def ctl(tmp_path, lockdir, monkeypatch):
-    guest = runtime.Guest(name="web1", uuid=U, driver="qemu", uri="qemu:///system",
+    guest = runfiles.Guest(name="web1", uuid=U, driver="qemu", uri="qemu:///system",
                           running=True, persistent=True, pid=os.getpid())
     c = Controller(journal_path=str(tmp_path / "j.db"), host=object())
     monkeypatch.setattr(c, "find_guest", lambda ident: guest)

@@ -10,10 +10,11 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from cgctl import drift, runtime
+from cgctl.core import drift
+from cgctl.host import runfiles
 from cgctl.errors import UsageError
-from cgctl.journal import Journal
-from cgctl.service_config import load_config
+from cgctl.core.journal import Journal
+from cgctl.config import load_config
 from tests.clikit import cgctl
 
 A = "6f0c1a52-0d3e-4d6b-9a57-0000000000a1"  # defined, with config
@@ -88,8 +89,8 @@ def test_row_cap_per_guest_keeps_the_newest_and_the_protected(j):
 
 def test_drift_reference_survives_the_prune(j):
     """drift.expected (what cgctl last wrote to this run) is the same before and after."""
-    g = runtime.Guest("a", A, "qemu", "qemu:///system", True, True, os.getpid())
-    started = runtime.started_at(os.getpid())
+    g = runfiles.Guest("a", A, "qemu", "qemu:///system", True, True, os.getpid())
+    started = runfiles.started_at(os.getpid())
     add(j, A, "a", "hard_limit", "2147483648", mode="live", at=started + 1)
     for i in range(20):
         add(j, A, "a", "cpu_shares", str(300 + i), mode="live", command="drift repair",
@@ -170,7 +171,7 @@ def test_cli_prune_trims_the_history(j, tmp_path):
 
 def test_the_service_prunes_once_ready(tmp_path):
     pytest.importorskip("libvirt")
-    from cgctl import daemon as D
+    from cgctl.service import daemon as D
     from tests.daemonkit import TEST_URI, Recorder, in_process, wait_for
     rec = Recorder(str(tmp_path / "j.db"))
     with Journal(rec.journal_path) as j:

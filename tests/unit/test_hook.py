@@ -1,4 +1,4 @@
-"""The libvirt hook (cgctl/hook.py) without libvirt: arguments, exit codes, strictness,
+"""The libvirt hook (cgctl/hook/main.py) without libvirt: arguments, exit codes, strictness,
 install/uninstall, and that libvirt's stdio is released at once (the hook's real runs under
 libvirtd are in tests/libvirt/test_hook_libvirt.py)."""
 
@@ -14,8 +14,8 @@ import uuid as uuidlib
 
 import pytest
 
-from cgctl import hook, hookinstall
-from cgctl.journal import Journal
+from cgctl.hook import main as hook, install as hookinstall
+from cgctl.core.journal import Journal
 
 CLI = [sys.executable, "-m", "cgctl.cli"]
 NAME = "cgt-hook-unit"
@@ -277,10 +277,10 @@ def test_no_applier_when_disabled_or_nothing_configured(env, uuid):
 def test_hook_never_imports_libvirt(env, uuid, tmp_path):
     configure(env, uuid, hard_limit="1073741824")
     out = tmp_path / "modules"
-    code = ("import sys, cgctl.hook as h;"
+    code = ("import sys, cgctl.hook.main as h;"
             "h.main(['qemu', 'n', 'started', 'begin', '-']);"
             "h.main(['qemu', 'n', 'reconnect', 'begin', '-']);"
-            "bad = [m for m in sys.modules if m in ('libvirt', 'cgctl.virt', 'cgctl.daemon')];"
+            "bad = [m for m in sys.modules if m in ('libvirt', 'cgctl.virt', 'cgctl.service.daemon')];"
             f"open({str(out)!r}, 'w').write(repr(bad))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                        input=xml(uuid, "n"))

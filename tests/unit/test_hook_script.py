@@ -25,7 +25,7 @@ import uuid as uuidlib
 
 import pytest
 
-from cgctl import hook, hookinstall
+from cgctl.hook import main as hook, install as hookinstall
 
 NAME = "cgt-hook-script"
 SH = "/bin/sh"
@@ -225,7 +225,7 @@ def test_deliberate_refusal_is_1_only_at_started_begin(tmp_path):
 
 def test_the_real_hook_refuses_through_the_script_and_says_why(tmp_path):
     """The real cgctl, strict, a guest whose config cannot be applied (not running)."""
-    from cgctl.journal import Journal
+    from cgctl.core.journal import Journal
     uuid = str(uuidlib.uuid4())
     (tmp_path / "run" / "qemu").mkdir(parents=True)
     b = Broken(tmp_path, [sys.executable, "-m", "cgctl.hook"], "config-strict")

@@ -6,17 +6,18 @@ from pathlib import Path
 
 import pytest
 
-from cgctl import errors, hostinfo
+from cgctl import errors
+from cgctl.cgroup import hierarchy
 
 HOSTS = Path(__file__).resolve().parent.parent / "data" / "hosts"
 HOST_NAMES = sorted(p.name for p in HOSTS.iterdir() if (p / "expected.json").exists())
 
 
-def load(name: str) -> hostinfo.Host:
+def load(name: str) -> hierarchy.Host:
     d = HOSTS / name
     cgroups = (d / "cgroups").read_text() if (d / "cgroups").exists() else None
     v2 = json.loads((d / "v2_controllers").read_text())
-    return hostinfo.parse((d / "mounts").read_text(), cgroups, v2.get, prefer_root="/sys/fs/cgroup")
+    return hierarchy.parse((d / "mounts").read_text(), cgroups, v2.get, prefer_root="/sys/fs/cgroup")
 
 
 def test_the_required_snapshots_exist():
@@ -108,7 +109,7 @@ MINIMAL = "proc /proc proc rw 0 0\n"
 
 def test_escaped_mountpoint_is_unescaped():
     text = MINIMAL + "cgroup /mnt/my\\040cg\\134x cgroup rw,relatime,memory 0 0\n"
-    host = hostinfo.parse(text, None, lambda mp: None)
+    host = hierarchy.parse(text, None, lambda mp: None)
     assert host.owner("memory").mountpoint == "/mnt/my cg\\x"
     assert host.mode == "v1" and host.enabled == {"memory"} and not host.enabled_known
 
@@ -118,20 +119,20 @@ def test_bind_mounts_keep_the_one_under_sys_fs_cgroup():
             + "cgroup /var/lib/kubelet/pods/x/cg cgroup rw,memory 0 0\n"
             + "cgroup /sys/fs/cgroup/memory/extra cgroup rw,memory 0 0\n"
             + "cgroup /sys/fs/cgroup/memory cgroup rw,memory 0 0\n")
-    host = hostinfo.parse(text, None, lambda mp: None, prefer_root="/sys/fs/cgroup")
+    host = hierarchy.parse(text, None, lambda mp: None, prefer_root="/sys/fs/cgroup")
     assert [h.mountpoint for h in host.hierarchies] == ["/sys/fs/cgroup/memory"]
 
 
 def test_first_wins_among_equal_candidates():
     text = MINIMAL + "cgroup /a/mem cgroup rw,memory 0 0\ncgroup /b/mem cgroup rw,memory 0 0\n"
-    host = hostinfo.parse(text, None, lambda mp: None, prefer_root="/sys/fs/cgroup")
+    host = hierarchy.parse(text, None, lambda mp: None, prefer_root="/sys/fs/cgroup")
     assert host.owner("memory").mountpoint == "/a/mem"
 
 
 def test_v1_wins_when_both_claim_a_controller():
     text = (MINIMAL + "cgroup /sys/fs/cgroup/memory cgroup rw,memory 0 0\n"
             "cgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n")
-    host = hostinfo.parse(text, None, lambda mp: "memory pids\n")
+    host = hierarchy.parse(text, None, lambda mp: "memory pids\n")
     assert host.owner("memory").version == 1
     assert host.owner("pids").version == 2
     assert host.v2.controllers == {"pids"}
@@ -139,7 +140,7 @@ def test_v1_wins_when_both_claim_a_controller():
 
 def test_unreadable_cgroup_controllers_owns_nothing():
     text = MINIMAL + "cgroup2 /sys/fs/cgroup cgroup2 rw 0 0\n"
-    host = hostinfo.parse(text, None, lambda mp: None)
+    host = hierarchy.parse(text, None, lambda mp: None)
     assert host.mode == "v2" and host.v2.controllers == frozenset()
 
 
@@ -147,21 +148,21 @@ def test_named_v1_plus_cgroup2_is_v2():
     # systemd inside a container on a v2 host may mount name=systemd; controllers are all on v2
     text = (MINIMAL + "cgroup2 /sys/fs/cgroup cgroup2 rw 0 0\n"
             "cgroup /sys/fs/cgroup/systemd cgroup rw,none,name=systemd 0 0\n")
-    host = hostinfo.parse(text, None, lambda mp: "cpu memory\n")
+    host = hierarchy.parse(text, None, lambda mp: "cpu memory\n")
     assert host.mode == "v2"
     assert host.owner("memory").version == 2
 
 
 def test_only_named_v1_is_v1():
     text = MINIMAL + "cgroup /sys/fs/cgroup/systemd cgroup rw,none,name=systemd 0 0\n"
-    assert hostinfo.parse(text, None, lambda mp: None).mode == "v1"
+    assert hierarchy.parse(text, None, lambda mp: None).mode == "v1"
 
 
 def test_proc_cgroups_parsing_skips_junk():
     text = ("#subsys_name\thierarchy\tnum_cgroups\tenabled\n"
             "cpu\t1\t3\t1\nmemory\t0\t1\t0\n\nbroken line\n")
-    assert hostinfo.parse_proc_cgroups(text) == {"cpu"}
-    assert hostinfo.parse_proc_cgroups(None) is None
+    assert hierarchy.parse_proc_cgroups(text) == {"cpu"}
+    assert hierarchy.parse_proc_cgroups(None) is None
 
 
 def test_detect_reads_a_proc_tree(tmp_path):
@@ -174,7 +175,7 @@ def test_detect_reads_a_proc_tree(tmp_path):
     mounts = (d / "mounts").read_text().replace("/sys/fs/cgroup", str(cg))
     (proc / "self" / "mounts").write_text(mounts)
     (proc / "cgroups").write_text((d / "cgroups").read_text())
-    host = hostinfo.detect(str(proc))
+    host = hierarchy.detect(str(proc))
     assert host.mode == "hybrid"
     assert host.v2.mountpoint == str(cg / "unified") and host.v2.controllers == frozenset()
     assert host.owner("memory").mountpoint == str(cg / "memory")
@@ -182,19 +183,19 @@ def test_detect_reads_a_proc_tree(tmp_path):
 
 def test_detect_falls_back_to_proc_mounts_and_missing_proc_cgroups(tmp_path):
     (tmp_path / "mounts").write_text(MINIMAL + "cgroup /x/memory cgroup rw,memory 0 0\n")
-    host = hostinfo.detect(str(tmp_path))
+    host = hierarchy.detect(str(tmp_path))
     assert host.owner("memory").mountpoint == "/x/memory"
     assert host.enabled_known is False
 
 
 def test_detect_without_mounts_is_a_clear_error(tmp_path):
     with pytest.raises(errors.Unsupported, match="cannot read the mount table"):
-        hostinfo.detect(str(tmp_path))
+        hierarchy.detect(str(tmp_path))
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/mounts"), reason="needs a real /proc")
 def test_detect_on_this_machine_agrees_with_the_snapshot():
-    live = hostinfo.detect("/proc")
+    live = hierarchy.detect("/proc")
     recorded = load("this-machine")
     if not any(h.mountpoint == "/sys/fs/cgroup/memory" for h in live.hierarchies):
         pytest.skip("not the build machine of DESIGN.md section 8")

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from cgctl import journal as jmod
+from cgctl.core import journal as jmod
 from cgctl.errors import JournalError, UsageError
-from cgctl.journal import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION, Journal
+from cgctl.core.journal import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION, Journal
 
 REPO = Path(__file__).resolve().parents[2]
 U1 = "6f0c1a52-0d3e-4d6b-9a57-0000000000a1"
@@ -235,12 +235,12 @@ def test_immutable_file_eperm_even_for_root(j, path):
 RO_SCRIPT = textwrap.dedent("""
     set -e
     mount -t tmpfs -o size=8m,mode=0755 tmpfs "$1"
-    "$2" -c 'import sys; from cgctl.journal import Journal; Journal(sys.argv[1] + "/cgctl/journal.db").close()' "$1"
+    "$2" -c 'import sys; from cgctl.core.journal import Journal; Journal(sys.argv[1] + "/cgctl/journal.db").close()' "$1"
     mount -o remount,ro "$1"
     "$2" -c '
 import sys
 from cgctl.errors import JournalError
-from cgctl.journal import Journal
+from cgctl.core.journal import Journal
 for target, create in ((sys.argv[1] + "/cgctl/journal.db", False), (sys.argv[1] + "/new/journal.db", True)):
     try:
         Journal(target, create=create)

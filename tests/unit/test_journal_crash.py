@@ -36,7 +36,7 @@ def run_writer(path: str) -> None:
     history row.  It continues from what the journal holds, so numbers stay contiguous
     across kills.
     """
-    from cgctl.journal import Journal
+    from cgctl.core.journal import Journal
     journal = Journal(path, create=True)
     while True:
         with journal.transaction() as tx:
@@ -50,7 +50,7 @@ def run_writer(path: str) -> None:
 
 def run_incrementer(path: str, count: int) -> None:
     """``count`` read-modify-write increments of one setting, each with its history row."""
-    from cgctl.journal import Journal
+    from cgctl.core.journal import Journal
     with Journal(path, create=True) as journal:
         for _ in range(count):
             with journal.transaction() as tx:
@@ -66,7 +66,7 @@ def run_incrementer(path: str, count: int) -> None:
 
 @pytest.mark.slow
 def test_sigkill_never_loses_an_acknowledged_change_or_half_records_one(tmp_path):
-    from cgctl.journal import Journal
+    from cgctl.core.journal import Journal
     path = tmp_path / "cgctl" / "journal.db"  # the first writer creates it (kills may hit that)
     rng = random.Random(int(os.environ.get("CGCTL_CRASH_SEED", time.time_ns())))
     acknowledged: set = set()
@@ -99,7 +99,7 @@ def test_sigkill_never_loses_an_acknowledged_change_or_half_records_one(tmp_path
 
 @pytest.mark.slow
 def test_concurrent_read_modify_write_loses_nothing(tmp_path):
-    from cgctl.journal import Journal
+    from cgctl.core.journal import Journal
     processes, increments = 4, 200
     path = tmp_path / "journal.db"
     procs = [worker("increment", str(path), str(increments)) for _ in range(processes)]
@@ -126,7 +126,7 @@ def _open_and_increment(path: str, barrier) -> None:
 def test_processes_racing_to_create_the_journal(tmp_path):
     """Forked processes find no file and create and migrate it at the same moment."""
     import multiprocessing
-    from cgctl.journal import Journal
+    from cgctl.core.journal import Journal
     ctx = multiprocessing.get_context("fork")
     for round_ in range(40):
         path = tmp_path / str(round_) / "journal.db"

@@ -5,9 +5,9 @@ import uuid as uuidlib
 
 import pytest
 
-from cgctl import metadata as M
-from cgctl import travel
-from cgctl.journal import Journal
+from cgctl.model import metadata as M
+from cgctl.core import travel
+from cgctl.core.journal import Journal
 
 UUID = str(uuidlib.uuid4())
 T0, T1, T2 = ("2025-05-01T10:00:00.000000+00:00", "2025-05-01T11:00:00.000000+00:00",
@@ -168,7 +168,7 @@ def test_hook_prepare_takes_the_metadata_into_the_journal_without_libvirt(tmp_pa
     (tmp_path / "run" / "qemu").mkdir(parents=True)
     xml = doc_xml({("hard_limit", ""): M.Entry("1G", T1, "hosta", "root(0)")})
     out = tmp_path / "modules"
-    code = ("import sys, cgctl.hook as h;"
+    code = ("import sys, cgctl.hook.main as h;"
             "h.main(['--no-early-apply', 'qemu', 'g1', 'prepare', 'begin', '-']);"
             "bad = [m for m in sys.modules if m in ('libvirt', 'cgctl.virt')];"
             f"open({str(out)!r}, 'w').write(repr(bad))")

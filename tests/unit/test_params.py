@@ -7,8 +7,8 @@ import math
 import pytest
 from hypothesis import given, strategies as st
 
-from cgctl import convert, units
-from cgctl import params as P
+from cgctl.model import convert, units
+from cgctl.model import params as P
 from cgctl.errors import UsageError
 
 INF = units.UNLIMITED

@@ -10,9 +10,10 @@ import pytest
 
 from tests.testdriver import remove_domains
 
-from cgctl import cli, metadata
-from cgctl.controller import Controller
-from cgctl.runtime import Guest
+from cgctl.cli import main as cli
+from cgctl.model import metadata
+from cgctl.core.controller import Controller
+from cgctl.host.runfiles import Guest
 
 libvirt = pytest.importorskip("libvirt")
 TEST = "test:///default"
@@ -57,7 +58,7 @@ def config_of(journal, name):
 
 
 def write(tmp_path, name, doc, fmt="json"):
-    from cgctl import policy
+    from cgctl.core import policy
     p = tmp_path / name
     p.write_text(policy.dumps(doc, fmt) if isinstance(doc, dict) and fmt else doc)
     return str(p)

@@ -1,4 +1,4 @@
-"""cgctl.runtime against fake libvirt run dirs and a fake /proc (no libvirt, no root)."""
+"""cgctl.host.runfiles against fake libvirt run dirs and a fake /proc (no libvirt, no root)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from xml.sax.saxutils import escape
 
 import pytest
 
-from cgctl import errors, runtime
+from cgctl import errors
+from cgctl.host import runfiles
 
 QEMU_UUID = "d30eb5b3-72ba-4af9-8591-0ef552da6d8c"
 LXC_UUID = "2a29237e-15bb-4467-a36f-07f04fc1adcf"
@@ -77,7 +78,7 @@ class Host:
         (d / "stat").write_text(f"{pid} (x) S " + "0 " * 18 + f"{ticks} 0 0\n")
 
     def find(self, ident):
-        return runtime.find_running(ident, str(self.run), etc_dir=str(self.etc),
+        return runfiles.find_running(ident, str(self.run), etc_dir=str(self.etc),
                                     proc_root=str(self.proc))
 
 
@@ -88,7 +89,7 @@ def host(tmp_path):
 
 def test_running_qemu_by_name(host):
     host.guest("qemu", "vm1", QEMU_UUID, 4242)
-    assert host.find("vm1") == runtime.Guest(
+    assert host.find("vm1") == runfiles.Guest(
         name="vm1", uuid=QEMU_UUID, driver="qemu", uri="qemu:///system", running=True,
         persistent=True, pid=4242)
 
@@ -155,7 +156,7 @@ def test_pid_file_and_status_disagree(host):
 
 
 def test_pid_file_missing_is_not_running(host):
-    # both of libvirt's records must name the PID (cgctl/runtime.py)
+    # both of libvirt's records must name the PID (cgctl/runfiles.py)
     host.guest("qemu", "vm1", QEMU_UUID, 4242, pidfile=False)
     assert host.find("vm1") is None
 
@@ -205,24 +206,24 @@ def test_names_with_odd_but_legal_characters(host):
 
 
 def test_missing_run_dir(tmp_path):
-    assert runtime.find_running("vm1", str(tmp_path / "nothing"), etc_dir=str(tmp_path),
+    assert runfiles.find_running("vm1", str(tmp_path / "nothing"), etc_dir=str(tmp_path),
                                 proc_root=str(tmp_path)) is None
-    assert runtime.find_running(QEMU_UUID, str(tmp_path / "nothing"), etc_dir=str(tmp_path),
+    assert runfiles.find_running(QEMU_UUID, str(tmp_path / "nothing"), etc_dir=str(tmp_path),
                                 proc_root=str(tmp_path)) is None
 
 
 def test_read_pid(host):
     (host.run / "qemu" / "a.pid").write_text("123\n")
     (host.run / "qemu" / "b.pid").write_text("garbage")
-    assert runtime.read_pid("qemu", "a", str(host.run)) == 123
-    assert runtime.read_pid("qemu", "b", str(host.run)) is None
-    assert runtime.read_pid("qemu", "c", str(host.run)) is None
+    assert runfiles.read_pid("qemu", "a", str(host.run)) == 123
+    assert runfiles.read_pid("qemu", "b", str(host.run)) is None
+    assert runfiles.read_pid("qemu", "c", str(host.run)) is None
 
 
 def test_instance_of_self():
     import psutil
 
-    pid, started = runtime.instance_of(os.getpid())
+    pid, started = runfiles.instance_of(os.getpid())
     assert pid == os.getpid()
     assert started == psutil.Process().create_time()
 
@@ -231,21 +232,21 @@ def test_instance_of_gone_process():
     proc = subprocess.Popen(["true"])
     proc.wait()
     with pytest.raises(errors.GuestNotRunning):
-        runtime.instance_of(proc.pid)
+        runfiles.instance_of(proc.pid)
 
 
 def test_instance_differs_between_runs():
     a = subprocess.Popen(["sleep", "5"])
     try:
-        first = runtime.instance_of(a.pid)
-        assert runtime.instance_of(a.pid) == first
+        first = runfiles.instance_of(a.pid)
+        assert runfiles.instance_of(a.pid) == first
     finally:
         a.kill()
         a.wait()
 
 
 def test_runtime_does_not_import_libvirt():
-    code = ("import sys; import cgctl.runtime as r; "
+    code = ("import sys; import cgctl.host.runfiles as r; "
             "r.find_running('x', '/nonexistent'); "
             "sys.exit('libvirt' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
@@ -257,7 +258,7 @@ def test_started_at_is_wall_clock():
     before = time.time()
     p = subprocess.Popen(["sleep", "5"])
     try:
-        started = runtime.started_at(p.pid)
+        started = runfiles.started_at(p.pid)
     finally:
         p.kill()
         p.wait()
@@ -270,6 +271,6 @@ def test_all_running_agrees_with_find_running(host):
     host.guest("lxc", "ct1", LXC_UUID, 5151, persistent=False)
     host.guest("qemu", "gone", "11111111-2222-3333-4444-555555555555", 4000, argv=False)  # stale
     (host.run / "qemu" / "junk.xml").write_text("<not-a-status/>")
-    found = runtime.all_running(str(host.run), etc_dir=str(host.etc), proc_root=str(host.proc))
+    found = runfiles.all_running(str(host.run), etc_dir=str(host.etc), proc_root=str(host.proc))
     assert found == {QEMU_UUID: host.find("vm1"), LXC_UUID: host.find("ct1")}
-    assert runtime.all_running(str(host.run / "nowhere")) == {}
+    assert runfiles.all_running(str(host.run / "nowhere")) == {}

@@ -1,4 +1,4 @@
-"""A guest's process is identified by more than its argv (cgctl/runtime.py): real processes of
+"""A guest's process is identified by more than its argv (cgctl/runfiles.py): real processes of
 the test that fake a guest's argv, against a fake libvirt run dir and the real /proc."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from cgctl import runtime
+from cgctl.host import runfiles
 
 UUID = "0b8f1c2e-3d4a-4b5c-8d6e-7f8091a2b3c4"
 NAME = "cgt-fake"
@@ -33,7 +33,7 @@ def procs():
         p = subprocess.Popen(argv, executable=sys.executable, stdin=subprocess.DEVNULL, **kw)
         started.append(p)
         deadline = time.monotonic() + 10
-        while runtime._argv(p.pid, "/proc") != argv and time.monotonic() < deadline:
+        while runfiles._argv(p.pid, "/proc") != argv and time.monotonic() < deadline:
             time.sleep(0.01)
         return p
     yield start
@@ -63,14 +63,14 @@ def plant(run, driver, pid, *, emulator="/usr/bin/qemu-system-x86_64", status_pi
 
 
 def find(run):
-    return runtime.find_running(NAME, str(run), etc_dir=str(run / "etc"), proc_root="/proc")
+    return runfiles.find_running(NAME, str(run), etc_dir=str(run / "etc"), proc_root="/proc")
 
 
 def test_a_faked_qemu_argv_is_rejected(tmp_path, procs):
     p = procs(qemu_argv())
     plant(tmp_path, "qemu", p.pid)  # the emulator libvirt started: not this process's exe
     assert find(tmp_path) is None
-    assert runtime.verified_pid("qemu", NAME, UUID, str(tmp_path), "/proc") is None
+    assert runfiles.verified_pid("qemu", NAME, UUID, str(tmp_path), "/proc") is None
 
 
 def test_positive_control_the_same_process_as_its_emulator(tmp_path, procs):
@@ -80,7 +80,7 @@ def test_positive_control_the_same_process_as_its_emulator(tmp_path, procs):
     plant(tmp_path, "qemu", p.pid, emulator=sys.executable)  # a symlink is resolved
     g = find(tmp_path)
     assert g is not None and (g.pid, g.uuid) == (p.pid, UUID)
-    assert runtime.verified_pid("qemu", NAME, UUID, str(tmp_path), "/proc") == p.pid
+    assert runfiles.verified_pid("qemu", NAME, UUID, str(tmp_path), "/proc") == p.pid
 
 
 def test_pid_file_and_status_must_both_name_the_pid(tmp_path, procs):
@@ -112,14 +112,14 @@ def test_a_faked_lxc_controller_is_rejected(tmp_path, procs, monkeypatch):
     plant(tmp_path, "lxc", p.pid)
     assert find(tmp_path) is None
     # control: with this Python as the controller binary, the same process passes
-    monkeypatch.setattr(runtime, "LXC_CONTROLLERS", (PYTHON,))
+    monkeypatch.setattr(runfiles, "LXC_CONTROLLERS", (PYTHON,))
     assert find(tmp_path).pid == p.pid
 
 
 def test_the_early_applier_uses_the_same_check(tmp_path, procs, monkeypatch):
-    """cgctl/hook.py's early applier finds the guest's PID through runtime.verified_pid: a
+    """cgctl/hook/main.py's early applier finds the guest's PID through runfiles.verified_pid: a
     faked argv never reaches an apply."""
-    from cgctl import hook
+    from cgctl.hook import main as hook
     p = procs(qemu_argv())
     plant(tmp_path, "qemu", p.pid)
     applied = []

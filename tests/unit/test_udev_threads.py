@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from cgctl import devices
+from cgctl.host import devices
 
 pytest.importorskip("pyudev")
 
@@ -66,6 +66,6 @@ def test_concurrent_resolution_is_correct_and_each_thread_has_its_own_context():
 
 def test_the_device_watcher_has_a_context_of_its_own():
     """Its monitor is read in the observer thread: never the starting thread's context."""
-    from cgctl import udevwatch
+    from cgctl.host import udevwatch
     w = udevwatch.DeviceWatcher(lambda *a: None)
     assert w._context is not devices.udev_context()

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Dict, Iterable, List, Mapping, Optional, Tuple, Union, NamedTuple
 
-from . import units
-from .errors import UsageError
-from .units import UNLIMITED, Number
+from cgctl.model import units
+from cgctl.errors import UsageError
+from cgctl.model.units import UNLIMITED, Number
 
 # kinds of value
 BYTES = "bytes"        # memory, in bytes; bare CLI number = KiB

@@ -15,8 +15,8 @@ import json
 import os
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
-from . import params as P
-from .errors import CgctlError, UsageError
+from cgctl.model import params as P
+from cgctl.errors import CgctlError, UsageError
 
 SCHEMA = "cgctl-policy"
 VERSION = 1
@@ -205,7 +205,7 @@ def plan(ctl, doc) -> List[Plan]:
 
 def apply(ctl, plans: List[Plan], *, live: bool = False) -> list:
     """Carry out the plans (``live``: also in force now on running guests, as --perm)."""
-    from .controller import BOTH, CONFIG
+    from cgctl.core.controller import BOTH, CONFIG
     outcomes = []
     for pl in plans:
         g = pl.guest

@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 import sys
 
-from . import consts
-from .hook import DRIVERS, EXIT_OK, EXIT_REFUSE, EXIT_USAGE, Options
+from cgctl import consts
+from cgctl.hook.main import DRIVERS, EXIT_OK, EXIT_REFUSE, EXIT_USAGE, Options
 
 SCRIPT_NAME = "cgctl"  # the file installed in <hooks>/qemu.d/ and lxc.d/
 MARKER = "# cgctl-hook: installed by 'cgctl hook install'; 'cgctl hook uninstall' removes it"
@@ -106,7 +106,7 @@ def script_text(driver: str, command, strict=None, config_file: str = consts.CON
     repeated here for when ``command`` cannot run at all.
     """
     import shlex
-    from .hook import ACTIONS, EXIT_SCRIPT_REFUSE, SCRIPT_ENV
+    from cgctl.hook.main import ACTIONS, EXIT_SCRIPT_REFUSE, SCRIPT_ENV
     q = shlex.quote
     return _SCRIPT.format(
         marker=MARKER, driver=driver, prog=q(str(command[0])), config=q(config_file),
@@ -140,7 +140,7 @@ def install(hooks_dir: str, command, drivers=DRIVERS, opts: Options = None) -> l
     (CgctlError naming it).
     """
     opts = opts or Options()
-    from .errors import CgctlError
+    from cgctl.errors import CgctlError
     done = []
     for driver in drivers:
         d = os.path.join(hooks_dir, f"{driver}.d")
@@ -197,8 +197,8 @@ def other_hooks(hooks_dir: str, drivers=DRIVERS) -> list:
 def _journal_to_bake(journal, opts: Options):
     """The journal to write into the script: only one the hook would not find by itself (libvirt
     runs it with an empty environment), so that it reads the config file's ``journal`` at each
-    call, as the CLI and the service do (cgctl.service_config.resolve)."""
-    from .service_config import resolve
+    call, as the CLI and the service do (cgctl.config.resolve)."""
+    from cgctl.config import resolve
     quiet = lambda m: None  # noqa: E731 (a broken file: the hook says so at each call)
     wanted = resolve(opts.config_file, {"journal": journal}, on_error=quiet).journal
     own = resolve(opts.config_file, None, environ={}, on_error=quiet).journal
@@ -207,7 +207,7 @@ def _journal_to_bake(journal, opts: Options):
 
 def install_main(verb: str, args, opts: Options, ctl) -> int:
     import argparse
-    from .errors import CgctlError
+    from cgctl.errors import CgctlError
     p = argparse.ArgumentParser(prog=f"cgctl hook {verb}", allow_abbrev=False)
     p.add_argument("--hooks-dir", default=consts.LIBVIRT_HOOKS_DIR,
                    help="libvirt's hooks directory (default %(default)s)")

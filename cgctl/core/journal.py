@@ -29,7 +29,8 @@ import time
 from datetime import datetime, timezone
 from typing import Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Tuple, Union
 
-from cgctl import consts, units
+from cgctl import consts
+from cgctl.model import units
 from cgctl.errors import JournalError, UsageError
 
 ConfigKey = Tuple[str, str]  # (param, device); device is "" for non-device parameters
@@ -152,7 +153,7 @@ def _timestamp(when: Union[str, float, datetime]) -> str:
     return when.astimezone(timezone.utc).isoformat(timespec="microseconds")
 
 
-# who asked, when it is not this process's user: the command socket's client (cgctl/cmdserver.py
+# who asked, when it is not this process's user: the command socket's client (cgctl/service/cmdserver.py
 # sets it per request, in the thread that runs it)
 ASKED_BY: "contextvars.ContextVar[Optional[str]]" = contextvars.ContextVar("cgctl_asked_by",
                                                                           default=None)
@@ -379,7 +380,7 @@ class Transaction(_Reader):
         """The history retention: remove rows older than ``keep_days`` and, per guest, beyond
         the newest ``keep_rows`` (0 turns either off). Never removed, for a guest that is not
         deleted: the newest row of each (param, device, mode, ok or not), so the history still
-        explains the current config and drift repair keeps its reference (cgctl/drift.py).
+        explains the current config and drift repair keeps its reference (cgctl/core/drift.py).
         A deleted guest whose rows are all gone leaves the guest table too. Returns the count.
         """
         if keep_days < 0 or keep_rows < 0:

@@ -22,8 +22,9 @@ import threading
 import time
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
-from . import consts, devices, runtime
-from .errors import CgctlError
+from cgctl import consts
+from cgctl.host import devices, runfiles
+from cgctl.errors import CgctlError
 
 log = logging.getLogger("cgctl")
 
@@ -153,8 +154,8 @@ class DeviceWatcher:
                     log.exception("block device %s (%s): re-apply failed", node, majmin)
 
 
-def affected_guests(journal, running_guests: Iterable[runtime.Guest], majmin: str, *,
-                    run_dir: Optional[str] = None) -> List[runtime.Guest]:
+def affected_guests(journal, running_guests: Iterable[runfiles.Guest], majmin: str, *,
+                    run_dir: Optional[str] = None) -> List[runfiles.Guest]:
     """The running guests whose journal config names a device resolving to ``majmin`` now."""
     out = []
     for g in running_guests:
@@ -163,7 +164,7 @@ def affected_guests(journal, running_guests: Iterable[runtime.Guest], majmin: st
             continue
         xml = None
         if any("/" not in n for n in names):
-            xml = runtime.status_domain_xml(g.driver, g.name, run_dir or consts.LIBVIRT_RUN_DIR)
+            xml = runfiles.status_domain_xml(g.driver, g.name, run_dir or consts.LIBVIRT_RUN_DIR)
         for n in names:
             try:
                 if devices.resolve(n, guest=g.name, domain_xml=xml) == majmin:
@@ -174,7 +175,7 @@ def affected_guests(journal, running_guests: Iterable[runtime.Guest], majmin: st
     return out
 
 
-def reapply_device(controller, running_guests: Iterable[runtime.Guest], majmin: str, *,
+def reapply_device(controller, running_guests: Iterable[runfiles.Guest], majmin: str, *,
                    command: str = "device") -> list:
     """Re-apply the per-device settings of every affected guest; one bad guest never stops
     the others. Returns the controller's outcomes."""

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from typing import Dict, List, NamedTuple, Optional
 
-from . import live, runtime
-from . import params as P
-from .errors import CgctlError
+from cgctl.core import live
+from cgctl.host import runfiles
+from cgctl.model import params as P
+from cgctl.errors import CgctlError
 
 REPAIR_COMMAND = "drift repair"
 
@@ -33,7 +34,7 @@ class Drift(NamedTuple):
 
 def expected(journal, guest) -> Dict[P.Key, str]:
     """(param, device) → the last value cgctl wrote to this run of the guest."""
-    started = runtime.started_at(guest.pid)
+    started = runfiles.started_at(guest.pid)
     out: Dict[P.Key, str] = {}
     for row in journal.history(guest.uuid, since=started):   # oldest first
         if row.mode not in ("live", "live+config") or row.outcome != "ok":

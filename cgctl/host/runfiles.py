@@ -45,7 +45,7 @@ import xml.etree.ElementTree as ET
 from typing import Iterable, Iterator, Optional, Tuple, NamedTuple
 
 from cgctl import consts, errors
-from cgctl.units import normalize_uuid  # noqa: F401  (public here too)
+from cgctl.model.units import normalize_uuid  # noqa: F401  (public here too)
 
 DRIVERS = ("qemu", "lxc")
 # where distributions install libvirt's LXC controller (Debian, Fedora/RHEL, SUSE)

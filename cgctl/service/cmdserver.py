@@ -1,4 +1,4 @@
-"""The service's side of ``cgctl.fast``: run forwarded commands for local root clients.
+"""The service's side of ``cgctl.cli.fast``: run forwarded commands for local root clients.
 
 One AF_UNIX stream socket in a 0700 directory, mode 0600; a peer must be the
 service's own user (root), checked with SO_PEERCRED. A request is
@@ -7,12 +7,12 @@ arguments); the answer is ``R``, the exit status (4 bytes, signed) and two
 length-prefixed texts (stdout, stderr), or ``F`` when the client should run
 the command itself. Binary and tiny, because the client must start fast.
 
-The command line is read with the CLI's own parser (cgctl/cli.py), and only
+The command line is read with the CLI's own parser (cgctl/cli/main.py), and only
 a command that means exactly what it would mean in the client's process is
 run here (``refusal``): one of ``FORWARDED``, no option that changes the
 journal, the URIs, the config file, the logging or asks for help, and the
 client's environment and config file naming this service's journal and URIs.
-Anything else is answered ``F``. It runs ``cgctl.cli.main`` in its own thread
+Anything else is answered ``F``. It runs ``cgctl.cli.main.main`` in its own thread
 with its output captured and the client recorded as the one who asked
 (uid from the kernel, login uid, ``SUDO_USER``: docs/operations.md).
 
@@ -35,9 +35,9 @@ import threading
 import time
 from typing import Callable, Optional
 
-from .errors import CgctlError
-from .fast import FORWARDED, HEADER, MAGIC
-from .journal import describe_user, read_loginuid
+from cgctl.errors import CgctlError
+from cgctl.cli.fast import FORWARDED, HEADER, MAGIC
+from cgctl.core.journal import describe_user, read_loginuid
 
 log = logging.getLogger("cgctl")
 
@@ -55,7 +55,7 @@ class _Late(Exception):
 
 
 def _default_runner(argv, who):
-    from .cli import run_captured
+    from cgctl.cli.main import run_captured
     return run_captured(argv, who=who, only=FORWARDED)
 
 
@@ -64,7 +64,7 @@ def _printable(argv) -> str:
 
 
 def _default_uris():
-    from .service_config import resolve
+    from cgctl.config import resolve
     return resolve(None).uris
 
 
@@ -278,9 +278,9 @@ class CommandServer:
 
 
 def parse(argv):
-    """The CLI's own reading of ``argv`` (cgctl/cli.py), printing nothing: the Namespace, or
+    """The CLI's own reading of ``argv`` (cgctl/cli/main.py), printing nothing: the Namespace, or
     a reason (str) it is none of the service's business."""
-    from . import cli
+    from cgctl.cli import main as cli
     sink = io.StringIO()
     t_out, t_err = cli._OUT.set(sink), cli._ERR.set(sink)
     try:
@@ -296,7 +296,7 @@ def parse(argv):
 
 def _global_options():
     """The CLI's options valid before and after every command word: (dest, option, default)."""
-    from . import cli
+    from cgctl.cli import main as cli
     p = argparse.ArgumentParser(add_help=False)
     cli._add_common(p, defaults=True)
     return [(a.dest, a.option_strings[-1], a.default) for a in p._actions]
@@ -315,7 +315,7 @@ def refusal(argv, env_journal: str, config_file: str, journal: str, uris) -> Opt
             return f"{option} given"
     if env_journal and not os.path.isabs(env_journal):
         return "a relative $CGCTL_JOURNAL"
-    from .service_config import resolve
+    from cgctl.config import resolve
     try:  # what the command means in the client's process
         mine = resolve(config_file or None, None,
                        environ={"CGCTL_JOURNAL": env_journal} if env_journal else {})

@@ -1,7 +1,7 @@
 """cgctl's configuration file (``/etc/cgctl/cgctl.toml``): defaults, keys, checks.
 
-The ONE loader of every entry point: the CLI (``cgctl/cli.py``), the hook (``cgctl/hook.py``),
-the service (``cgctl/daemon.py``) and the command socket (``cgctl/cmdserver.py``) all call
+The ONE loader of every entry point: the CLI (``cgctl/cli/main.py``), the hook (``cgctl/hook/main.py``),
+the service (``cgctl/service/daemon.py``) and the command socket (``cgctl/service/cmdserver.py``) all call
 ``resolve()``, so a key means the same thing to each of them. Precedence, highest first: the
 command line, the environment (``ENVIRONMENT``), the file, the defaults (docs/operations.md).
 """
@@ -13,8 +13,8 @@ import os
 from dataclasses import dataclass
 from typing import Callable, Optional, Tuple
 
-from . import consts
-from .errors import UsageError
+from cgctl import consts
+from cgctl.errors import UsageError
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -35,7 +35,7 @@ class Config:
     drift_interval: float = 60.0  # seconds between drift checks of running guests; 0 = off
     history_keep_days: int = 365  # history rows older than this go (cgctl prune, the service); 0 = keep
     history_keep_rows: int = 10000  # ... and beyond the newest this many per guest; 0 = no cap
-    # the hook's keys share the file (cgctl/hook.py reads them); the service accepts and ignores them
+    # the hook's keys share the file (cgctl/hook/main.py reads them); the service accepts and ignores them
     hook_strict: bool = False
     hook_early_apply: bool = True
 

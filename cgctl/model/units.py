@@ -12,7 +12,7 @@ import re
 from decimal import Decimal, InvalidOperation
 from typing import Optional, Union
 
-from .errors import UsageError
+from cgctl.errors import UsageError
 
 #: The one "no limit" value inside cgctl. ``inf`` compares above every
 #: number, so ``hard_limit <= swap_hard_limit`` needs no special case.

@@ -5,11 +5,11 @@ anything; ``virsh`` spends ~20 ms. The service (``cgctl daemon``) has
 everything imported already, so for the commands that change guests this
 entry point, which imports only ``socket`` and ``json``, sends the command
 line to the service's root-only socket and prints its answer. The service
-runs exactly what ``cgctl.cli.main`` would run here (same checks, same
+runs exactly what ``cgctl.cli.main.main`` would run here (same checks, same
 journal, same output, same exit status).
 
 This side only guesses cheaply (``precheck``); the service reads the command
-line with the CLI's own parser and decides (cgctl/cmdserver.py). Everything
+line with the CLI's own parser and decides (cgctl/service/cmdserver.py). Everything
 else, and every case where the service cannot answer for us, runs in this
 process: no service, a command line that means anything else than the
 service's own journal and URIs (``--journal``, ``-c``, ``--config-file``,
@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import sys
 
-from . import consts
+from cgctl import consts
 
 FORWARDED = frozenset({"set", "memtune", "schedinfo", "blkiotune", "cpuset"})
 # environment that changes what the command means: only the service's own meaning is forwarded
@@ -136,7 +136,7 @@ def main(argv=None) -> int:
             sys.stdout.write(out)
             sys.stderr.write(err)
             return rc
-    from .cli import main as run_here
+    from cgctl.cli.main import main as run_here
     return run_here(argv)
 
 

@@ -19,10 +19,10 @@ import os
 import re
 from typing import Dict, List, Optional, Tuple
 
-from . import consts
-from .cgroup import CONTROLLERS, V1_NAMES, fs, owner
-from .cgroup.groups import GuestGroups
-from .errors import CgroupNotFound, CgctlError, UnsafePath
+from cgctl import consts
+from cgctl.cgroup import CONTROLLERS, V1_NAMES, fs, owner
+from cgctl.cgroup.groups import GuestGroups
+from cgctl.errors import CgroupNotFound, CgctlError, UnsafePath
 
 _THREAD_RE = re.compile(r"^(?:emulator|vcpu\d+|iothread\d+)$")
 NESTED = "libvirt"  # the level libvirt >= 7.1 makes below a systemd machine scope

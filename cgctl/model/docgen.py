@@ -1,4 +1,4 @@
-"""Generate docs/parameters.md from the catalogue (``python -m cgctl.docgen``).
+"""Generate docs/parameters.md from the catalogue (``python -m cgctl.model.docgen``).
 
 tests/unit/test_docs.py fails when the committed file differs from this output.
 """
@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import sys
 
-from . import params as P
+from cgctl.model import params as P
 
 HEADER = """# Parameters
 
-Generated from `cgctl/params.py` by `python -m cgctl.docgen > docs/parameters.md`; a test keeps it
+Generated from `cgctl/model/params.py` by `python -m cgctl.model.docgen > docs/parameters.md`; a test keeps it
 current. Names are libvirt's (`virsh memtune`, `schedinfo`, `blkiotune`); `cgctl set` also takes the
 virsh spellings with dashes (`hard-limit`).
 

@@ -36,8 +36,8 @@ import threading
 import time
 from typing import Dict, Iterator, Optional
 
-from . import consts
-from .errors import CgctlError, UsageError
+from cgctl import consts
+from cgctl.errors import CgctlError, UsageError
 
 WAIT = 30.0  # s a CLI command or the service waits for another writer of the same guest
 _POLL_MIN, _POLL_MAX = 0.001, 0.02  # s between two tries, doubling up to the max
@@ -57,7 +57,7 @@ def lock_dir() -> str:
 
 
 def path_for(uuid: str) -> str:
-    from .runtime import normalize_uuid
+    from cgctl.host.runfiles import normalize_uuid
     u = normalize_uuid(uuid) if isinstance(uuid, str) else None
     if u is None:
         raise UsageError(f"not a guest UUID: {uuid!r}")

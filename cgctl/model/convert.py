@@ -9,8 +9,8 @@ from __future__ import annotations
 import math
 from typing import Tuple
 
-from .errors import UsageError
-from .units import UNLIMITED, Number
+from cgctl.errors import UsageError
+from cgctl.model.units import UNLIMITED, Number
 
 PAGE_COUNTER_MAX = 9223372036854771712  # bytes; v1 reads "unlimited" back as this
 

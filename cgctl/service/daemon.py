@@ -39,10 +39,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional
 
-from . import consts, runtime
-from .errors import CgctlError
-from .notify import Notifier
-from .service_config import Config, resolve
+from cgctl import consts
+from cgctl.host import runfiles
+from cgctl.errors import CgctlError
+from cgctl.service.notify import Notifier
+from cgctl.config import Config, resolve
 
 log = logging.getLogger("cgctl")
 
@@ -79,7 +80,7 @@ DeviceWatcher = Callable[[WatchContext], Optional[Callable[[], None]]]
 
 
 def default_device_watcher(config: Config) -> Optional[DeviceWatcher]:
-    """PLUG-IN POINT for per-device udev watching (``cgctl/udevwatch.py``, built separately).
+    """PLUG-IN POINT for per-device udev watching (``cgctl/host/udevwatch.py``, built separately).
 
     A device watcher is ``watcher(ctx: WatchContext)``: it starts watching (in its own thread)
     and returns a callable that stops it, or None. The daemon calls it once it is ready
@@ -89,7 +90,7 @@ def default_device_watcher(config: Config) -> Optional[DeviceWatcher]:
     if not config.watch_devices:
         return None
     try:
-        from . import udevwatch  # noqa: F401 (optional: pyudev may be missing)
+        from cgctl.host import udevwatch  # noqa: F401 (optional: pyudev may be missing)
     except ImportError:
         return None
     return udev_watcher
@@ -98,7 +99,7 @@ def default_device_watcher(config: Config) -> Optional[DeviceWatcher]:
 def udev_watcher(ctx: WatchContext) -> Callable[[], None]:
     """The udevwatch adapter: a block disk added or changed → the per-device settings of the
     running guests that name it are re-applied (in the worker, like every other apply)."""
-    from . import udevwatch
+    from cgctl.host import udevwatch
 
     def on_disk(node, majmin, action):  # udevwatch's delivery thread: hand over, return
         def job(ctl):
@@ -155,7 +156,7 @@ class Daemon:
                  device_watcher: Optional[DeviceWatcher] = None,
                  install_signals: bool = True, command_server=None):
         if controller_factory is None:
-            from .controller import Controller as controller_factory
+            from cgctl.core.controller import Controller as controller_factory
         self.config = config
         self.config_file = config_file
         self.overrides = dict(overrides or {})
@@ -163,7 +164,7 @@ class Daemon:
         self.notifier = notifier or Notifier()
         self.device_watcher = device_watcher
         self.install_signals = install_signals
-        self.command_server = command_server  # cgctl.cmdserver.CommandServer, or None
+        self.command_server = command_server  # cgctl.service.cmdserver.CommandServer, or None
         self.links: Dict[str, _Link] = {}
         self.ready = False
         self.stopping = threading.Event()
@@ -185,7 +186,7 @@ class Daemon:
 
     # ----- entry ------------------------------------------------------------------------------
     def run(self) -> int:
-        from . import virt
+        from cgctl import virt
         if self.install_signals:
             self._install_signals()
         virt.start_event_loop()  # before any connection: keepalive and events run on it
@@ -305,7 +306,7 @@ class Daemon:
 
     def health(self) -> Optional[str]:
         """None when the event loop and the worker both make progress; else what is stuck."""
-        from . import virt
+        from cgctl import virt
         now = time.monotonic()
         if not virt.event_loop_alive():
             return "the libvirt event loop thread is gone"
@@ -349,7 +350,7 @@ class Daemon:
     def _connect(self, link: _Link) -> None:
         """Start one connect attempt in a thread of its own; its result comes back as an
         ("opened", ...) control message (see _opened)."""
-        from . import virt
+        from cgctl import virt
         link.generation = generation = next(self._generations)
         uri = link.uri
         conn = virt.EventConnection(
@@ -434,7 +435,7 @@ class Daemon:
             kind = "started"
         elif ev.event == "undefined" and ev.detail != "renamed":  # a rename keeps the UUID
             kind = "undefined"
-        elif ev.event == "defined":  # maybe with settings in its metadata (cgctl/travel.py)
+        elif ev.event == "defined":  # maybe with settings in its metadata (cgctl/core/travel.py)
             kind = "defined"
         else:
             log.debug("event guest=%s %s/%s on %s: nothing to do", ev.name, ev.event,
@@ -538,7 +539,7 @@ class Daemon:
 
     # ----- stop -------------------------------------------------------------------------------
     def _shutdown(self) -> None:
-        from . import virt
+        from cgctl import virt
         self.stopping.set()
         self.notifier.stopping()
         if self.command_server is not None:
@@ -632,11 +633,11 @@ class Daemon:
     def _has_config(self, uuid: str) -> bool:
         return bool(self._ctl.journal().get_config(uuid))
 
-    # --- settings carried in the domain's <metadata> (cgctl/travel.py) ---
+    # --- settings carried in the domain's <metadata> (cgctl/core/travel.py) ---
     def _receive_metadata(self, job: _Job, inactive: bool = False) -> dict:
         """Merge the metadata of the guest's live (or persistent) XML into the journal;
         returns the <live> overlay. Never raises: the journal config still applies."""
-        from . import travel
+        from cgctl.core import travel
         ev = job.event
         try:
             xml = job.conn.domain_xml(ev.uuid, inactive=inactive)
@@ -711,8 +712,8 @@ class Daemon:
         self._control.put(("reconciled", job.uri, job.generation))
 
     def _repair_drift(self, ctl) -> None:
-        """Put back what cgctl last wrote where something else rewrote it (cgctl/drift.py)."""
-        from . import drift
+        """Put back what cgctl last wrote where something else rewrote it (cgctl/core/drift.py)."""
+        from cgctl.core import drift
         for guest in self._running_guests():
             if self.stopping.is_set():
                 return
@@ -739,7 +740,7 @@ class Daemon:
             return "without config"
         last = self._ctl.journal().get_instance(guest.uuid)
         if last is not None and guest.pid:
-            pid, start = runtime.instance_of(guest.pid)
+            pid, start = runfiles.instance_of(guest.pid)
             if last.pid == pid and abs(last.start_time - start) < SAME_START_S:
                 log.debug("guest=%s same instance (pid %d): left as it is", guest.name, pid)
                 return "unchanged"
@@ -810,7 +811,7 @@ def set_log_level(level: str) -> None:
 def main(ctl, config_file: Optional[str] = consts.CONFIG_PATH,
          command_line: Optional[dict] = None) -> int:
     """``cgctl daemon``: the command line's ``--journal`` / ``-c`` win over the environment,
-    which wins over the config file (cgctl.service_config.resolve, as for every entry point)."""
+    which wins over the config file (cgctl.config.resolve, as for every entry point)."""
     overrides = {k: v for k, v in (command_line or {}).items() if v is not None}
     setup_logging("info")
     # a wrong file at start is an error (exit 2, the unit does not restart on it); at SIGHUP
@@ -819,7 +820,7 @@ def main(ctl, config_file: Optional[str] = consts.CONFIG_PATH,
     set_log_level(config.log_level)
     server = None
     if config.command_socket:
-        from .cmdserver import CommandServer
+        from cgctl.service.cmdserver import CommandServer
         server = CommandServer(config.command_socket, config.journal, uris=config.uris)
     daemon = Daemon(config, config_file=config_file, overrides=overrides,
                     device_watcher=default_device_watcher(config), command_server=server)

@@ -16,13 +16,16 @@ import os
 
 from typing import Dict, Iterable, List, Optional, Tuple
 
-from . import consts, devices, guestlock, hostinfo, live, log, resolve, runtime
-from . import params as P
-from .cgroup import Router
-from .errors import (CgctlError, GuestNotFound, GuestNotRunning, GuestTransient, UsageError)
-from .journal import Journal, current_user, now
-from .live import Change
-from .runtime import Guest
+from cgctl import consts, log
+from cgctl.host import devices, runfiles
+from cgctl.core import guestlock, live
+from cgctl.cgroup import hierarchy, placement
+from cgctl.model import params as P
+from cgctl.cgroup import Router
+from cgctl.errors import CgctlError, GuestNotFound, GuestNotRunning, GuestTransient, UsageError
+from cgctl.core.journal import Journal, current_user, now
+from cgctl.core.live import Change
+from cgctl.host.runfiles import Guest
 
 
 LIVE, CONFIG, BOTH, CURRENT = "live", "config", "live+config", "current"
@@ -115,7 +118,7 @@ class Controller:
     @property
     def host(self):
         if self._host is None:
-            self._host = hostinfo.detect()
+            self._host = hierarchy.detect()
         return self._host
 
     @property
@@ -139,18 +142,18 @@ class Controller:
             raise UsageError("no guest named")
         if len(ident) > 1024:
             raise UsageError(f"guest name is {len(ident)} characters long; libvirt names are short")
-        if runtime.normalize_uuid(ident) is None:
-            runtime.validate_name(ident)
-        g = runtime.find_running(ident, self.run_dir)
+        if runfiles.normalize_uuid(ident) is None:
+            runfiles.validate_name(ident)
+        g = runfiles.find_running(ident, self.run_dir)
         if g is not None:
             return g
-        from . import virt  # only now: a stopped guest needs libvirt to be known
+        from cgctl import virt  # only now: a stopped guest needs libvirt to be known
         return virt.lookup(ident, self.uris)
 
     def groups(self, guest: Guest):
         if not guest.running or not guest.pid:
             raise GuestNotRunning("domain is not running", guest=guest.name)
-        return resolve.groups_for_pid(guest.pid, self.host, guest=guest.name,
+        return placement.groups_for_pid(guest.pid, self.host, guest=guest.name,
                                       driver=guest.driver)
 
     def device_numbers(self, guest: Guest, settings) -> Dict[str, str]:
@@ -165,7 +168,7 @@ class Controller:
     def _domain_xml(self, guest: Guest, names) -> Optional[str]:
         """The live domain XML, only when a bare name may be a guest disk target."""
         if any("/" not in n for n in names):
-            return runtime.status_domain_xml(guest.driver, guest.name, self.run_dir)
+            return runfiles.status_domain_xml(guest.driver, guest.name, self.run_dir)
         return None
 
     def device_names(self, guest: Guest, names) -> Dict[str, List[str]]:
@@ -221,8 +224,8 @@ class Controller:
                 raise
         log_changes(guest, changes, source, mode)
         outcome = Outcome(guest, mode, changes)
-        # --- settings travel with the guest (cgctl/travel.py): after the commit, never fatal
-        from . import travel
+        # --- settings travel with the guest (cgctl/core/travel.py): after the commit, never fatal
+        from cgctl.core import travel
         warning = travel.publish(
             guest, mode, {s.key: None if s.removes else s.text() for s in settings.values()},
             live_changes={s.key: s.text() for s in settings.values()}, at=at, user=user)
@@ -264,7 +267,7 @@ class Controller:
                            changes=changes, at=at, user=user)
         log_changes(guest, changes, source, CONFIG)
         outcome = Outcome(guest, CONFIG, changes)
-        from . import travel  # tombstones in the persistent metadata (cgctl/travel.py)
+        from cgctl.core import travel  # tombstones in the persistent metadata (cgctl/core/travel.py)
         warning = travel.publish(guest, CONFIG, dict(drop), at=at, user=user) \
             if guest.persistent else None
         if warning:
@@ -302,7 +305,7 @@ class Controller:
         journal = journal or self.journal()
         with self.locked(guest):  # from reading the config to recording what was written
             if once and same_instance(journal.get_instance(guest.uuid),
-                                      runtime.instance_of(guest.pid)):
+                                      runfiles.instance_of(guest.pid)):
                 return None
             config = dict(journal.get_config(guest.uuid))
             config.update(overlay or {})
@@ -333,7 +336,7 @@ class Controller:
         outcome = Outcome(guest, LIVE, errors=list(errors or []))
         with self.locked(guest):
             groups = self.groups(guest)
-            pid, start = runtime.instance_of(guest.pid)
+            pid, start = runfiles.instance_of(guest.pid)
             if settings:
                 try:
                     outcome.changes = self._apply_set(guest, groups, settings)
@@ -432,7 +435,7 @@ class Controller:
     def list(self) -> List[dict]:
         out = []
         try:
-            alive = runtime.all_running(self.run_dir)
+            alive = runfiles.all_running(self.run_dir)
         except CgctlError:
             alive = {}
         for g in self.journal(create=False).guests():

@@ -1,7 +1,7 @@
 """Settings that travel with the guest (docs/fleet.md).
 
 - ``publish``: after a change is committed to the journal, write it into the domain's own
-  metadata (``cgctl.metadata``), live and/or persistent copy as the mode says. Called by the
+  metadata (``cgctl.model.metadata``), live and/or persistent copy as the mode says. Called by the
   controller (CLI and service); it calls libvirt, so never from the hook.
 - ``receive``: a domain XML arrives (the hook's stdin at ``prepare``/``start``/``started``,
   the service's STARTED and DEFINED events): merge its ``<config>`` into this host's journal
@@ -19,9 +19,9 @@ import logging
 import os
 from typing import Dict, List, Optional, Tuple
 
-from . import metadata
-from . import params as P
-from .errors import CgctlError
+from cgctl.model import metadata
+from cgctl.model import params as P
+from cgctl.errors import CgctlError
 
 log = logging.getLogger("cgctl")
 
@@ -48,7 +48,7 @@ def publish(guest, mode: str, changes: Dict[Tuple[str, str], Optional[str]], *, 
     host = metadata.hostname()
     kw = dict(at=at, host=host, user=user)
     try:
-        from . import virt
+        from cgctl import virt
         if mode == "live":
             virt.update_metadata(guest, lambda d: metadata.record(d, live_changes or {},
                                                                   section="live", **kw),

@@ -13,9 +13,9 @@ import os
 import sys
 from typing import List, Optional
 
-from . import __version__, consts
-from . import params as P
-from .errors import EXIT_FAILURE, CgctlError, UsageError
+from cgctl import __version__, consts
+from cgctl.model import params as P
+from cgctl.errors import EXIT_FAILURE, CgctlError, UsageError
 
 
 MODE_HELP = ("--live/--dynamic: now only; --config/--static: from the next start; "
@@ -23,7 +23,7 @@ MODE_HELP = ("--live/--dynamic: now only; --config/--static: from the next start
 
 
 # Where output goes: stdout/stderr, or the buffers of a request the service runs for a
-# client (cgctl.cmdserver); per thread, so concurrent requests never mix.
+# client (cgctl.service.cmdserver); per thread, so concurrent requests never mix.
 _OUT: "contextvars.ContextVar" = contextvars.ContextVar("cgctl_out", default=None)
 _ERR: "contextvars.ContextVar" = contextvars.ContextVar("cgctl_err", default=None)
 
@@ -42,7 +42,7 @@ def run_captured(argv: List[str], who: Optional[str] = None, only=None):
     ``who`` is recorded in the history as the one who asked (the command socket's client);
     ``only``: the commands this caller may run (anything else is refused, never run)."""
     import io
-    from . import journal
+    from cgctl.core import journal
     out, err = io.StringIO(), io.StringIO()
     t_out, t_err = _OUT.set(out), _ERR.set(err)
     t_who = journal.ASKED_BY.set(who)
@@ -59,7 +59,7 @@ def run_captured(argv: List[str], who: Optional[str] = None, only=None):
 
 class _Parser(argparse.ArgumentParser):
     """argparse, read strictly: no abbreviated options (``--journ`` is not ``--journal``), so
-    the command socket (cgctl/cmdserver.py) and this process read a command line alike."""
+    the command socket (cgctl/service/cmdserver.py) and this process read a command line alike."""
 
     def __init__(self, *args, **kw):
         kw["allow_abbrev"] = False
@@ -84,7 +84,7 @@ def _add_mode(p: argparse.ArgumentParser) -> None:
 
 
 def _mode(args) -> str:
-    from .controller import BOTH, CONFIG, CURRENT, LIVE
+    from cgctl.core.controller import BOTH, CONFIG, CURRENT, LIVE
     if args.current and (args.live or args.config or args.perm):
         raise UsageError("--current cannot be combined with --live, --config or --perm")
     if args.perm or (args.live and args.config):
@@ -110,7 +110,7 @@ def _add_common(p: argparse.ArgumentParser, defaults: bool) -> None:
     d = (lambda v: v) if defaults else (lambda v: argparse.SUPPRESS)
     p.add_argument("--json", action="store_true", default=d(False), help="machine-readable output")
     # None = not given: the value then comes from $CGCTL_JOURNAL / $CGCTL_URIS, the config
-    # file, the defaults (cgctl.service_config.resolve)
+    # file, the defaults (cgctl.config.resolve)
     p.add_argument("--journal", default=d(None),
                    help=f"journal file (default: $CGCTL_JOURNAL, the config file's journal, "
                         f"{consts.BUILTIN_JOURNAL})")
@@ -187,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
         for o in opts:
             p.add_argument(f"--{o}", dest=o.replace("-", "_"), metavar="VALUE")
         _add_mode(p)
-    # --- policy files (cgctl/policy.py) ---
+    # --- policy files (cgctl/core/policy.py) ---
     p = sub.add_parser("export", parents=[common],
                        help="write the config of guests as a policy file (JSON or TOML)")
     p.add_argument("guests", nargs="*", metavar="GUEST")
@@ -356,14 +356,14 @@ def cmd_apply(args, ctl) -> int:
 
 
 def _running_from_journal(ctl):
-    from . import runtime
-    running = runtime.all_running(ctl.run_dir)
+    from cgctl.host import runfiles
+    running = runfiles.all_running(ctl.run_dir)
     return [running[row.uuid] for row in ctl.journal(create=False).guests()
             if not row.deleted and row.uuid in running]
 
 
 def cmd_verify(args, ctl) -> int:
-    from . import drift
+    from cgctl.core import drift
     if bool(args.guest) == bool(args.all):
         raise UsageError("verify takes a GUEST or --all")
     guests = _running_from_journal(ctl) if args.all else [ctl.find_guest(args.guest)]
@@ -409,7 +409,7 @@ def cmd_forget(args, ctl) -> int:
 
 
 def cmd_prune(args, ctl) -> int:
-    from . import virt
+    from cgctl import virt
     known = {g.uuid for g in virt.list_guests(ctl.uris) if g.persistent or g.running}
     days, rows = _retention(args)
     pruned = []
@@ -437,7 +437,7 @@ def _retention(args):
     """(keep_days, keep_rows): the command line, else the config file's history_keep_*."""
     days, rows = args.keep_days, args.keep_rows
     if days is None or rows is None:
-        from .service_config import load_config
+        from cgctl.config import load_config
         cfg = load_config(consts.CONFIG_PATH)
         days = cfg.history_keep_days if days is None else days
         rows = cfg.history_keep_rows if rows is None else rows
@@ -445,7 +445,7 @@ def _retention(args):
 
 
 def cmd_export(args, ctl) -> int:
-    from . import policy
+    from cgctl.core import policy
     fmt = args.format or ("toml" if (args.output or "").endswith(".toml") else "json")
     text = policy.dumps(policy.export(ctl, args.guests), fmt)
     if args.output:
@@ -456,7 +456,7 @@ def cmd_export(args, ctl) -> int:
 
 
 def cmd_import(args, ctl) -> int:
-    from . import policy
+    from cgctl.core import policy
     plans = policy.plan(ctl, policy.load(args.file))  # the whole file, before any write
 
     def human(ps):
@@ -476,20 +476,20 @@ def cmd_import(args, ctl) -> int:
 
 
 def cmd_daemon(args, ctl) -> int:
-    from . import daemon
+    from cgctl.service import daemon
     return daemon.main(ctl, config_file=args.config_file or consts.CONFIG_PATH,
                        command_line=_command_line(args))
 
 
 def _command_line(args) -> dict:
-    """The config keys given on the command line (cgctl.service_config.resolve)."""
+    """The config keys given on the command line (cgctl.config.resolve)."""
     return {"journal": args.journal, "uris": args.connect}
 
 
 def cmd_hook(args, ctl) -> int:
-    """The hook reads the config file itself: leniently, within its time bound (cgctl/hook.py);
+    """The hook reads the config file itself: leniently, within its time bound (cgctl/hook/main.py);
     the options given before ``hook`` become the hook's own."""
-    from . import hook
+    from cgctl.hook import main as hook
     rest = list(args.hook_args)
     if rest[:1] == ["--"]:
         rest.pop(0)
@@ -511,7 +511,7 @@ def main(argv: Optional[List[str]] = None, only=None) -> int:
     if argv[:1] == ["hook"] and only is None:
         # libvirt's calling convention and the hook's own options are the hook's to parse,
         # and the hook must start fast: hand it everything before building any parser
-        from . import hook
+        from cgctl.hook import main as hook
         return hook.main(argv[1:])
     as_json = "--json" in argv
     try:
@@ -526,8 +526,8 @@ def main(argv: Optional[List[str]] = None, only=None) -> int:
                                 stream=sys.stderr)
         if args.command == "hook":  # before reading the config: see cmd_hook
             return cmd_hook(args, None)
-        from .controller import Controller
-        from .service_config import resolve
+        from cgctl.core.controller import Controller
+        from cgctl.config import resolve
         cfg = resolve(args.config_file or consts.CONFIG_PATH, _command_line(args))
         ctl = Controller(journal_path=cfg.journal, uris=cfg.uris)
         try:

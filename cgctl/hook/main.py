@@ -3,7 +3,7 @@
 libvirt runs every executable in ``/etc/libvirt/hooks/qemu.d/`` (and ``lxc.d/``) as
 ``SCRIPT NAME OP SUBOP EXTRA`` and waits for it, synchronously, holding the guest's lock. So this
 module never imports libvirt (``cgctl.virt``): calling back into libvirt from here deadlocks. It
-finds the guest from libvirt's runtime files instead (``cgctl.runtime``), imports little, and is
+finds the guest from libvirt's runtime files instead (``cgctl.host.runfiles``), imports little, and is
 bounded in time (``HOOK_TIMEOUT``, enforced by a watchdog thread that exits the process, so even a
 journal lock held by another process cannot hold libvirt up).
 
@@ -26,7 +26,7 @@ What each call does:
   changes on a guest that kept running are kept.
 - anything else (``stopped``, ``release``, ``migrate``, ``restore``...): nothing, exit 0, no output
   (libvirt would take output of ``migrate``/``restore`` as a replacement XML). The installed
-  script answers these itself without starting Python (``cgctl/hookinstall.py``).
+  script answers these itself without starting Python (``cgctl/hook/install.py``).
 
 The installed script, not this module, has the last word on the exit status libvirt sees, so
 that a cgctl that cannot even be imported never kills or refuses a guest (docs/hook.md, "When
@@ -49,7 +49,7 @@ from __future__ import annotations
 import os
 import sys
 
-from . import consts
+from cgctl import consts
 
 DRIVERS = ("qemu", "lxc")
 
@@ -63,7 +63,7 @@ EARLY_POLL = 0.005  # s between two looks at the guest's pid file / cgroup
 STDIN_LIMIT = 16 << 20  # a domain XML is a few KiB; never read without bound
 
 EXIT_OK, EXIT_REFUSE, EXIT_USAGE = 0, 1, 2
-# The installed script (cgctl/hookinstall.py) runs the hook with SCRIPT_ENV set; a deliberate
+# The installed script (cgctl/hook/install.py) runs the hook with SCRIPT_ENV set; a deliberate
 # refusal is then EXIT_SCRIPT_REFUSE, which the script turns into libvirt's 1. Every other
 # status (Python's 1 for a traceback, 126/127, a signal) is a broken install to the script,
 # never a refusal (docs/hook.md, "When cgctl itself is broken").
@@ -181,9 +181,9 @@ def _route_cgctl_log(log: Log) -> None:
 
 def read_config_file(path: str, log=None) -> dict:
     """The keys the hook uses from cgctl's configuration file, read by the one loader every
-    entry point uses (cgctl.service_config). Never fatal: a problem is logged and that key (or
+    entry point uses (cgctl.config). Never fatal: a problem is logged and that key (or
     the whole file) falls back to its default."""
-    from .service_config import load_config
+    from cgctl.config import load_config
     cfg = load_config(path, on_error=(lambda m: log(m, error=True)) if log else (lambda m: None))
     return {"hook_strict": cfg.hook_strict, "hook_early_apply": cfg.hook_early_apply,
             "journal": cfg.journal}
@@ -241,7 +241,7 @@ def main(hook_args, ctl=None) -> int:
     try:
         opts, rest = parse_options(hook_args)
         if rest and rest[0] in ("install", "uninstall"):
-            from .hookinstall import install_main
+            from cgctl.hook.install import install_main
             return install_main(rest[0], rest[1:], opts, ctl)
         if len(rest) not in (4, 5) or rest[0] not in DRIVERS:
             raise HookUsage("usage: cgctl hook [--strict] [--journal PATH] qemu|lxc NAME OP SUBOP "
@@ -297,7 +297,7 @@ def run(driver: str, name: str, op: str, subop: str, opts: Options, ctl=None) ->
 
 
 def _describe(exc: BaseException) -> str:
-    from .errors import CgctlError
+    from cgctl.errors import CgctlError
     if isinstance(exc, CgctlError):
         return f"cannot apply the journal config: {exc}"
     if isinstance(exc, KeyboardInterrupt):
@@ -359,13 +359,13 @@ def _start_watchdog(seconds: float, code, log: Log) -> None:
 
 
 def _controller(opts: Options, ctl=None, lock_wait: float = None):
-    from .controller import Controller
+    from cgctl.core.controller import Controller
     if ctl is None or (opts.journal is not None and opts.journal != ctl.journal_path):
-        from .service_config import resolve
+        from cgctl.config import resolve
         # --journal (baked in at install), $CGCTL_JOURNAL, the config file's journal, the default
         cfg = resolve(opts.config_file, {"journal": opts.journal}, on_error=lambda m: None)
         ctl = Controller(journal_path=cfg.journal)
-    # the guest's lock (cgctl/guestlock.py) is waited for well within this call's own bound:
+    # the guest's lock (cgctl/core/guestlock.py) is waited for well within this call's own bound:
     # a writer holding it too long costs this apply (logged), never libvirt's start
     ctl.lock_wait = lock_wait if lock_wait is not None else lock_wait_within(HOOK_TIMEOUT)
     return ctl
@@ -388,7 +388,7 @@ class DomainInfo:
 def parse_domain_xml(xml: bytes) -> DomainInfo:
     """Name, UUID and vCPU count from the domain XML; HookFailure if it is not one."""
     import xml.etree.ElementTree as ET
-    from .runtime import normalize_uuid
+    from cgctl.host.runfiles import normalize_uuid
     if not xml.strip():
         raise HookFailure("no domain XML on stdin")
     try:
@@ -428,10 +428,11 @@ def _domain_or_log(xml: bytes, name: str, log: Log):
 
 def _receive_metadata(driver: str, name: str, xml: bytes, opts: Options, ctl, log: Log) -> dict:
     """Merge the settings carried in the domain XML's <metadata> into the journal (a guest
-    defined or migrated from another host: cgctl/travel.py); the <live> overlay to apply.
+    defined or migrated from another host: cgctl/core/travel.py); the <live> overlay to apply.
     Never raises: the journal config still applies."""
     try:
-        from . import metadata, travel
+        from cgctl.model import metadata
+        from cgctl.core import travel
         if metadata.NS.encode() not in xml:
             return {}  # the common case costs one byte search
         info = _domain_or_log(xml, name, log)
@@ -461,12 +462,12 @@ def _receive_metadata(driver: str, name: str, xml: bytes, opts: Options, ctl, lo
 
 def _started(driver: str, name: str, xml: bytes, opts: Options, ctl, log: Log,
              overlay=None) -> None:
-    from . import runtime
-    from .errors import GuestNotRunning
+    from cgctl.host import runfiles
+    from cgctl.errors import GuestNotRunning
     info = _domain_or_log(xml, name, log)  # malformed: logged, the runtime files decide
     ctl = _controller(opts, ctl)
     _route_cgctl_log(log)
-    guest = runtime.find_running(name, ctl.run_dir, drivers=(driver,))
+    guest = runfiles.find_running(name, ctl.run_dir, drivers=(driver,))
     if info and guest and guest.uuid != info.uuid:
         raise HookFailure(f"libvirt's runtime files say {name} is {guest.uuid}, the domain XML "
                           f"says {info.uuid}")
@@ -489,10 +490,10 @@ def _started(driver: str, name: str, xml: bytes, opts: Options, ctl, log: Log,
 
 def _reconnect(driver: str, name: str, opts: Options, ctl, log: Log) -> None:
     """libvirtd restarted and found the guest running: re-apply only to a new instance."""
-    from . import runtime
+    from cgctl.host import runfiles
     ctl = _controller(opts, ctl)
     _route_cgctl_log(log)
-    guest = runtime.find_running(name, ctl.run_dir, drivers=(driver,))
+    guest = runfiles.find_running(name, ctl.run_dir, drivers=(driver,))
     if guest is None:
         return
     journal = ctl.journal(create=False)
@@ -530,7 +531,7 @@ def _launch_early(driver: str, name: str, xml: bytes, opts: Options, log: Log,
     info = _domain_or_log(xml, name, log)
     if info is None:
         return
-    from .runtime import validate_name
+    from cgctl.host.runfiles import validate_name
     validate_name(name)
     path = lock_path(driver, info.uuid)
     fd = _try_lock(path)
@@ -617,33 +618,34 @@ def _early_apply(driver, name, uuid, vcpus, opts, launched, timeout, overlay=Non
 def _early_apply_with(ctl, driver, name, uuid, vcpus, launched, timeout, log,
                       overlay=None) -> str:
     import time
-    from . import params as P
-    from . import resolve, runtime
-    from .errors import CgroupNotFound, UnsafePath
+    from cgctl.model import params as P
+    from cgctl.cgroup import placement
+    from cgctl.host import runfiles
+    from cgctl.errors import CgroupNotFound, UnsafePath
 
     deadline = launched + timeout
     journal = ctl.journal(create=False)
     config = dict(journal.get_config(uuid))
-    config.update(overlay or {})  # <live> settings carried in the metadata (cgctl/travel.py)
+    config.update(overlay or {})  # <live> settings carried in the metadata (cgctl/core/travel.py)
     if not config:
         return "nothing in the journal"
     sub = [P.BY_NAME[n] for n, _ in config if n in P.BY_NAME
            and P.BY_NAME[n].target in (P.VCPUS, P.EMULATOR)] if driver == "qemu" else []
     host = ctl.host
     while time.monotonic() < deadline:
-        # the guest's process as cgctl.runtime checks it (pid file and status agree, exe, uid,
+        # the guest's process as cgctl.host.runfiles checks it (pid file and status agree, exe, uid,
         # start time, argv): for QEMU, after exec (libvirt placed it in its cgroup and wrote
         # its own tunables before that); a stale pid file or a faked argv fails this test
-        pid = runtime.verified_pid(driver, name, uuid, ctl.run_dir, consts.PROC_ROOT)
+        pid = runfiles.verified_pid(driver, name, uuid, ctl.run_dir, consts.PROC_ROOT)
         if pid:
             try:
-                groups = resolve.groups_for_pid(pid, host, guest=name, driver=driver)
+                groups = placement.groups_for_pid(pid, host, guest=name, driver=driver)
             except (CgroupNotFound, UnsafePath):
                 groups = None
             if groups is not None and _subgroups_ready(groups, sub, vcpus):
-                guest = runtime.Guest(name=name, uuid=uuid, driver=driver,
-                                      uri=runtime.SYSTEM_URIS[driver], running=True,
-                                      persistent=runtime.is_persistent(driver, name), pid=pid)
+                guest = runfiles.Guest(name=name, uuid=uuid, driver=driver,
+                                      uri=runfiles.SYSTEM_URIS[driver], running=True,
+                                      persistent=runfiles.is_persistent(driver, name), pid=pid)
                 # once, decided under the guest's lock: `started` may have applied meanwhile
                 ctl.lock_wait = max(min(ctl.lock_wait, deadline - time.monotonic()), 0.0)
                 outcome = ctl.apply_config(guest, source="hook", command="hook early",
@@ -661,7 +663,7 @@ def _early_apply_with(ctl, driver, name, uuid, vcpus, launched, timeout, log,
 
 
 def _subgroups_ready(groups, params, vcpus: int) -> bool:
-    from .errors import CgctlError
+    from cgctl.errors import CgctlError
     for p in params:
         try:
             dirs = groups.dirs(p)

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from typing import Dict, Iterable, List, Mapping, NamedTuple, Optional, Tuple
 
-from . import params as P
-from . import units
-from .cgroup import Router
-from .cgroup.apply import apply_writes, rollback
-from .cgroup.backend import PlanContext, Write
-from .cgroup.groups import GuestGroups
-from .errors import CgctlError, Unsupported
+from cgctl.model import params as P
+from cgctl.model import units
+from cgctl.cgroup import Router
+from cgctl.cgroup.apply import apply_writes, rollback
+from cgctl.cgroup.backend import PlanContext, Write
+from cgctl.cgroup.groups import GuestGroups
+from cgctl.errors import CgctlError, Unsupported
 
 # what else a change must know to be validated and converted
 _RELATED = {

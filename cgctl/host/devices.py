@@ -30,7 +30,7 @@ import threading
 import xml.etree.ElementTree as ET
 from typing import Dict, List, Optional, Tuple, NamedTuple
 
-from .errors import Unsupported, UsageError
+from cgctl.errors import Unsupported, UsageError
 
 # pyudev is the main path, imported on first use: it costs ~15 ms, and most
 # commands never name a device. False = not tried yet; None = not installed.
