@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.hook_noop [--runs 40]      (no root, no libvirt needed)
 
-Before (up to issue 10) the script was ``exec PYTHON -m cgctl.hook ... qemu "$@"``: every call,
+Before the installed script decided the exit status itself the script was ``exec PYTHON -m cgctl.hook ... qemu "$@"``: every call,
 even one cgctl does nothing for, started Python. Now (cgctl/hook/install.py) the shell answers
 those calls itself and, for the four it passes on, stays to map cgctl's exit status
 (docs/hook.md). Both scripts are run exactly as libvirt runs them, ``/bin/sh SCRIPT NAME OP

@@ -25,7 +25,7 @@ from bench.common import (REPO, VENV_CGCTL, VENV_PY, Skip, bench_env, compile_re
                           installed_cgctl, interleave, qemu_guest, sandbox, summary, table,
                           time_process, write_result)
 
-GOAL = 0.6  # cgctl at most 0.6x virsh's time (issue 6)
+GOAL = 0.6  # cgctl at most 0.6x virsh's time (the goal in docs/performance.md)
 VALUES_MIB = (300, 310)  # alternate, so every run is a real change
 
 
@@ -35,7 +35,7 @@ def _memory_group(pid: int) -> str:
             _, ctrls, path = line.rstrip("\n").split(":", 2)
             if "memory" in ctrls.split(","):
                 return path.lstrip("/")
-    raise Skip("the guest has no v1 memory group (this benchmark is for the v1 build machine)")
+    raise Skip("the guest has no v1 memory group (this benchmark is for a cgroup v1 host such as the development machine)")
 
 
 def _median_process(argv, env, runs) -> float:

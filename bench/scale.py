@@ -115,7 +115,7 @@ def engine_scale() -> List[dict]:
     host = hierarchy.detect()
     mounts = {c: host.owner(c).mountpoint for c in ("memory", "cpu", "io") if host.has(c)}
     if any(host.owner(c).version != 1 for c in mounts):
-        raise Skip("engine scale is written for v1 hierarchies (this build machine)")
+        raise Skip("engine scale is written for v1 hierarchies (the development machine)")
     router = Router(host)
     settings = P.parse_assignments(["hard_limit=512M", "soft_limit=256M", "cpu_shares=512",
                                     "global_quota=50000", "vcpu_quota=25000", "weight=200"])

@@ -1,6 +1,6 @@
 """A faked cgroup filesystem for pyfakefs: cgroup v2 (systemd layout) and cgroup v1.
 
-This build machine has no usable cgroup v2 (DESIGN.md section 8), so the v2 backend is
+The development machine (docs/design.md#the-development-machine) has no usable cgroup v2 (docs/design.md#the-development-machine), so the v2 backend is
 tested on a pyfakefs tree built here.  Every builder writes what the kernel would show:
 the same file names and the same default content, including the trailing newline the
 kernel prints ("max\\n", "100\\n"; files the kernel prints empty, such as io.max,
@@ -452,7 +452,7 @@ V1_CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "b
 
 
 def _v1_files(spec: FakeV1Host, controllers: Iterable[str], root: bool) -> dict:
-    """v1 defaults, copied from this build machine's 6.18 kernel (a fresh child group)."""
+    """v1 defaults, copied from the development machine's 6.18 kernel (a fresh child group)."""
     cs = set(controllers)
     files: dict = {"cgroup.procs": "", "tasks": "", "notify_on_release": "0\n",
                    "cgroup.clone_children": "0\n"}
@@ -520,7 +520,7 @@ def make_v1_host(fs, root: str = "/sys/fs/cgroup", *, cpu_comounted: bool = Fals
                  blkio_weight: str = "bfq", unified: bool = True, systemd: bool = True,
                  cpus: str = "0-1", mems: str = "0", proc_root: str = "/proc",
                  write_proc: bool = True) -> FakeV1Host:
-    """A cgroup v1 host.  Defaults copy this build machine: cpu and cpuacct mounted
+    """A cgroup v1 host.  Defaults copy the development machine: cpu and cpuacct mounted
     separately, name=systemd, an empty cgroup2 at <root>/unified (hugetlb only), BFQ
     weights.  cpu_comounted=True gives systemd distributions' cpu,cpuacct (with the cpu and
     cpuacct symlinks systemd makes).  unified=False is pure v1."""

@@ -13,7 +13,7 @@ from typing import Iterable
 
 from cgctl.errors import UnsafePath
 
-# What a guest's machine group may be called (DESIGN §4): libvirt's own
+# What a guest's machine group may be called (docs/design.md#finding-a-guests-cgroups): libvirt's own
 # layout without systemd, and machined's scopes with systemd.
 MACHINE_GROUP_RE = re.compile(
     r"^(?:(?:qemu|lxc)-\d+-.+\.libvirt-(?:qemu|lxc)"

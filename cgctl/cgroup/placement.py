@@ -1,4 +1,4 @@
-"""A running guest's main PID → its cgroup groups (DESIGN §4).
+"""A running guest's main PID → its cgroup groups (docs/design.md#finding-a-guests-cgroups).
 
 Never built from the name: the ID in the group name changes on every start.
 We read ``/proc/PID/cgroup``, strip libvirt's own sub-levels (``emulator``,

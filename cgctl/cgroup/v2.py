@@ -111,7 +111,7 @@ class V2Backend(Backend):
         g = ctx.groups
         writes: List[Write] = []
         # memory.swap.max depends on hard_limit too: recompute it when either moves,
-        # and write it before memory.max (DESIGN §3)
+        # and write it before memory.max (docs/design.md#parameters-and-conversions)
         swap_hard = ctx.new.get("swap_hard_limit", units.UNLIMITED)
         if "swap_hard_limit" in by_name or ("hard_limit" in by_name and swap_hard != units.UNLIMITED):
             p = P.BY_NAME["swap_hard_limit"]

@@ -157,7 +157,7 @@ class Controller:
                                       driver=guest.driver)
 
     def device_numbers(self, guest: Guest, settings) -> Dict[str, str]:
-        """Operator's device name → whole-disk MAJ:MIN now (DESIGN §3: at apply time)."""
+        """Operator's device name → whole-disk MAJ:MIN now (docs/design.md#parameters-and-conversions: at apply time)."""
         if not any(s.param.per_device for s in settings):
             return {}
         xml = self._domain_xml(guest, [s.device for s in settings if s.param.per_device])

@@ -1,7 +1,7 @@
 """Find a running guest from libvirt's runtime files, without importing libvirt.
 
 The fast ``--live`` path and the hook use this module: ``import libvirt`` alone costs 40-55 ms
-and a hook must never call libvirt (DESIGN §7). While a guest is active, libvirt 9.0 keeps in
+and a hook must never call libvirt (docs/design.md#the-hook). While a guest is active, libvirt 9.0 keeps in
 ``/run/libvirt/<driver>/``:
 
 - ``NAME.pid``: the guest's main PID (see below);
@@ -390,7 +390,7 @@ def started_at(pid: int, proc_root: str = consts.PROC_ROOT) -> float:
     """When a process started, in wall-clock seconds, to compare with the journal's times.
 
     Not psutil's create_time: that adds the start to /proc/stat's btime, which is off from the
-    wall clock by however much the clock was stepped since boot (0.5 s on this build machine).
+    wall clock by however much the clock was stepped since boot (0.5 s on the development machine).
     Here both ends are boot-time clocks (/proc/uptime and the start in /proc/PID/stat) and only
     their difference meets the wall clock. GuestNotRunning if the process is gone."""
     import time

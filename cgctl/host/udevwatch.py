@@ -1,4 +1,4 @@
-"""Block devices that appear or change → re-apply per-device settings (DESIGN §3).
+"""Block devices that appear or change → re-apply per-device settings (docs/design.md#parameters-and-conversions).
 
 ``DeviceWatcher`` listens to udev (a pyudev monitor on subsystem ``block``) in a
 thread of its own and reports each whole disk that was added or changed, once

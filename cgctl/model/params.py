@@ -22,7 +22,7 @@ WEIGHT = "weight"      # block-IO weight
 RATE = "rate"          # per-device bytes/s; bare number = bytes
 IOPS = "iops"          # per-device IO/s
 
-# where a parameter is written (DESIGN §4)
+# where a parameter is written (docs/design.md#finding-a-guests-cgroups)
 LIBVIRT = "libvirt"    # the libvirt-owned group (".../libvirt" when it exists)
 MACHINE = "machine"    # the machine group itself: weights are relative to siblings
 VCPUS = "vcpus"        # every vcpuN group (QEMU only)
@@ -131,7 +131,7 @@ CATALOGUE: Tuple[Param, ...] = (
 
 BY_NAME: Dict[str, Param] = {p.name: p for p in CATALOGUE}
 
-# spellings operators bring from virsh and seed 004
+# spellings operators bring from virsh and libvirt's memory-tuning API (docs/design.md#parameters-and-conversions)
 ALIASES = {
     "hard-limit": "hard_limit", "soft-limit": "soft_limit", "swap-hard-limit": "swap_hard_limit",
     "min-guarantee": "min_guarantee", "swap-soft-limit": "swap_soft_limit",

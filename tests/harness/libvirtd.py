@@ -1,4 +1,4 @@
-"""A real virtlogd + libvirtd for tests, started and stopped by PID (DESIGN §8).
+"""A real virtlogd + libvirtd for tests, started and stopped by PID (docs/design.md#the-development-machine).
 
 Process tree (all started here, all stopped here by PID)::
 

@@ -1,5 +1,5 @@
 """Per-disk limits end to end: `cgctl set`/`show` on a real guest, and the service following a
-device that comes back with other numbers (issue 5's "done when").
+device that comes back with other numbers (docs/devices.md).
 
 Without udevd here, the test plays udev's part for the stable name: a symlink it points at the
 device's new node before attaching it, as udev would update /dev/disk/by-id/... ."""

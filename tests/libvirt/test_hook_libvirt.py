@@ -1,4 +1,4 @@
-"""The hook under a real libvirtd (DESIGN §7): installed for real into /etc/libvirt/hooks,
+"""The hook under a real libvirtd (docs/design.md#the-hook): installed for real into /etc/libvirt/hooks,
 libvirtd restarted so it sees it, real QEMU and LXC guests started.
 
 Extra test scripts beside ours in qemu.d/ act on this test's guests only (they check the guest

@@ -36,7 +36,7 @@ def test_running_guest_agrees(make_guest, kind):
     # by UUID, both ways, and through the default URI list
     assert virt.lookup(g.uuid) == by_libvirt
     assert runfiles.find_running(g.uuid.upper()) == by_files
-    # the main PID is the one inside the guest's machine group (DESIGN §4)
+    # the main PID is the one inside the guest's machine group (docs/design.md#finding-a-guests-cgroups)
     suffix = f"-{g.name}.libvirt-{kind}"
     assert _cgroup(by_files.pid).startswith(f"/machine/{kind}-")
     assert _cgroup(by_files.pid).endswith(suffix)

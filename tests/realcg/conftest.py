@@ -1,7 +1,7 @@
 """Scratch guests on the real kernel cgroupfs: a process of ours in groups shaped
 like libvirt's, under a unique parent that is removed even when a test fails.
 
-The shape follows the host: on cgroup v1 (this build machine) libvirt's layout
+The shape follows the host: on cgroup v1 (the development machine) libvirt's layout
 without systemd, ``<parent>/qemu-1-NAME.libvirt-qemu/{emulator,vcpu0}`` in every
 hierarchy; on a pure cgroup v2 host (inside tests/v2lane/run) the layout libvirt
 >= 7.1 and systemd-machined make,

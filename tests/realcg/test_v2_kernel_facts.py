@@ -3,7 +3,7 @@
 Run them with tests/v2lane/run (they skip anywhere else).  Each test makes its
 own groups under a unique parent below /sys/fs/cgroup (fixture v2_parent) and
 removes them.  Every fact is an assertion: if a kernel behaves differently, the
-test fails and the fake (and DESIGN.md section 3) must be revisited.
+test fails and the fake (and docs/design.md#parameters-and-conversions) must be revisited.
 
 Recorded on Debian's 6.1 kernel (linux-image-amd64, 6.1.0-56-amd64); the value
 each test pins is in its docstring.

@@ -1,4 +1,4 @@
-"""Bad input through the real command, against a real running QEMU guest (issue 6, reliability 1).
+"""Bad input through the real command, against a real running QEMU guest (docs/reliability.md).
 
 Every row is one ``cgctl`` process (``python -m cgctl.cli``) with one kind of wrong input. Each must
 give its exit code (2: the request was wrong; 1: it could not be done), one line on stderr starting

@@ -1,4 +1,4 @@
-"""The real command killed at random points, and many of them at once (issue 6, reliability 3 and 4).
+"""The real command killed at random points, and many of them at once (docs/reliability.md).
 
 Crash: ``cgctl set`` processes (a ``--perm`` and a ``--config`` change of a running QEMU guest,
 alternately) get SIGKILL after a random delay, many times, against one

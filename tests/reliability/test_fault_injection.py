@@ -1,4 +1,4 @@
-"""A write failing in the middle of a set (issue 6, reliability 2), on real v1 cgroup groups.
+"""A write failing in the middle of a set (docs/reliability.md), on real v1 cgroup groups.
 
 ``Controller.set`` (mode live+config, a journal in tmp_path) against a ScratchGuest: the Nth
 ``write(2)`` of the set fails with a real errno, for every N until the set gets through. After

@@ -56,7 +56,7 @@ def test_memory_goes_to_libvirt_group_with_memsw_conversion(v2):
     assert read(f"{m.libvirt}/memory.swap.max") == str(2 * 2**30)
     assert read(f"{m.libvirt}/memory.high") == str(512 * 2**20)
     assert read(f"{m.libvirt}/memory.min") == str(256 * 2**20)
-    # swap.max is written before memory.max (DESIGN §3)
+    # swap.max is written before memory.max (docs/design.md#parameters-and-conversions)
     names = [os.path.basename(p) for p, _ in kernel.writes]
     assert names.index("memory.swap.max") < names.index("memory.max")
     assert live.read_value(router, groups, P.BY_NAME["swap_hard_limit"]) == 3 * 2**30

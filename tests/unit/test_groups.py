@@ -118,7 +118,7 @@ def test_a_process_moved_below_a_planted_libvirt_level_is_refused(v2):
 
 
 def test_v1_without_systemd_ignores_a_planted_libvirt_dir(fs):
-    """This build machine's layout: machine/qemu-N-NAME.libvirt-qemu/{emulator,vcpuN}."""
+    """The development machine (docs/design.md#the-development-machine)'s layout: machine/qemu-N-NAME.libvirt-qemu/{emulator,vcpuN}."""
     fakecg.make_v1_host(fs)
     m = fakecg.make_v1_machine(fs, name="vm", id=4)
     plant_v1 = os.path.join(m.machine["memory"], "libvirt")

@@ -198,6 +198,6 @@ def test_detect_on_this_machine_agrees_with_the_snapshot():
     live = hierarchy.detect("/proc")
     recorded = load("this-machine")
     if not any(h.mountpoint == "/sys/fs/cgroup/memory" for h in live.hierarchies):
-        pytest.skip("not the build machine of DESIGN.md section 8")
+        pytest.skip("not the development machine of docs/design.md#the-development-machine")
     assert live.mode == recorded.mode
     assert live.owners() == recorded.owners()

@@ -15,7 +15,7 @@ from cgctl.host import runfiles
 QEMU_UUID = "d30eb5b3-72ba-4af9-8591-0ef552da6d8c"
 LXC_UUID = "2a29237e-15bb-4467-a36f-07f04fc1adcf"
 
-# trimmed from what libvirt 9.0 wrote on the build machine
+# trimmed from what libvirt 9.0 wrote on the development machine (docs/design.md#the-development-machine)
 STATUS = """<!--
 WARNING: THIS IS AN AUTO-GENERATED FILE. CHANGES TO IT ARE LIKELY TO BE
 OVERWRITTEN AND LOST.
