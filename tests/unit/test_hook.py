@@ -274,6 +274,30 @@ def test_no_applier_when_disabled_or_nothing_configured(env, uuid):
                                            f"early-qemu-{uuid}.lock"))
 
 
+def test_a_bad_domain_xml_is_said_once_per_call(env, uuid):
+    """The XML is parsed once per call (cgctl/hook/domain.py): the metadata step and the apply
+    of `started` do not each report the same problem."""
+    configure(env, uuid, cpu_shares="512")
+    bad = ("<domain><name>" + NAME + "</name><metadata><g xmlns='http://cgctl.org/xmlns/guest'/>"
+           "</metadata><uuid>not-a-uuid</uuid></domain>")
+    r = call(env, "--", "--no-early-apply", "qemu", NAME, "started", "begin", "-", stdin=bad)
+    assert r.returncode == 0
+    assert r.stderr.count("has no valid <uuid>") == 1, r.stderr
+
+
+def test_a_domain_xml_without_metadata_does_not_load_the_metadata_code(env, uuid, tmp_path):
+    """The common case (no <metadata> element) costs one byte search, no import."""
+    configure(env, uuid, cpu_shares="512")
+    out = tmp_path / "modules"  # not stdout: the hook puts it on /dev/null
+    code = ("import sys, cgctl.hook.main as h;"
+            f"h.main(['--no-early-apply', 'qemu', {NAME!r}, 'started', 'begin', '-']);"
+            "bad = [m for m in sys.modules if m in ('cgctl.model.metadata', 'cgctl.core.travel')];"
+            f"open({str(out)!r}, 'w').write(repr(bad))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                       input=xml(uuid), timeout=30)
+    assert out.read_text() == "[]", r.stderr
+
+
 def test_hook_never_imports_libvirt(env, uuid, tmp_path):
     configure(env, uuid, hard_limit="1073741824")
     out = tmp_path / "modules"
