@@ -32,12 +32,12 @@ def _xml() -> str:
 
 
 def run(runs: int = 40) -> dict:
-    from cgctl.hook import main as hook, install as hookinstall
+    from cgctl.hook import install as hookinstall, options as hookoptions
     with workdir("cgctl-bench-hooknoop-") as wd:
         run_dir = os.path.join(wd, "run")
         for d in ("qemu", "lxc"):
             os.makedirs(os.path.join(run_dir, d))
-        opts = hook.Options()
+        opts = hookoptions.Options()
         opts.journal = os.path.join(wd, "journal.db")
         command = [sys.executable, "-m", "cgctl.hook", *opts.argv()]
         before = os.path.join(wd, "before.sh")

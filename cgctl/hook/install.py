@@ -1,9 +1,6 @@
-"""``cgctl hook install`` / ``uninstall``: put cgctl's script into libvirt's hook directories.
-
-libvirt (>= 6.5) runs every executable in ``/etc/libvirt/hooks/qemu.d/`` and ``lxc.d/``, in
-name order, at each guest lifecycle step, and reads those directories only when libvirtd
-starts. Our script carries MARKER; a file without it is the operator's and is never
-overwritten or removed.
+"""``cgctl hook install`` / ``uninstall``: write (or remove) the shell script libvirt runs from
+``/etc/libvirt/hooks/{qemu,lxc}.d/``; it runs the hook only for the calls cgctl acts on and
+decides the exit status libvirt sees. A file without MARKER is the operator's: never touched.
 """
 
 from __future__ import annotations
@@ -12,7 +9,8 @@ import os
 import sys
 
 from cgctl import consts
-from cgctl.hook.main import DRIVERS, EXIT_OK, EXIT_REFUSE, EXIT_USAGE, Options
+from cgctl.hook.options import (ACTIONS, DRIVERS, EXIT_OK, EXIT_REFUSE, EXIT_SCRIPT_REFUSE,
+                                EXIT_USAGE, SCRIPT_ENV, Options)
 
 SCRIPT_NAME = "cgctl"  # the file installed in <hooks>/qemu.d/ and lxc.d/
 MARKER = "# cgctl-hook: installed by 'cgctl hook install'; 'cgctl hook uninstall' removes it"
@@ -106,7 +104,6 @@ def script_text(driver: str, command, strict=None, config_file: str = consts.CON
     repeated here for when ``command`` cannot run at all.
     """
     import shlex
-    from cgctl.hook.main import ACTIONS, EXIT_SCRIPT_REFUSE, SCRIPT_ENV
     q = shlex.quote
     return _SCRIPT.format(
         marker=MARKER, driver=driver, prog=q(str(command[0])), config=q(config_file),

@@ -17,7 +17,7 @@ import sys
 
 import pytest
 
-from cgctl.hook import main as hook, install as hookinstall
+from cgctl.hook import early as hookearly, install as hookinstall
 from tests.clikit import cgctl
 
 HOOKS = "/etc/libvirt/hooks"
@@ -155,7 +155,7 @@ def test_limits_in_force_before_started_begin(extra_hooks, make_guest, tmp_path,
     finally:
         db.close()
     # nothing of the hook is left running
-    assert not os.path.exists(hook.lock_path(driver, guest.uuid))
+    assert not os.path.exists(hookearly.lock_path(driver, guest.uuid))
 
 
 @pytest.mark.parametrize("strict", [False, True])

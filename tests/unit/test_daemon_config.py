@@ -164,7 +164,7 @@ def test_cli_hook_and_service_read_the_same_journal_key(tmp_path):
     import subprocess
     import sys
     from cgctl.cli import main as cli
-    from cgctl.hook import main as hook
+    from cgctl.hook import apply as hookapply, options as hookoptions
     journal = tmp_path / "from-file.db"
     _journal_with_guest(journal, "web-from-file")
     f = tmp_path / "cgctl.toml"
@@ -179,10 +179,10 @@ def test_cli_hook_and_service_read_the_same_journal_key(tmp_path):
     assert r.returncode == 0, r.stderr
     assert [g["guest"] for g in json.loads(r.stdout)] == ["web-from-file"]
     # the hook (libvirt gives it no environment: the file is all it has)
-    opts = hook.Options()
+    opts = hookoptions.Options()
     opts.config_file = str(f)
-    assert hook.read_config_file(str(f))["journal"] == str(journal)
-    ctl = hook._controller(opts)
+    assert hookoptions.read_config_file(str(f))["journal"] == str(journal)
+    ctl = hookapply.controller(opts)
     try:
         assert ctl.journal_path == str(journal)
     finally:

@@ -14,7 +14,7 @@ import uuid as uuidlib
 
 import pytest
 
-from cgctl.hook import main as hook, install as hookinstall
+from cgctl.hook import domain, install as hookinstall, main as hook, options
 from cgctl.core.journal import Journal
 
 CLI = [sys.executable, "-m", "cgctl.cli"]
@@ -58,17 +58,17 @@ def call(env, *args, stdin="", extra_env=None, timeout=20):
 # --------------------------------------------------------------------------- arguments
 
 def test_parse_options():
-    o, rest = hook.parse_options(["--", "--strict", "--journal=/j", "--config-file", "/c",
+    o, rest = options.parse_options(["--", "--strict", "--journal=/j", "--config-file", "/c",
                                   "--no-early-apply", "qemu", "--strict", "x"])
     assert (o.strict, o.journal, o.config_file, o.early) == (True, "/j", "/c", False)
     assert rest == ["qemu", "--strict", "x"]  # after the driver word: libvirt's, untouched
-    assert hook.parse_options(["--no-strict", "lxc"])[0].strict is False
-    o, _ = hook.parse_options(["lxc"])
+    assert options.parse_options(["--no-strict", "lxc"])[0].strict is False
+    o, _ = options.parse_options(["lxc"])
     assert (o.strict, o.early, o.journal) == (None, None, None)
-    with pytest.raises(hook.HookUsage):
-        hook.parse_options(["--bogus", "qemu"])
-    with pytest.raises(hook.HookUsage):
-        hook.parse_options(["--journal"])
+    with pytest.raises(options.HookUsage):
+        options.parse_options(["--bogus", "qemu"])
+    with pytest.raises(options.HookUsage):
+        options.parse_options(["--journal"])
 
 
 @pytest.mark.parametrize("args", [[], ["xen", "g", "started", "begin", "-"],
@@ -80,15 +80,15 @@ def test_bad_arguments_are_usage_errors(env, args):
 
 
 def test_parse_domain_xml(uuid):
-    info = hook.parse_domain_xml(xml(uuid).encode())
+    info = domain.parse_domain_xml(xml(uuid).encode())
     assert (info.name, info.uuid, info.vcpus) == (NAME, uuid, 1)
-    info = hook.parse_domain_xml(
+    info = domain.parse_domain_xml(
         f"<domain><name>n</name><uuid>{uuid.replace('-', '').upper()}</uuid>"
         "<vcpu current='2'>4</vcpu></domain>".encode())
     assert (info.uuid, info.vcpus) == (uuid, 2)
     for bad in (b"", b"<domain", b"<network/>", b"<domain><name>n</name></domain>"):
-        with pytest.raises(hook.HookFailure):
-            hook.parse_domain_xml(bad)
+        with pytest.raises(options.HookFailure):
+            domain.parse_domain_xml(bad)
 
 
 # --------------------------------------------------------------------------- exit codes
@@ -130,26 +130,26 @@ def test_started_failure_non_strict_logs_and_exits_0_strict_exits_1(env, uuid, h
 
 def test_flag_beats_environment_beats_config_file(env, tmp_path):
     (tmp_path / "cgctl.toml").write_text("hook_strict = true\nhook_early_apply = false\n")
-    o = hook.Options()
+    o = options.Options()
     o.config_file = str(tmp_path / "cgctl.toml")
-    assert hook.resolve_settings(o) == (True, False)
+    assert options.resolve_settings(o) == (True, False)
     os.environ["CGCTL_HOOK_STRICT"] = "0"
     try:
-        assert hook.resolve_settings(o) == (False, False)
+        assert options.resolve_settings(o) == (False, False)
         o.strict = True
-        assert hook.resolve_settings(o) == (True, False)
+        assert options.resolve_settings(o) == (True, False)
     finally:
         del os.environ["CGCTL_HOOK_STRICT"]
 
 
 def test_bad_config_file_means_defaults_and_a_log_line(tmp_path):
     msgs = []
-    o = hook.Options()
+    o = options.Options()
     o.config_file = str(tmp_path / "cgctl.toml")
     (tmp_path / "cgctl.toml").write_text("hook_strict = 'yes'\n")
-    assert hook.resolve_settings(o, lambda m, error=False: msgs.append(m)) == (False, True)
+    assert options.resolve_settings(o, lambda m, error=False: msgs.append(m)) == (False, True)
     (tmp_path / "cgctl.toml").write_text("hook_strict = \n")
-    assert hook.resolve_settings(o, lambda m, error=False: msgs.append(m)) == (False, True)
+    assert options.resolve_settings(o, lambda m, error=False: msgs.append(m)) == (False, True)
     assert len(msgs) == 2 and "must be true or false" in msgs[0] and "cannot parse" in msgs[1]
 
 
@@ -274,6 +274,30 @@ def test_no_applier_when_disabled_or_nothing_configured(env, uuid):
                                            f"early-qemu-{uuid}.lock"))
 
 
+def test_a_bad_domain_xml_is_said_once_per_call(env, uuid):
+    """The XML is parsed once per call (cgctl/hook/domain.py): the metadata step and the apply
+    of `started` do not each report the same problem."""
+    configure(env, uuid, cpu_shares="512")
+    bad = ("<domain><name>" + NAME + "</name><metadata><g xmlns='http://cgctl.org/xmlns/guest'/>"
+           "</metadata><uuid>not-a-uuid</uuid></domain>")
+    r = call(env, "--", "--no-early-apply", "qemu", NAME, "started", "begin", "-", stdin=bad)
+    assert r.returncode == 0
+    assert r.stderr.count("has no valid <uuid>") == 1, r.stderr
+
+
+def test_a_domain_xml_without_metadata_does_not_load_the_metadata_code(env, uuid, tmp_path):
+    """The common case (no <metadata> element) costs one byte search, no import."""
+    configure(env, uuid, cpu_shares="512")
+    out = tmp_path / "modules"  # not stdout: the hook puts it on /dev/null
+    code = ("import sys, cgctl.hook.main as h;"
+            f"h.main(['--no-early-apply', 'qemu', {NAME!r}, 'started', 'begin', '-']);"
+            "bad = [m for m in sys.modules if m in ('cgctl.model.metadata', 'cgctl.core.travel')];"
+            f"open({str(out)!r}, 'w').write(repr(bad))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                       input=xml(uuid), timeout=30)
+    assert out.read_text() == "[]", r.stderr
+
+
 def test_hook_never_imports_libvirt(env, uuid, tmp_path):
     configure(env, uuid, hard_limit="1073741824")
     out = tmp_path / "modules"
@@ -285,6 +309,33 @@ def test_hook_never_imports_libvirt(env, uuid, tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                        input=xml(uuid, "n"))
     assert out.read_text() == "[]", r.stderr
+
+
+def test_no_hook_module_imports_libvirt_or_the_service():
+    """Every module of the package imported (the early applier's and install's too): none pulls
+    libvirt in (calling libvirt from its hook deadlocks), nor the service."""
+    import pkgutil
+    import cgctl.hook
+    names = sorted(m.name for m in pkgutil.iter_modules(cgctl.hook.__path__)
+                   if m.name != "__main__")
+    assert {"main", "options", "hooklog", "domain", "apply", "early", "install"} <= set(names)
+    code = ("import sys, importlib;"
+            f"[importlib.import_module('cgctl.hook.' + n) for n in {names!r}];"
+            "print([m for m in sys.modules if m in ('libvirt', 'cgctl.virt', 'cgctl.service.daemon')])")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stderr + r.stdout
+
+
+def test_install_imports_only_the_options_and_the_package_init_is_empty():
+    """No cycle with the entry point (install needs the constants only), and importing the
+    package costs nothing (``python -m cgctl.hook`` imports it first)."""
+    import cgctl.hook
+    code = ("import sys, cgctl.hook.install;"
+            "print(sorted(m for m in sys.modules if m.startswith('cgctl.hook.')))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert r.stdout.strip() == "['cgctl.hook.install', 'cgctl.hook.options']", r.stderr
+    with open(cgctl.hook.__file__) as f:
+        assert f.read() == ""
 
 
 # --------------------------------------------------------------------------- install / uninstall
@@ -341,7 +392,7 @@ def test_never_overwrites_or_removes_a_foreign_file_named_like_ours(env, tmp_pat
 
 
 def test_install_with_a_cgctl_executable(tmp_path):
-    o = hook.Options()
+    o = options.Options()
     o.journal, o.strict = "/j.db", True
     assert hookinstall.hook_command("/usr/bin/cgctl", o) == ["/usr/bin/cgctl", "hook", "--",
                                                       "--journal", "/j.db", "--strict"]

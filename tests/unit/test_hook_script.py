@@ -25,7 +25,7 @@ import uuid as uuidlib
 
 import pytest
 
-from cgctl.hook import main as hook, install as hookinstall
+from cgctl.hook import install as hookinstall, options
 
 NAME = "cgt-hook-script"
 SH = "/bin/sh"
@@ -61,7 +61,7 @@ class Broken:
         strict, self.env_strict, config = STRICTNESS[mode]
         self.tmp = tmp_path
         self.driver = driver
-        opts = hook.Options()
+        opts = options.Options()
         opts.journal = str(tmp_path / "journal.db")
         opts.strict = strict
         opts.config_file = str(tmp_path / "cgctl.toml")
@@ -256,10 +256,10 @@ def test_timeouts_fall_back_to_the_defaults_with_one_line(monkeypatch):
     msgs = []
     monkeypatch.setenv("CGCTL_HOOK_TIMEOUT", "2.5")
     monkeypatch.setenv("CGCTL_HOOK_EARLY_TIMEOUT", "1e9")
-    assert hook.timeouts(lambda m, error=False: msgs.append(m)) == (2.5, hook.EARLY_TIMEOUT)
+    assert options.timeouts(lambda m, error=False: msgs.append(m)) == (2.5, options.EARLY_TIMEOUT)
     assert len(msgs) == 1 and "CGCTL_HOOK_EARLY_TIMEOUT='1e9'" in msgs[0]
     monkeypatch.delenv("CGCTL_HOOK_TIMEOUT")
-    assert hook.timeouts()[0] == hook.HOOK_TIMEOUT
+    assert options.timeouts()[0] == options.HOOK_TIMEOUT
 
 
 @pytest.mark.skipif(not shutil.which("dash"), reason="no dash")

@@ -119,7 +119,7 @@ def test_a_faked_lxc_controller_is_rejected(tmp_path, procs, monkeypatch):
 def test_the_early_applier_uses_the_same_check(tmp_path, procs, monkeypatch):
     """cgctl/hook/main.py's early applier finds the guest's PID through runfiles.verified_pid: a
     faked argv never reaches an apply."""
-    from cgctl.hook import main as hook
+    from cgctl.hook import early
     p = procs(qemu_argv())
     plant(tmp_path, "qemu", p.pid)
     applied = []
@@ -137,6 +137,6 @@ def test_the_early_applier_uses_the_same_check(tmp_path, procs, monkeypatch):
         def apply_config(self, guest, **kw):
             applied.append(guest)
 
-    result = hook._early_apply_with(Ctl(), "qemu", NAME, UUID, 1, time.monotonic(), 0.5,
+    result = early.apply_when_ready(Ctl(), "qemu", NAME, UUID, 1, time.monotonic(), 0.5,
                                     lambda *a, **k: None)
     assert result == "timed out" and applied == []

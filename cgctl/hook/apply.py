@@ -1,0 +1,104 @@
+"""What ``started begin`` and ``reconnect begin`` do, and the metadata receive step before them:
+put the guest's journal config in force through the controller, the guest found from libvirt's
+runtime files (``cgctl/host/runfiles.py``), never from libvirt itself (that deadlocks).
+"""
+
+from __future__ import annotations
+
+from cgctl.hook.hooklog import Log, route_cgctl_log
+from cgctl.hook.options import HOOK_TIMEOUT, HookFailure, Options, lock_wait_within
+
+
+def controller(opts: Options, ctl=None, lock_wait: float = None):
+    """The Controller on the hook's journal (``ctl`` itself when it is already that one)."""
+    from cgctl.core.controller import Controller
+    if ctl is None or (opts.journal is not None and opts.journal != ctl.journal_path):
+        from cgctl.config import resolve
+        # --journal (baked in at install), $CGCTL_JOURNAL, the config file's journal, the default
+        cfg = resolve(opts.config_file, {"journal": opts.journal}, on_error=lambda m: None)
+        ctl = Controller(journal_path=cfg.journal)
+    # the guest's lock (cgctl/core/guestlock.py) is waited for well within this call's own bound:
+    # a writer holding it too long costs this apply (logged), never libvirt's start
+    ctl.lock_wait = lock_wait if lock_wait is not None else lock_wait_within(HOOK_TIMEOUT)
+    return ctl
+
+
+def receive_metadata(driver: str, name: str, dom, opts: Options, ctl, log: Log) -> dict:
+    """Merge the settings carried in the domain XML's <metadata> into the journal (a guest
+    defined or migrated from another host: cgctl/core/travel.py); the <live> overlay to apply.
+    ``dom``: the call's StdinDomain. Never raises: the journal config still applies."""
+    try:
+        if b"<metadata" not in dom.xml:
+            return {}  # the common case: one byte search, and metadata/travel not imported
+        from cgctl.model import metadata
+        if metadata.NS.encode() not in dom.xml:
+            return {}
+        from cgctl.core import travel
+        info = dom.info()
+        if info is None:
+            return {}
+        c = controller(opts, ctl)
+        route_cgctl_log(log)
+        try:
+            overlay, decisions = travel.receive(c.journal(), info.uuid, name, driver, dom.xml,
+                                                source="hook")
+        finally:
+            if c is not ctl:
+                # closed before the early applier forks: a child must not inherit an open
+                # SQLite connection (its locks and WAL state belong to this process)
+                c.close()
+        taken = sum(d.taken for d in decisions)
+        if decisions:
+            log(f"metadata: {taken} setting(s) taken, {len(decisions) - taken} kept from this "
+                f"host's journal")
+        return overlay
+    except Exception as exc:  # noqa: BLE001  a hook never fails on metadata
+        log(f"cannot use the settings in the domain's metadata: {exc}", error=True)
+        return {}
+
+
+def started(driver: str, name: str, dom, opts: Options, ctl, log: Log, overlay=None) -> None:
+    """``started begin``: apply the journal config (and the metadata's overlay) now."""
+    from cgctl.host import runfiles
+    from cgctl.errors import GuestNotRunning
+    info = dom.info()  # malformed: logged, the runtime files decide
+    ctl = controller(opts, ctl)
+    route_cgctl_log(log)
+    guest = runfiles.find_running(name, ctl.run_dir, drivers=(driver,))
+    if info and guest and guest.uuid != info.uuid:
+        raise HookFailure(f"libvirt's runtime files say {name} is {guest.uuid}, the domain XML "
+                          f"says {info.uuid}")
+    uuid = info.uuid if info else (guest.uuid if guest else None)
+    if uuid is None:
+        raise HookFailure("cannot tell which guest this is: no usable domain XML on stdin and "
+                          f"no running {driver} guest named {name}")
+    config = ctl.journal(create=False).get_config(uuid)
+    if not config and not overlay:
+        return  # nothing configured: nothing to enforce, strict or not
+    if guest is None:
+        raise GuestNotRunning(f"libvirt says the guest started, but no running {driver} process "
+                              f"of it was found under {ctl.run_dir}", guest=name)
+    outcome = ctl.apply_config(guest, source="hook", command="hook started", overlay=overlay)
+    if outcome.errors:
+        raise HookFailure(f"{len(outcome.errors)} of {len(config)} setting(s) not applied: "
+                          + "; ".join(str(e) for e in outcome.errors))
+    log(f"applied {len(outcome.changes)} setting(s) from the journal")
+
+
+def reconnect(driver: str, name: str, opts: Options, ctl, log: Log) -> None:
+    """libvirtd restarted and found the guest running: re-apply only to a new instance."""
+    from cgctl.host import runfiles
+    ctl = controller(opts, ctl)
+    route_cgctl_log(log)
+    guest = runfiles.find_running(name, ctl.run_dir, drivers=(driver,))
+    if guest is None:
+        return
+    journal = ctl.journal(create=False)
+    if not journal.get_config(guest.uuid):
+        return
+    # once: this very process has its config (and maybe later --live changes): keep them
+    outcome = ctl.apply_config(guest, source="hook", command="hook reconnect", journal=journal,
+                               once=True)
+    if outcome is not None and outcome.errors:
+        raise HookFailure(f"{len(outcome.errors)} setting(s) not applied: "
+                          + "; ".join(str(e) for e in outcome.errors))
