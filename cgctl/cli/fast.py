@@ -35,7 +35,7 @@ REPLY_TIMEOUT_S = 90.0  # the journal may wait 30 s for a lock; the service's an
 
 def precheck(argv) -> bool:
     """Worth asking the service? Its first word is a forwarded command and it asks for no
-    help. Only a hint: the service decides with the real parser (cmdserver.Request.refusal)."""
+    help. Only a hint: the service decides with the real parser (cmdserver.refusal)."""
     command = next((a for a in argv if not a.startswith("-")), None)
     return command in FORWARDED and not any(a in ("-h", "--help", "--version") for a in argv)
 

@@ -318,3 +318,37 @@ def test_cli_output_is_captured_per_call():
     assert rc == 0 and out.startswith("[") and err == ""
     rc, out, err = cli.run_captured(["set"])
     assert rc == 2 and out == "" and err.startswith("cgctl: error:")
+
+
+def _reader(data: bytes):
+    """``recv(n)`` over bytes, as each end hands the wire format: exactly n, or EOFError."""
+    buf = bytearray(data)
+
+    def recv(n):
+        if len(buf) < n:
+            raise EOFError("short")
+        out = bytes(buf[:n])
+        del buf[:n]
+        return out
+    return recv
+
+
+def test_wire_round_trip():
+    header = ["/j.db", "/etc/cgctl/cgctl.toml", "alice", "1000"]
+    argv = ["set", "g\udcff", "cpu_shares=2"]  # a byte that is not UTF-8 comes back as it was
+    assert wire.read_request(_reader(wire.encode_request(header, argv))) == (tuple(header), argv)
+    reply = (-3, "caf\udce9\n", "err\n")
+    assert wire.read_reply(_reader(wire.encode_reply(reply))) == (-3, "caf\ufffd\n", "err\n")
+    assert wire.read_reply(_reader(wire.encode_reply(None))) is None
+
+
+def test_wire_refuses_what_it_does_not_read():
+    other = b"cgctl1\n" + wire.encode_request(["", "", "", ""], ["set"])[len(wire.MAGIC):]
+    assert wire.read_request(_reader(other)) is None  # another protocol version
+    assert wire.read_request(_reader(wire.MAGIC + (wire.MAX_REQUEST + 1).to_bytes(4, "big"))) \
+        is None
+    assert wire.read_request(_reader(wire.encode_request(["a"], []))) is None  # fields missing
+    with pytest.raises(ValueError):
+        wire.read_reply(_reader(b"X"))
+    with pytest.raises(ValueError):
+        wire.read_reply(_reader(b"R" + bytes(4) + (wire.MAX_REPLY + 1).to_bytes(4, "big")))
