@@ -3,8 +3,8 @@
 A Python process that imports cgctl's engine spends ~35 ms before it writes
 anything; ``virsh`` spends ~20 ms. The service (``cgctl daemon``) has
 everything imported already, so for the commands that change guests this
-entry point, which imports only ``socket`` and ``json``, sends the command
-line to the service's root-only socket and prints its answer. The service
+entry point, which imports only ``_socket`` and the wire format (cgctl/wire.py), sends the
+command line to the service's root-only socket and prints its answer. The service
 runs exactly what ``cgctl.cli.main.main`` would run here (same checks, same
 journal, same output, same exit status).
 
@@ -24,20 +24,18 @@ from __future__ import annotations
 import os
 import sys
 
-from cgctl import consts
+from cgctl import consts, wire
+from cgctl.wire import FORWARDED
 
-FORWARDED = frozenset({"set", "memtune", "schedinfo", "blkiotune", "cpuset"})
 # environment that changes what the command means: only the service's own meaning is forwarded
 _LOCAL_ENV = ("CGCTL_CGROUP_ROOT", "CGCTL_PROC_ROOT", "CGCTL_LIBVIRT_RUN_DIR",
               "CGCTL_LIBVIRT_ETC_DIR", "CGCTL_URIS", "CGCTL_DEBUG", "CGCTL_SYS_DEV_BLOCK")
-MAGIC = b"cgctl2\n"  # protocol version 2
-MAX_REPLY = 16 * 1024 * 1024
 REPLY_TIMEOUT_S = 90.0  # the journal may wait 30 s for a lock; the service's answer comes after
 
 
 def precheck(argv) -> bool:
     """Worth asking the service? Its first word is a forwarded command and it asks for no
-    help. Only a hint: the service decides with the real parser (cmdserver.Request.refusal)."""
+    help. Only a hint: the service decides with the real parser (cmdserver.refusal)."""
     command = next((a for a in argv if not a.startswith("-")), None)
     return command in FORWARDED and not any(a in ("-h", "--help", "--version") for a in argv)
 
@@ -56,19 +54,13 @@ def _loginuid() -> str:
 
 
 def encode_request(argv) -> bytes:
-    """``MAGIC len body``; body = the fields of ``HEADER``, then the arguments, NUL between
-    them (argv and the environment cannot hold NUL). The client's uid is not sent: the service
-    takes it from the kernel (SO_PEERCRED)."""
+    """The request for ``argv`` with this process's ``wire.HEADER`` fields. The client's uid
+    is not sent: the service takes it from the kernel (SO_PEERCRED)."""
     journal = os.environ.get("CGCTL_JOURNAL", "")
     header = [os.path.abspath(journal) if journal else "",  # relative: to OUR working directory
               os.path.abspath(consts.CONFIG_PATH),
               os.environ.get("SUDO_USER", ""), _loginuid()]
-    body = "\0".join(header + list(argv)).encode("utf-8", "surrogateescape")
-    return MAGIC + len(body).to_bytes(4, "big") + body
-
-
-# the fields before the arguments
-HEADER = ("journal from $CGCTL_JOURNAL", "config file", "SUDO_USER", "loginuid")
+    return wire.encode_request(header, argv)
 
 
 def _recv_exact(s, n: int) -> bytes:
@@ -105,18 +97,8 @@ def ask_service(argv, path: str = None):
             sent = False
         try:
             s.settimeout(REPLY_TIMEOUT_S)
-            head = _recv_exact(s, 1)
-            if head == b"F":
-                return None  # the service declined (another journal, busy...): run it here
-            if head != b"R":
-                raise ValueError(f"unknown answer {head!r}")
-            rc = int.from_bytes(_recv_exact(s, 4), "big", signed=True)
-            texts = []
-            for _ in range(2):
-                n = int.from_bytes(_recv_exact(s, 4), "big")
-                if n > MAX_REPLY:
-                    raise ValueError("answer too large")
-                texts.append(_recv_exact(s, n).decode("utf-8", "replace"))
+            # None: the service declined (another journal, busy...): run it here
+            return wire.read_reply(lambda n: _recv_exact(s, n))
         except (OSError, ValueError, EOFError) as exc:
             if not sent:
                 return None
@@ -124,7 +106,6 @@ def ask_service(argv, path: str = None):
                     f"answer ({exc}); it may or may not be applied: check 'cgctl show'\n")
     finally:
         s.close()
-    return rc, texts[0], texts[1]
 
 
 def main(argv=None) -> int:

@@ -477,7 +477,10 @@ def cmd_import(args, ctl) -> int:
 
 def cmd_daemon(args, ctl) -> int:
     from cgctl.service import daemon
-    return daemon.main(ctl, config_file=args.config_file or consts.CONFIG_PATH,
+    # The service gets this module handed in rather than importing it: its command socket runs
+    # commands with our parser and run_captured, and an import back up (service -> cli) would
+    # close a cycle (cli -> service -> cli); tests/unit/test_imports.py keeps it open.
+    return daemon.main(sys.modules[__name__], config_file=args.config_file or consts.CONFIG_PATH,
                        command_line=_command_line(args))
 
 

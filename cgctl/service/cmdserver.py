@@ -1,11 +1,8 @@
 """The service's side of ``cgctl.cli.fast``: run forwarded commands for local root clients.
 
 One AF_UNIX stream socket in a 0700 directory, mode 0600; a peer must be the
-service's own user (root), checked with SO_PEERCRED. A request is
-``MAGIC, 4-byte length, fields NUL-separated`` (``fast.HEADER``, then the
-arguments); the answer is ``R``, the exit status (4 bytes, signed) and two
-length-prefixed texts (stdout, stderr), or ``F`` when the client should run
-the command itself. Binary and tiny, because the client must start fast.
+service's own user (root), checked with SO_PEERCRED. The bytes on it are
+cgctl/wire.py's (binary and tiny, because the client must start fast).
 
 The command line is read with the CLI's own parser (cgctl/cli/main.py), and only
 a command that means exactly what it would mean in the client's process is
@@ -35,13 +32,13 @@ import threading
 import time
 from typing import Callable, Optional
 
+from cgctl import wire
 from cgctl.errors import CgctlError
-from cgctl.cli.fast import FORWARDED, HEADER, MAGIC
 from cgctl.core.journal import describe_user, read_loginuid
+from cgctl.wire import FORWARDED
 
 log = logging.getLogger("cgctl")
 
-MAX_REQUEST = 1024 * 1024
 MAX_CONCURRENT = 8  # commands running at once; more: "F", the client runs it itself
 MAX_CONNECTIONS = 32  # open connections (a thread each); more are refused before a thread
 REQUEST_DEADLINE_S = 5.0  # to send a whole request (a few hundred bytes, from this host)
@@ -54,11 +51,6 @@ class _Late(Exception):
     """The client did not send its whole request within the deadline."""
 
 
-def _default_runner(argv, who):
-    from cgctl.cli.main import run_captured
-    return run_captured(argv, who=who, only=FORWARDED)
-
-
 def _printable(argv) -> str:
     return " ".join(a.encode("utf-8", "backslashreplace").decode("utf-8") for a in argv)
 
@@ -69,10 +61,17 @@ def _default_uris():
 
 
 class CommandServer:
-    def __init__(self, path: str, journal: str,
-                 runner: Callable[[list, str], tuple] = _default_runner, uris=None):
+    """``cli`` is the CLI module (cgctl/cli/main.py), handed in by its ``cmd_daemon``: the
+    service reads a command line with its parser and runs it with its ``run_captured``, but
+    never imports it (that closed the cycle cli -> service -> cli; tests/unit/test_imports.py).
+    ``runner(argv, who)`` -> (exit status, stdout, stderr) replaces ``run_captured`` (tests)."""
+
+    def __init__(self, path: str, journal: str, cli,
+                 runner: Optional[Callable[[list, str], tuple]] = None, uris=None):
         self.path = path
-        self.runner = runner
+        self.cli = cli
+        self.runner = runner or (lambda argv, who: cli.run_captured(argv, who=who,
+                                                                   only=FORWARDED))
         self.configure(journal, uris if uris is not None else _default_uris())
         self.max_connections = MAX_CONNECTIONS
         self.request_deadline = REQUEST_DEADLINE_S
@@ -211,7 +210,7 @@ class CommandServer:
                                     f"{type(exc).__name__}: {exc}\n")
                 try:
                     conn.settimeout(10)
-                    conn.sendall(encode_reply(reply))
+                    conn.sendall(wire.encode_reply(reply))
                 except OSError as exc:
                     log.warning("command socket: the client left before the answer: %s", exc)
         finally:
@@ -242,18 +241,12 @@ class CommandServer:
             log.warning("command socket: refused a client with uid %d (pid %d)", uid, pid)
             return (1, "", "cgctl: error: permission denied\n")
         deadline = time.monotonic() + self.request_deadline
-        if self._recv(conn, len(MAGIC), deadline) != MAGIC:
+        request = wire.read_request(lambda n: self._recv(conn, n, deadline))
+        if request is None:
             return None  # another version of the client: it runs the command itself
-        n = int.from_bytes(self._recv(conn, 4, deadline), "big")
-        if n > MAX_REQUEST:
-            return None
-        fields = self._recv(conn, n, deadline).decode("utf-8", "surrogateescape").split("\0")
-        if len(fields) < len(HEADER):
-            return None
-        env_journal, config_file, sudo_user, loginuid = fields[:len(HEADER)]
-        argv = fields[len(HEADER):]
+        (env_journal, config_file, sudo_user, loginuid), argv = request
         journal, uris = self._serving  # one request, one configuration (SIGHUP may change it)
-        why = refusal(argv, env_journal, config_file, journal, uris)
+        why = refusal(self.cli, argv, env_journal, config_file, journal, uris)
         if why is not None:
             log.info("command socket: pid %d runs it itself: %s", pid, why)
             return None
@@ -277,10 +270,9 @@ class CommandServer:
         return rc, out, err
 
 
-def parse(argv):
-    """The CLI's own reading of ``argv`` (cgctl/cli/main.py), printing nothing: the Namespace, or
-    a reason (str) it is none of the service's business."""
-    from cgctl.cli import main as cli
+def parse(cli, argv):
+    """The CLI's own reading of ``argv`` (``cli``: cgctl/cli/main.py), printing nothing: the
+    Namespace, or a reason (str) it is none of the service's business."""
     sink = io.StringIO()
     t_out, t_err = cli._OUT.set(sink), cli._ERR.set(sink)
     try:
@@ -294,23 +286,23 @@ def parse(argv):
         cli._ERR.reset(t_err)
 
 
-def _global_options():
+def _global_options(cli):
     """The CLI's options valid before and after every command word: (dest, option, default)."""
-    from cgctl.cli import main as cli
     p = argparse.ArgumentParser(add_help=False)
     cli._add_common(p, defaults=True)
     return [(a.dest, a.option_strings[-1], a.default) for a in p._actions]
 
 
-def refusal(argv, env_journal: str, config_file: str, journal: str, uris) -> Optional[str]:
+def refusal(cli, argv, env_journal: str, config_file: str, journal: str,
+            uris) -> Optional[str]:
     """None when ``argv`` (with the client's ``$CGCTL_JOURNAL`` and config file) means exactly
     the service's own command, on its journal and URIs; else why the client runs it itself."""
-    args = parse(argv)
+    args = parse(cli, argv)
     if isinstance(args, str):
         return args
     if args.command not in FORWARDED:
         return f"{args.command or 'no command'} is not served here"
-    for dest, option, default in _global_options():
+    for dest, option, default in _global_options(cli):
         if dest not in SERVED_OPTIONS and getattr(args, dest, default) != default:
             return f"{option} given"
     if env_journal and not os.path.isabs(env_journal):
@@ -326,21 +318,3 @@ def refusal(argv, env_journal: str, config_file: str, journal: str, uris) -> Opt
     if tuple(mine.uris) != tuple(uris):
         return f"other URIs ({' '.join(mine.uris)})"
     return None
-
-
-def _encode(text: str) -> bytes:
-    """UTF-8; bytes a command line carried (surrogate escapes) back as they were, anything
-    else that cannot be encoded replaced: an answer must always go out."""
-    try:
-        return text.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "replace")
-
-
-def encode_reply(reply) -> bytes:
-    if reply is None:
-        return b"F"
-    rc, out, err = reply
-    o, e = _encode(out), _encode(err)
-    return (b"R" + int(rc).to_bytes(4, "big", signed=True) + len(o).to_bytes(4, "big") + o
-            + len(e).to_bytes(4, "big") + e)

@@ -113,13 +113,12 @@ def test_a_forwarded_hook_or_daemon_is_refused_and_the_service_lives(service, ma
         assert r.returncode == 2 and r.stderr.count("\n") == 1, (argv, r.stderr)
     assert "runs it itself" in svc.log() and "served for pid" not in svc.log()
     # straight to the socket, past the client's own check
-    from cgctl.cli import fast
+    from cgctl import wire
     for argv in (["hook", "qemu", guest.name, "reconnect", "begin", "-"], ["daemon"],
                  ["forget", guest.name], ["prune"]):
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.connect(svc.socket_path)
-        body = "\0".join([env["CGCTL_JOURNAL"], "/nonexistent.toml", "", ""] + argv).encode()
-        s.sendall(fast.MAGIC + len(body).to_bytes(4, "big") + body)
+        s.sendall(wire.encode_request([env["CGCTL_JOURNAL"], "/nonexistent.toml", "", ""], argv))
         assert s.recv(1) == b"F", argv
         s.close()
     # still there, still serving

@@ -1,4 +1,5 @@
-"""`cgctl set` handed to the service over its socket (cgctl.cli.fast + cgctl.service.cmdserver)."""
+"""`cgctl set` handed to the service over its socket (cgctl.cli.fast, cgctl.wire and
+cgctl.service.cmdserver)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ import threading
 import pytest
 
 from cgctl.service import cmdserver
-from cgctl import consts
+from cgctl import consts, wire
 from cgctl.cli import fast
+from cgctl.cli import main as cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -47,7 +49,7 @@ def server(sock_path, client_env):
         whos.append(who)
         return 3, "out text\n", "err text\n"
 
-    srv = cmdserver.CommandServer(sock_path, str(client_env / "j.db"), runner=runner)
+    srv = cmdserver.CommandServer(sock_path, str(client_env / "j.db"), cli, runner=runner)
     assert srv.start()
     srv.calls, srv.whos = calls, whos
     yield srv
@@ -113,7 +115,7 @@ def test_a_command_line_that_means_more_is_run_by_the_client(server, client_env,
 
 @pytest.mark.parametrize("argv", BYPASSES, ids=" ".join)
 def test_refusal_names_why(argv, tmp_path):
-    why = cmdserver.refusal(argv, str(tmp_path / "j.db"), str(tmp_path / "none.toml"),
+    why = cmdserver.refusal(cli, argv, str(tmp_path / "j.db"), str(tmp_path / "none.toml"),
                             str(tmp_path / "j.db"), consts.BUILTIN_URIS)
     assert isinstance(why, str) and why
 
@@ -122,7 +124,7 @@ def test_refusal_accepts_what_it_serves(tmp_path):
     j = str(tmp_path / "j.db")
     for argv in (["set", "g", "cpu_shares=2", "--live"], ["--json", "set", "g", "cpu_shares=2"],
                  ["schedinfo", "g", "--cpu-shares", "5", "--json"], ["cpuset", "g"]):
-        assert cmdserver.refusal(argv, j, str(tmp_path / "none.toml"), j,
+        assert cmdserver.refusal(cli, argv, j, str(tmp_path / "none.toml"), j,
                                  consts.BUILTIN_URIS) is None, argv
 
 
@@ -199,7 +201,7 @@ def test_a_slow_client_gets_a_total_deadline_not_one_per_recv(server):
     server.request_deadline = 1.0
     s = _idle(server.path)
     try:
-        s.sendall(fast.MAGIC + (1000).to_bytes(4, "big"))
+        s.sendall(wire.MAGIC + (1000).to_bytes(4, "big"))
         ended = False
         for _ in range(150):  # 15 s of dribbling; the deadline is 1 s
             try:
@@ -219,10 +221,9 @@ def test_a_slow_client_gets_a_total_deadline_not_one_per_recv(server):
 
 
 def test_the_real_runner_never_runs_other_commands(tmp_path):
-    from cgctl.cli import main as cli
     for argv in (["daemon"], ["hook", "install", "--hooks-dir", str(tmp_path)],
                  ["--journal", str(tmp_path / "j.db"), "forget", "g"]):
-        rc, out, err = cli.run_captured(argv, only=cmdserver.FORWARDED)
+        rc, out, err = cli.run_captured(argv, only=wire.FORWARDED)
         assert rc == 2 and "is not run here" in err, (argv, err)
     assert os.listdir(tmp_path) == []
 
@@ -237,7 +238,6 @@ def test_abbreviations_are_refused_by_every_parser(tmp_path):
 
 
 def test_help_is_captured_not_printed(capsys):
-    from cgctl.cli import main as cli
     rc, out, err = cli.run_captured(["set", "--help"])
     assert rc == 0 and "PARAM=VALUE" in out and capsys.readouterr().out == ""
 
@@ -281,7 +281,7 @@ def test_a_service_that_drops_the_request_is_an_error_not_a_retry(sock_path):
 
 
 def test_a_second_service_does_not_steal_the_socket(server, tmp_path):
-    other = cmdserver.CommandServer(server.path, str(tmp_path / "j.db"),
+    other = cmdserver.CommandServer(server.path, str(tmp_path / "j.db"), cli,
                                     runner=lambda a, w=None: (0, "", ""))
     assert other.start() is False
     assert fast.ask_service(["set", "g", "cpu_shares=2"], server.path)[0] == 3  # still the first
@@ -291,7 +291,7 @@ def test_a_stale_socket_is_replaced(sock_path, client_env, tmp_path):
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.bind(sock_path)
     s.close()  # a service that died: the file stays, nobody listens
-    srv = cmdserver.CommandServer(sock_path, str(tmp_path / "j.db"),
+    srv = cmdserver.CommandServer(sock_path, str(tmp_path / "j.db"), cli,
                                   runner=lambda a, w=None: (0, "ok\n", ""))
     try:
         assert srv.start()
@@ -315,8 +315,41 @@ def test_other_users_are_refused(server, tmp_path):
 
 
 def test_cli_output_is_captured_per_call():
-    from cgctl.cli import main as cli
     rc, out, err = cli.run_captured(["params", "--json"])
     assert rc == 0 and out.startswith("[") and err == ""
     rc, out, err = cli.run_captured(["set"])
     assert rc == 2 and out == "" and err.startswith("cgctl: error:")
+
+
+def _reader(data: bytes):
+    """``recv(n)`` over bytes, as each end hands the wire format: exactly n, or EOFError."""
+    buf = bytearray(data)
+
+    def recv(n):
+        if len(buf) < n:
+            raise EOFError("short")
+        out = bytes(buf[:n])
+        del buf[:n]
+        return out
+    return recv
+
+
+def test_wire_round_trip():
+    header = ["/j.db", "/etc/cgctl/cgctl.toml", "alice", "1000"]
+    argv = ["set", "g\udcff", "cpu_shares=2"]  # a byte that is not UTF-8 comes back as it was
+    assert wire.read_request(_reader(wire.encode_request(header, argv))) == (tuple(header), argv)
+    reply = (-3, "caf\udce9\n", "err\n")
+    assert wire.read_reply(_reader(wire.encode_reply(reply))) == (-3, "caf\ufffd\n", "err\n")
+    assert wire.read_reply(_reader(wire.encode_reply(None))) is None
+
+
+def test_wire_refuses_what_it_does_not_read():
+    other = b"cgctl1\n" + wire.encode_request(["", "", "", ""], ["set"])[len(wire.MAGIC):]
+    assert wire.read_request(_reader(other)) is None  # another protocol version
+    assert wire.read_request(_reader(wire.MAGIC + (wire.MAX_REQUEST + 1).to_bytes(4, "big"))) \
+        is None
+    assert wire.read_request(_reader(wire.encode_request(["a"], []))) is None  # fields missing
+    with pytest.raises(ValueError):
+        wire.read_reply(_reader(b"X"))
+    with pytest.raises(ValueError):
+        wire.read_reply(_reader(b"R" + bytes(4) + (wire.MAX_REPLY + 1).to_bytes(4, "big")))

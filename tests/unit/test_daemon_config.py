@@ -8,19 +8,18 @@ import signal
 import pytest
 
 from cgctl import consts
-from cgctl.service import daemon as D
 from cgctl.errors import UsageError
-from cgctl.config import load_config, resolve
+from cgctl.config import Config, load_config, resolve
 from tests.daemonkit import TEST_URI, NotifySink, Subprocess
 
 pytest.importorskip("libvirt")
 
 
 def test_no_file_means_defaults(tmp_path):
-    assert load_config(str(tmp_path / "absent.toml")) == D.Config()
-    assert load_config(None) == D.Config()
-    assert D.Config().uris == consts.DEFAULT_URIS
-    assert D.Config().journal == consts.JOURNAL_PATH
+    assert load_config(str(tmp_path / "absent.toml")) == Config()
+    assert load_config(None) == Config()
+    assert Config().uris == consts.DEFAULT_URIS
+    assert Config().journal == consts.JOURNAL_PATH
 
 
 def test_a_full_file(tmp_path):
@@ -28,7 +27,7 @@ def test_a_full_file(tmp_path):
     f.write_text('uris = ["qemu:///system"]\njournal = "/srv/j.db"\nlog_level = "DEBUG"\n'
                  "reconnect_initial = 1\nreconnect_max = 10.5\nkeepalive_interval = 10\n"
                  "keepalive_count = 5\nwatch_devices = false\n")
-    assert load_config(str(f)) == D.Config(
+    assert load_config(str(f)) == Config(
         uris=("qemu:///system",), journal="/srv/j.db", log_level="debug",
         reconnect_initial=1.0, reconnect_max=10.5, keepalive_interval=10, keepalive_count=5,
         watch_devices=False)
@@ -146,7 +145,7 @@ def test_without_tomllib_a_one_line_error_not_a_crash(tmp_path, monkeypatch):
         load_config(str(f))
     assert "tomli" in str(exc.value) and "\n" not in str(exc.value)
     msgs = []
-    assert load_config(str(f), on_error=msgs.append) == D.Config()  # the hook: defaults
+    assert load_config(str(f), on_error=msgs.append) == Config()  # the hook: defaults
     assert len(msgs) == 1
 
 

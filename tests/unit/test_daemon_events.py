@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import uuid as uuidlib
 
 import pytest
 
 from tests.testdriver import remove_domains
 
-from cgctl.service import daemon as D
+from cgctl.config import Config
+from cgctl.service import daemon as D, reconcile
 from cgctl.host import runfiles
 from cgctl.core.journal import Journal
 from tests.daemonkit import TEST_URI, Recorder, domain_xml, in_process, wait_for
@@ -43,7 +45,7 @@ def rec(tmp_path):
 
 
 def make(rec, **kw):
-    cfg = D.Config(uris=(TEST_URI,), journal=rec.journal_path, **kw)
+    cfg = Config(uris=(TEST_URI,), journal=rec.journal_path, **kw)
     return D.Daemon(cfg, controller_factory=rec.factory, install_signals=False)
 
 
@@ -123,7 +125,7 @@ def test_lost_connection_reconnects_and_reconciles_again(rec, conn, caplog):
 
 def _same_instance_daemon(rec, tmp_path):
     d = make(rec)
-    d._ctl = rec.factory(journal_path=rec.journal_path, uris=())
+    d.worker.ctl = rec.factory(journal_path=rec.journal_path, uris=())
     return d
 
 
@@ -134,28 +136,56 @@ def test_reconcile_leaves_the_same_instance_alone(rec, tmp_path):
                        running=True, persistent=True, pid=os.getpid())
     rec.set_config(uid, "me", {"cpu_shares": "512"})
     d = _same_instance_daemon(rec, tmp_path)
-    assert d._reconcile_guest(me) == "applied"  # never applied: no instance yet
+    assert reconcile.reconcile_guest(d.worker, me) == "applied"  # never applied: no instance yet
     pid, start = runfiles.instance_of(os.getpid())
     with Journal(rec.journal_path) as j, j.transaction() as tx:
         tx.set_instance(uid, pid, start)
-    assert d._reconcile_guest(me) == "unchanged"
+    assert reconcile.reconcile_guest(d.worker, me) == "unchanged"
     with Journal(rec.journal_path) as j, j.transaction() as tx:
         tx.set_instance(uid, pid, start - 5)  # same PID, earlier process: a reused PID
-    assert d._reconcile_guest(me) == "applied"
+    assert reconcile.reconcile_guest(d.worker, me) == "applied"
     assert [c.source for c in rec.of("apply", uid)] == ["reconcile", "reconcile"]
-    d._ctl.close()
+    d.worker.ctl.close()
 
 
-def test_device_watcher_slot(rec, conn):
+def test_a_block_device_event_reapplies_in_the_worker(rec, conn, monkeypatch):
+    """udev's delivery thread only hands the disk over; the worker re-applies it with its own
+    Controller and the running guests; the watcher stops with the service."""
+    from cgctl.host import udevwatch
     seen = {}
 
-    def watcher(ctx):
-        seen["ctx"] = ctx
-        ctx.submit(lambda ctl: seen.setdefault("ctl", ctl), "test job")
-        return lambda: seen.setdefault("stopped", True)
-    d = D.Daemon(D.Config(uris=(TEST_URI,), journal=rec.journal_path),
-                 controller_factory=rec.factory, install_signals=False, device_watcher=watcher)
+    class FakeWatcher:  # pyudev's netlink monitor is not what this test is about
+        def __init__(self, callback):
+            seen["callback"] = callback
+
+        def start(self):
+            return self
+
+        def stop(self):
+            seen["stopped"] = True
+
+    def reapply(ctl, running, majmin, command):
+        seen.update(ctl=ctl, running=running, majmin=majmin, command=command,
+                    thread=threading.current_thread().name)
+    monkeypatch.setattr(udevwatch, "DeviceWatcher", FakeWatcher)
+    monkeypatch.setattr(udevwatch, "reapply_device", reapply)
+    d = D.Daemon(Config(uris=(TEST_URI,), journal=rec.journal_path),
+                 controller_factory=rec.factory, install_signals=False)
     with in_process(d):
-        wait_for(lambda: "ctl" in seen, what="the submitted job")
-        assert seen["ctx"].running_guests()  # test:///default's own "test" domain runs
-    assert seen["stopped"] and seen["ctx"].stopping.is_set()
+        wait_for(lambda: "callback" in seen, what="the watcher started once ready")
+        seen["callback"]("/dev/loop7", "7:7", "change")
+        wait_for(lambda: "ctl" in seen, what="the re-apply")
+        assert seen["ctl"] is d.worker.ctl and seen["thread"] == "cgctl-worker"
+        assert seen["majmin"] == "7:7" and seen["command"] == "device"
+        assert seen["running"]  # test:///default's own "test" domain runs
+    assert seen["stopped"]
+
+
+def test_watch_devices_false_starts_no_watcher(rec, conn, monkeypatch):
+    from cgctl.host import udevwatch
+    monkeypatch.setattr(udevwatch, "DeviceWatcher", None)  # any use would fail
+    d = D.Daemon(Config(uris=(TEST_URI,), journal=rec.journal_path, watch_devices=False),
+                 controller_factory=rec.factory, install_signals=False)
+    with in_process(d):
+        pass
+    assert d._stop_watcher is None

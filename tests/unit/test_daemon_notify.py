@@ -9,7 +9,9 @@ import threading
 
 import pytest
 
+from cgctl.config import Config
 from cgctl.service import daemon as D
+from cgctl.service.notify import Notifier
 from tests.daemonkit import (TEST_URI, NotifySink, Recorder, Subprocess, in_process, wait_for)
 
 try:   # the daemon's own runs use libvirt's test driver; the Notifier tests need no libvirt
@@ -27,21 +29,21 @@ def sink(request):
 
 
 def test_notifier_without_socket_is_silent():
-    n = D.Notifier(environ={})
+    n = Notifier(environ={})
     assert n.address is None and n.watchdog_interval is None
     assert n.ready("x") is False and n.watchdog() is False
 
 
 def test_notifier_watchdog_interval_is_half_and_only_for_our_pid():
-    assert D.Notifier(environ={"WATCHDOG_USEC": "30000000"}).watchdog_interval == 15.0
+    assert Notifier(environ={"WATCHDOG_USEC": "30000000"}).watchdog_interval == 15.0
     mine = {"WATCHDOG_USEC": "2000000", "WATCHDOG_PID": str(os.getpid())}
-    assert D.Notifier(environ=mine).watchdog_interval == 1.0
+    assert Notifier(environ=mine).watchdog_interval == 1.0
     other = {"WATCHDOG_USEC": "2000000", "WATCHDOG_PID": str(os.getpid() + 1)}
-    assert D.Notifier(environ=other).watchdog_interval is None
+    assert Notifier(environ=other).watchdog_interval is None
 
 
 def test_notifier_sends_datagrams(sink):
-    n = D.Notifier(environ={"NOTIFY_SOCKET": sink.env})
+    n = Notifier(environ={"NOTIFY_SOCKET": sink.env})
     assert n.ready("all good") and n.watchdog() and n.stopping()
     sink.wait("STOPPING=1")
     assert sink.lines()[:3] == ["READY=1", "STATUS=all good", "WATCHDOG=1"]
@@ -49,7 +51,7 @@ def test_notifier_sends_datagrams(sink):
 
 
 def test_notifier_never_raises_when_systemd_is_gone(tmp_path, caplog):
-    n = D.Notifier(environ={"NOTIFY_SOCKET": str(tmp_path / "nobody-listens")})
+    n = Notifier(environ={"NOTIFY_SOCKET": str(tmp_path / "nobody-listens")})
     assert n.ready("x") is False and n.watchdog() is False
     assert sum("cannot notify systemd" in r.message for r in caplog.records) == 1  # once
 
@@ -57,9 +59,9 @@ def test_notifier_never_raises_when_systemd_is_gone(tmp_path, caplog):
 @needs_libvirt
 def test_ready_only_after_the_first_reconcile(sink, tmp_path):
     rec = Recorder(str(tmp_path / "j.db"), gate=threading.Event())  # reconcile blocks on it
-    d = D.Daemon(D.Config(uris=(TEST_URI,), journal=rec.journal_path),
+    d = D.Daemon(Config(uris=(TEST_URI,), journal=rec.journal_path),
                  controller_factory=rec.factory, install_signals=False,
-                 notifier=D.Notifier(environ={"NOTIFY_SOCKET": sink.env}))
+                 notifier=Notifier(environ={"NOTIFY_SOCKET": sink.env}))
     t = threading.Thread(target=d.run, daemon=True)
     t.start()
     try:
@@ -81,9 +83,9 @@ def test_ready_only_after_the_first_reconcile(sink, tmp_path):
 def test_watchdog_pings_only_while_healthy(sink, tmp_path, monkeypatch):
     rec = Recorder(str(tmp_path / "j.db"))
     env = {"NOTIFY_SOCKET": sink.env, "WATCHDOG_USEC": "100000"}  # a ping every 50 ms
-    d = D.Daemon(D.Config(uris=(TEST_URI,), journal=rec.journal_path),
+    d = D.Daemon(Config(uris=(TEST_URI,), journal=rec.journal_path),
                  controller_factory=rec.factory, install_signals=False,
-                 notifier=D.Notifier(environ=env))
+                 notifier=Notifier(environ=env))
     with in_process(d):
         sink.wait("WATCHDOG=1", n=5)
         assert d.health() is None

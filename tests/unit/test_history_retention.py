@@ -171,13 +171,14 @@ def test_cli_prune_trims_the_history(j, tmp_path):
 
 def test_the_service_prunes_once_ready(tmp_path):
     pytest.importorskip("libvirt")
+    from cgctl.config import Config
     from cgctl.service import daemon as D
     from tests.daemonkit import TEST_URI, Recorder, in_process, wait_for
     rec = Recorder(str(tmp_path / "j.db"))
     with Journal(rec.journal_path) as j:
         seed(j)
         total = len(j.history(A))
-    cfg = D.Config(uris=(TEST_URI,), journal=rec.journal_path, history_keep_rows=20,
+    cfg = Config(uris=(TEST_URI,), journal=rec.journal_path, history_keep_rows=20,
                    history_keep_days=0, watch_devices=False, drift_interval=0)
     d = D.Daemon(cfg, controller_factory=rec.factory, install_signals=False)
     with in_process(d), Journal(rec.journal_path) as j:

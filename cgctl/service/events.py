@@ -1,0 +1,79 @@
+"""libvirt's lifecycle events, as the service acts on them (in the worker): STARTED → the
+settings the domain's <metadata> carries merged into the journal and the guest's config
+applied; UNDEFINED → its config forgotten (history kept); DEFINED → the persistent XML's
+metadata merged (cgctl/core/travel.py, docs/fleet.md)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Optional
+
+from cgctl.errors import CgctlError
+
+log = logging.getLogger("cgctl")
+
+
+def job_kind(ev) -> Optional[str]:
+    """The worker job an event asks for, or None (nothing to do)."""
+    if ev.event == "started":
+        return "started"
+    if ev.event == "undefined" and ev.detail != "renamed":  # a rename keeps the UUID
+        return "undefined"
+    if ev.event == "defined":  # maybe with settings in its metadata
+        return "defined"
+    return None
+
+
+def receive_metadata(w, job, inactive: bool = False) -> dict:
+    """Merge the metadata of the guest's live (or persistent) XML into the journal; returns
+    the <live> overlay. Never raises: the journal config still applies."""
+    from cgctl.core import travel
+    ev = job.event
+    try:
+        xml = job.conn.domain_xml(ev.uuid, inactive=inactive)
+        driver = "lxc" if job.uri.startswith("lxc") else "qemu"
+        overlay, decisions = travel.receive(w.ctl.journal(), ev.uuid, ev.name, driver,
+                                            xml, source="event", live=not inactive)
+    except Exception as e:  # noqa: BLE001  bad metadata never stops the apply
+        log.error("guest=%s metadata not used: %s", ev.name, e)
+        return {}
+    if decisions:
+        log.info("guest=%s metadata (%s): %d setting(s) taken, %d kept", ev.name,
+                 "persistent" if inactive else "live", sum(d.taken for d in decisions),
+                 sum(not d.taken for d in decisions))
+    return overlay
+
+
+def apply_started(w, job) -> None:
+    ev = job.event
+    overlay = receive_metadata(w, job)
+    if not overlay and not w.has_config(ev.uuid):
+        log.debug("guest=%s has no config: nothing to apply", ev.name)
+        return
+    try:
+        with w.calling_libvirt(job.uri, "lookup"):
+            guest = job.conn.guest(ev.uuid)
+        if not guest.running:
+            log.info("guest=%s stopped before its config was applied", ev.name)
+            return
+        outcome = w.ctl.apply_config(guest, source="event", command="event", overlay=overlay)
+    except CgctlError as e:
+        # the next reconcile (reconnect or restart) tries again if the guest still runs
+        log.error("guest=%s apply failed source=event: %s", ev.name, e)
+        return
+    log.info("guest=%s applied source=event (%s): %d change(s), %d error(s), "
+             "%.0f ms after the event", guest.name, ev.detail, len(outcome.changes),
+             len(outcome.errors), (time.monotonic() - job.queued) * 1000)
+
+
+def forget(w, job) -> None:
+    ev = job.event
+    try:
+        dropped = w.ctl.forget(ev.uuid, source="event", command="undefine")
+    except CgctlError as e:
+        log.error("guest=%s forget failed source=event: %s", ev.name, e)
+        return
+    if dropped:
+        log.info("guest=%s undefined: config dropped (%d setting(s)); history kept",
+                 ev.name, len(dropped))

@@ -1,0 +1,55 @@
+"""Reconcile, in the worker after every (re)connect: each running guest with a config gets it
+unless it is the very process instance (PID + start time) it was last applied to; that one
+keeps its ``--live`` changes. One failing guest is one log line; the others go on."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from cgctl.errors import CgctlError
+from cgctl.host import runfiles
+
+log = logging.getLogger("cgctl")
+
+SAME_START_S = 0.05  # two start times this close are the same process start (clock ticks)
+
+
+def reconcile(w, job) -> bool:
+    """Every running guest of ``job.conn``; False when they could not even be listed."""
+    t0 = time.monotonic()
+    try:
+        with w.calling_libvirt(job.uri, "list guests"):
+            guests = job.conn.running_guests()
+    except CgctlError as e:
+        log.error("reconcile %s: cannot list guests: %s", job.uri, e)
+        return False  # the connection is going away: its close starts a new round
+    counts = {"applied": 0, "unchanged": 0, "without config": 0, "failed": 0}
+    for guest in guests:
+        w.progress()
+        try:
+            result = reconcile_guest(w, guest)
+        except CgctlError as e:
+            log.error("guest=%s reconcile failed: %s", guest.name, e)
+            result = "failed"
+        except Exception as e:  # one guest never stops the others
+            log.error("guest=%s reconcile failed: internal error: %s: %s", guest.name,
+                      type(e).__name__, e)
+            result = "failed"
+        counts[result] += 1
+    log.info("reconcile %s: %d running, %s (%.0f ms)", job.uri, len(guests),
+             ", ".join(f"{n} {k}" for k, n in counts.items()), (time.monotonic() - t0) * 1000)
+    return True
+
+
+def reconcile_guest(w, guest) -> str:
+    if not w.has_config(guest.uuid):
+        return "without config"
+    last = w.ctl.journal().get_instance(guest.uuid)
+    if last is not None and guest.pid:
+        pid, start = runfiles.instance_of(guest.pid)
+        if last.pid == pid and abs(last.start_time - start) < SAME_START_S:
+            log.debug("guest=%s same instance (pid %d): left as it is", guest.name, pid)
+            return "unchanged"
+    outcome = w.ctl.apply_config(guest, source="reconcile", command="reconcile")
+    return "failed" if outcome.errors else "applied"
