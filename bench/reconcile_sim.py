@@ -152,7 +152,8 @@ class TestDriverLister:
 def main(n: int, parent_name: str) -> dict:
     import libvirt
 
-    from cgctl.service import daemon as D
+    from cgctl.config import Config
+    from cgctl.service import daemon as D, logs, reconcile, worker
     from cgctl.cgroup import hierarchy
     from cgctl import virt
     from cgctl.core.controller import Controller
@@ -192,18 +193,18 @@ def main(n: int, parent_name: str) -> dict:
         assert len(listed) == n, (len(listed), n)
 
         handler = logging.FileHandler(logfile)
-        handler.setFormatter(D._Formatter(False))
+        handler.setFormatter(logs.Formatter(False))
         logging.basicConfig(handlers=[handler], force=True)
-        D.set_log_level("info")
-        daemon = D.Daemon(D.Config(journal=journal, uris=("test:///default",)),
+        logs.set_level("info")
+        daemon = D.Daemon(Config(journal=journal, uris=("test:///default",)),
                           install_signals=False)
-        daemon._ctl = Controller(journal_path=journal, uris=())
-        job = D._Job("reconcile", "test:///default", lister, 1)
+        daemon.worker.ctl = Controller(journal_path=journal, uris=())
+        job = worker.Job("reconcile", "test:///default", lister, 1)
 
         out["rss_before_kib"] = _status_kib("VmRSS")
         for label in ("first", "second"):
             t0 = time.perf_counter()
-            daemon._reconcile(job)
+            reconcile.reconcile(daemon.worker, job)
             out[f"{label}_pass_s"] = round(time.perf_counter() - t0, 3)
             out[f"rss_after_{label}_kib"] = _status_kib("VmRSS")
         out["hwm_kib"] = _status_kib("VmHWM")
@@ -228,7 +229,7 @@ def main(n: int, parent_name: str) -> dict:
         out["guests_without_their_values"] = bad
         with Journal(journal, create=False) as j:
             out["history_rows"] = len(j.history())
-        daemon._ctl.close()
+        daemon.worker.ctl.close()
         econn.close()
         raw.close()
     finally:
