@@ -305,14 +305,19 @@ def cmd_show(args, ctl, only=None) -> int:
         state = "running" if d["running"] else "shut off"
         _print(f"guest {d['guest']} ({d['driver']}, {state}, "
               f"{'persistent' if d['persistent'] else 'transient'}) {d['uuid']}")
+        from cgctl.cli import usagefmt  # usage beside the limits (docs/observability.md)
+        use = d.get("usage")
         rows = []
         for r in d["params"]:
             if r["unsupported"] and r["config"] is None:
                 continue
             mark = "*" if r["differs"] else ""
             rows.append([r["param"], r["live"] if r["live"] is not None else "-",
-                         r["config"] if r["config"] is not None else "-", mark])
-        _table(rows, ["PARAMETER", "LIVE", "CONFIG", "DIFFERS"])
+                         r["config"] if r["config"] is not None else "-", mark]
+                        + ([usagefmt.beside(r["param"], use)] if use else []))
+        _table(rows, ["PARAMETER", "LIVE", "CONFIG", "DIFFERS"] + (["USED"] if use else []))
+        for line in usagefmt.lines(use):
+            _print(line)
         for note in d.get("notes", []):
             _print(f"note: {note}")
     _out(args, d, human)
