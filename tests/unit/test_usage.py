@@ -12,6 +12,7 @@ import pytest
 from cgctl.cgroup import usage
 from cgctl.cgroup.placement import groups_for_pid
 from cgctl.cli import main as cli
+from cgctl.cli import top  # imported before pyfakefs patches: its os must be the real module
 from tests import fakecg
 
 UUID = "d30eb5b3-72ba-4af9-8591-0ef552da6d8c"
@@ -141,3 +142,52 @@ def test_parsers():
         {"8:0": {"rbytes": 1, "wbytes": 2, "rios": 3, "wios": 4}}
     assert usage.parse_blkio("8:0 Read 10\n8:0 Write 20\nTotal 30\n", "8:0 Read 1\n") == \
         {"8:0": {"rbytes": 10, "wbytes": 20, "rios": 1}}
+
+
+# --------------------------------------------------------------------------- cgctl top
+
+def test_top_rates_from_two_samples(fake_host, v1vm, monkeypatch):
+    """CPU %, throttled % and IO/s come from the difference of two samples."""
+
+    clock = iter([100.0, 102.0])
+    s = top.Sampler(fake_host.host(), os.environ.get("CGCTL_LIBVIRT_RUN_DIR", "/run/libvirt"),
+                    clock=lambda: next(clock))
+    first = s.sample()
+    assert [r["guest"] for r in first] == ["web1"] and first[0]["cpu_percent"] is None
+    fs, acct = fake_host.fs, v1vm.machine["cpuacct"]
+    put(fs, f"{acct}/cpuacct.usage", str(5_000_000_000 + 1_000_000_000) + "\n")  # +1 s of CPU
+    put(fs, f"{v1vm.machine['cpu']}/cpu.stat",
+        "nr_periods 30\nnr_throttled 14\nthrottled_time 2000000\n")  # +20 periods, +10 thr.
+    put(fs, f"{v1vm.machine['blkio']}/blkio.throttle.io_service_bytes",
+        "254:0 Read 4096\n254:0 Write 1056768\n")  # +1 MiB written
+    put(fs, f"{v1vm.machine['memory']}/memory.limit_in_bytes", f"{600 * M}\n")
+    (row,) = s.sample()
+    assert row["cpu_percent"] == 50.0  # 1 s of CPU in 2 s
+    assert row["throttled_percent"] == 50.0
+    assert row["write_bytes_per_s"] == 512 * 1024 and row["read_bytes_per_s"] == 0
+    assert row["mem_bytes"] == 300 * M and row["mem_limit_bytes"] == 600 * M
+    assert row["mem_percent"] == 50.0 and row["oom_kills"] == 2
+    text = "\n".join(top.render([row], "cpu"))
+    assert "web1" in text and "50.0" in text and "512.0K" in text
+
+
+def test_top_once_json_and_sort(fake_host):
+    fake_host.running("web1", UUID, id=1)
+    m2 = fake_host.running("db2", "0d5bd3d4-1a51-4a3c-8b0e-0fa1a1b2c3d4", id=2)
+    put(fake_host.fs, f"{m2.machine['memory']}/memory.usage_in_bytes", f"{900 * M}\n")
+    rc, out, err = cli.run_captured(["--journal", fake_host.journal_path, "top", "--once",
+                                     "--json", "--interval", "0.01", "--sort", "mem"])
+    assert rc == 0, err
+    rows = json.loads(out)
+    assert [r["guest"] for r in rows] == ["db2", "web1"]
+    assert rows[0]["mem_bytes"] == 900 * M and rows[0]["cpu_percent"] == 0.0
+    rc, out, err = cli.run_captured(["--journal", fake_host.journal_path, "top", "--once",
+                                     "--interval", "0.01", "--sort", "name"])
+    assert rc == 0, err
+    assert out.splitlines()[0].split()[:3] == ["GUEST", "DRIVER", "MEM"]
+    assert [line.split()[0] for line in out.splitlines()[1:]] == ["db2", "web1"]
+
+
+def test_top_bad_interval_is_a_usage_error(fake_host):
+    rc, out, err = cli.run_captured(["top", "--once", "--interval", "0"])
+    assert rc == 2 and err.startswith("cgctl: error: --interval") and "Traceback" not in err
