@@ -824,4 +824,7 @@ def main(ctl, config_file: Optional[str] = consts.CONFIG_PATH,
         server = CommandServer(config.command_socket, config.journal, uris=config.uris)
     daemon = Daemon(config, config_file=config_file, overrides=overrides,
                     device_watcher=default_device_watcher(config), command_server=server)
+    from cgctl.service import metrics, oomwatch  # docs/observability.md; both end at stop
+    metrics.start(config, daemon.stopping)
+    oomwatch.start(daemon.stopping, on_event=metrics.count_oom)
     return daemon.run()
