@@ -35,6 +35,9 @@ class Config:
     drift_interval: float = 60.0  # seconds between drift checks of running guests; 0 = off
     history_keep_days: int = 365  # history rows older than this go (cgctl prune, the service); 0 = keep
     history_keep_rows: int = 10000  # ... and beyond the newest this many per guest; 0 = no cap
+    # Prometheus metrics (cgctl/service/metrics.py, docs/observability.md): "" = off
+    metrics_listen: str = ""  # "127.0.0.1:9613": serve /metrics there
+    metrics_textfile: str = ""  # node_exporter's textfile collector: write this .prom file
     # the hook's keys share the file (cgctl/hook/main.py reads them); the service accepts and ignores them
     hook_strict: bool = False
     hook_early_apply: bool = True
@@ -75,12 +78,33 @@ def _check_key(key: str, value, path: str):
         if not isinstance(value, str) or (value and not os.path.isabs(value)):
             raise bad("an absolute path, or \"\" to turn it off")
         return value
+    if key == "metrics_listen":
+        try:
+            if value != "":
+                parse_listen(value)
+        except (TypeError, ValueError):
+            raise bad('"HOST:PORT" (e.g. "127.0.0.1:9613"), or "" to turn it off') from None
+        return value
+    if key == "metrics_textfile":
+        if not isinstance(value, str) or (value and (not os.path.isabs(value)
+                                                     or not value.endswith(".prom"))):
+            raise bad('an absolute path ending in .prom, or "" to turn it off')
+        return value
     if key in ("watch_devices", "hook_strict", "hook_early_apply"):
         if not isinstance(value, bool):
             raise bad("true or false")
         return value
     known = ", ".join(f.name for f in dataclasses.fields(Config))
     raise UsageError(f"config {path}: unknown key {key!r} (known: {known})", path=path)
+
+
+def parse_listen(text: str) -> Tuple[str, int]:
+    """``HOST:PORT`` / ``[V6]:PORT`` / ``:PORT`` (localhost) → (host, port); ValueError."""
+    import re
+    m = re.fullmatch(r"(?:\[([0-9A-Fa-f:.]+)\]|([^:\[\]]*)):(\d{1,5})", text)
+    if not m or not 0 < int(m.group(3)) < 65536:
+        raise ValueError(f"not HOST:PORT: {text!r}")
+    return (m.group(1) or m.group(2) or "127.0.0.1"), int(m.group(3))
 
 
 # environment variables that win over the file (and lose to the command line)

@@ -200,6 +200,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", "-n", action="store_true", help="only print what would change")
     p.add_argument("--perm", "--live", dest="live", action="store_true",
                    help="also put changed settings in force on running guests")
+    p = sub.add_parser("top", parents=[common],
+                       help="running guests' use, one line each, refreshed (cgctl/cli/top.py)")
+    p.add_argument("--sort", choices=["name", "mem", "cpu", "throttle", "io", "oom"],
+                   default="cpu", help="column to sort by (default: cpu)")
+    p.add_argument("--interval", type=float, default=2.0, metavar="S",
+                   help="seconds between refreshes (default 2)")
+    p.add_argument("--once", action="store_true",
+                   help="two samples --interval apart, one table (or --json), exit")
+    p.add_argument("-n", "--count", type=_count, default=None, metavar="N",
+                   help="exit after N refreshes")
     sub.add_parser("daemon", parents=[common], help="run the listener service")
     p = sub.add_parser("hook", parents=[common], help="libvirt hook entry point / install")
     p.add_argument("hook_args", nargs=argparse.REMAINDER)
@@ -305,14 +315,19 @@ def cmd_show(args, ctl, only=None) -> int:
         state = "running" if d["running"] else "shut off"
         _print(f"guest {d['guest']} ({d['driver']}, {state}, "
               f"{'persistent' if d['persistent'] else 'transient'}) {d['uuid']}")
+        from cgctl.cli import usagefmt  # usage beside the limits (docs/observability.md)
+        use = d.get("usage")
         rows = []
         for r in d["params"]:
             if r["unsupported"] and r["config"] is None:
                 continue
             mark = "*" if r["differs"] else ""
             rows.append([r["param"], r["live"] if r["live"] is not None else "-",
-                         r["config"] if r["config"] is not None else "-", mark])
-        _table(rows, ["PARAMETER", "LIVE", "CONFIG", "DIFFERS"])
+                         r["config"] if r["config"] is not None else "-", mark]
+                        + ([usagefmt.beside(r["param"], use)] if use else []))
+        _table(rows, ["PARAMETER", "LIVE", "CONFIG", "DIFFERS"] + (["USED"] if use else []))
+        for line in usagefmt.lines(use):
+            _print(line)
         for note in d.get("notes", []):
             _print(f"note: {note}")
     _out(args, d, human)
@@ -475,6 +490,13 @@ def cmd_import(args, ctl) -> int:
     return 0
 
 
+def cmd_top(args, ctl) -> int:
+    from cgctl.cli import top
+    if not 0 < args.interval <= 3600:
+        raise UsageError(f"--interval must be in (0, 3600] seconds, not {args.interval:g}")
+    return top.run(args, ctl, lambda text: _print(text, end="" if text.endswith("\n") else "\n"))
+
+
 def cmd_daemon(args, ctl) -> int:
     from cgctl.service import daemon
     # The service gets this module handed in rather than importing it: its command socket runs
@@ -506,6 +528,7 @@ COMMANDS = {"params": cmd_params, "host": cmd_host, "set": cmd_set, "unset": cmd
             "forget": cmd_forget, "verify": cmd_verify, "prune": cmd_prune, "daemon": cmd_daemon, "hook": cmd_hook,
             "export": cmd_export, "import": cmd_import}
 COMMANDS.update({k: cmd_virsh for k in _VIRSH})
+COMMANDS["top"] = cmd_top
 
 
 def main(argv: Optional[List[str]] = None, only=None) -> int:

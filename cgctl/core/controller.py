@@ -430,7 +430,13 @@ class Controller:
         return {"guest": guest.name, "uuid": guest.uuid, "driver": guest.driver,
                 "running": guest.running, "persistent": guest.persistent,
                 "groups": groups.to_dict() if groups is not None else {}, "notes": notes,
-                "params": rows}
+                "params": rows, "usage": self._usage(groups, names)}
+
+    def _usage(self, groups, names) -> Optional[dict]:
+        """What the guest uses, beside its limits (cgctl/cgroup/usage.py); None if stopped."""
+        from cgctl.cgroup import usage
+        return None if groups is None else usage.read(
+            groups, self.host, lambda mm: (names.get(mm) or [devices.kernel_name(mm)])[0])
 
     def list(self) -> List[dict]:
         out = []

@@ -295,5 +295,8 @@ def main(cli, config_file: Optional[str] = consts.CONFIG_PATH,
     if config.command_socket:
         from cgctl.service.cmdserver import CommandServer
         server = CommandServer(config.command_socket, config.journal, cli, uris=config.uris)
-    return Daemon(config, config_file=config_file, overrides=overrides,
-                  command_server=server).run()
+    daemon = Daemon(config, config_file=config_file, overrides=overrides, command_server=server)
+    from cgctl.service import metrics, oomwatch  # docs/observability.md; both end at stop
+    metrics.start(config, daemon.stopping)
+    oomwatch.start(daemon.stopping, on_event=metrics.count_oom)
+    return daemon.run()

@@ -1,0 +1,161 @@
+"""Benchmark: what ``cgctl top`` costs on a host with many guests (docs/observability.md).
+
+The guests are fake: tests/fakecg.py's v1 (or v2) kernel tree, libvirt's run files and /proc
+entries, written as REAL files in a temporary directory (not pyfakefs: its overhead would be
+measured instead of cgctl's), and ``cgctl top`` pointed at them with the CGCTL_* path
+variables. Real files on tmpfs/ext4 cost about what cgroupfs reads cost (both are a small
+read through the VFS). Measured: the CPU time (user + system, the children's os.times) of a whole
+``cgctl top --interval I --count K --json`` process, per refresh, and as a share of one CPU
+at the default 2 s interval.
+
+    .venv/bin/python -m bench.top [--guests 100 300 1000] [--version 1|2] [--count 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+
+from bench.common import REPO, VENV_PY, bench_env, table, write_result
+
+sys.path.insert(0, str(REPO))
+from tests import fakecg  # noqa: E402
+
+STATUS = """<domstatus state='running' reason='booted' pid='{pid}'>
+  <domain type='kvm' id='{id}'>
+    <name>{name}</name>
+    <uuid>{uuid}</uuid>
+    <devices><emulator>/usr/bin/qemu-system-x86_64</emulator></devices>
+  </domain>
+</domstatus>
+"""
+
+
+class _Obj:
+    def __init__(self, path):
+        self.path = path
+
+    def set_contents(self, text):
+        with open(self.path, "w") as f:
+            f.write(text)
+
+    @property
+    def contents(self):
+        with open(self.path) as f:
+            return f.read()
+
+
+class RealFS:
+    """The part of pyfakefs' FakeFilesystem that tests/fakecg.py uses, on the real disk."""
+
+    def exists(self, path):
+        return os.path.lexists(path)
+
+    def get_object(self, path):
+        return _Obj(path)
+
+    def create_dir(self, path):
+        os.makedirs(path, exist_ok=True)
+
+    def create_file(self, path, contents="", st_mode=None):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write(contents or "")
+        if st_mode is not None:
+            os.chmod(path, stat.S_IMODE(st_mode) | 0o200)
+
+    def create_symlink(self, link, target):
+        os.symlink(target, link)
+
+
+def build(base: str, n: int, version: int) -> dict:
+    fs = RealFS()
+    cg, proc, run, etc = (os.path.join(base, d) for d in ("cgroup", "proc", "run", "etc"))
+    if version == 1:
+        fakecg.make_v1_host(fs, cg, proc_root=proc)
+    else:
+        fakecg.make_v2_host(fs, cg, proc_root=proc)
+    fs.create_file(os.path.join(proc, "uptime"), "1000.00 1900.00\n")
+    tck = os.sysconf("SC_CLK_TCK")
+    for i in range(1, n + 1):
+        name, uuid = f"g{i:04d}", f"00000000-0000-4000-8000-{i:012d}"
+        if version == 1:
+            m = fakecg.make_v1_machine(fs, cg, name, id=i, proc_root=proc, run_dir=run)
+        else:
+            m = fakecg.make_systemd_v2_machine(fs, name, id=i, root=cg, proc_root=proc,
+                                               run_dir=run)
+        fs.create_file(os.path.join(run, "qemu", f"{name}.xml"),
+                       STATUS.format(pid=m.pid, id=i, name=name, uuid=uuid))
+        pdir = os.path.join(proc, str(m.pid))
+        argv = ["/usr/bin/qemu-system-x86_64", "-name", f"guest={name}", "-uuid", uuid]
+        fs.create_file(os.path.join(pdir, "cmdline"), "".join(a + "\0" for a in argv))
+        fs.create_file(os.path.join(pdir, "stat"), f"{m.pid} (qemu) S 1 " + " ".join(["0"] * 17)
+                       + f" {int(900 * tck)} 0 0\n")
+        fs.create_symlink(os.path.join(pdir, "exe"), argv[0])
+        fs.create_file(os.path.join(pdir, "status"), "Uid:\t0\t0\t0\t0\n")
+        fs.create_file(os.path.join(etc, "qemu", f"{name}.xml"), "<domain/>")
+    return {"CGCTL_CGROUP_ROOT": cg, "CGCTL_PROC_ROOT": proc, "CGCTL_LIBVIRT_RUN_DIR": run,
+            "CGCTL_LIBVIRT_ETC_DIR": etc}
+
+
+def measure(env: dict, count: int, interval: float) -> dict:
+    argv = [str(VENV_PY), "-m", "cgctl.cli", "top", "--json", "--interval", str(interval),
+            "--count", str(count)]
+    t0 = time.monotonic()
+    p = subprocess.Popen(argv, env=bench_env(**env), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    out, err = p.communicate()
+    wall = time.monotonic() - t0
+    if p.returncode != 0:
+        raise RuntimeError(f"cgctl top: exit {p.returncode}: {err.decode().strip()}")
+    return {"out": out, "wall_s": wall}
+
+
+def run_one(n: int, version: int, count: int) -> dict:
+    base = tempfile.mkdtemp(prefix="cgctl-bench-top-")
+    try:
+        env = build(base, n, version)
+        # CPU of the child: RUSAGE_CHILDREN before and after (one child at a time here)
+        before = os.times()
+        r1 = measure(env, 1, 0.01)  # start-up + one refresh
+        mid = os.times()
+        rk = measure(env, count + 1, 0.01)  # start-up + count+1 refreshes
+        after = os.times()
+        one = (mid.children_user + mid.children_system) - (before.children_user +
+                                                           before.children_system)
+        many = (after.children_user + after.children_system) - (mid.children_user +
+                                                                mid.children_system)
+        import json
+        rows = json.loads(r1["out"].decode().splitlines()[-1])
+        assert len(rows) == n, f"top saw {len(rows)} guests of {n}"
+        per_refresh = (many - one) / count
+        return {"guests": n, "cgroup": f"v{version}", "startup_plus_first_s": round(one, 3),
+                "cpu_per_refresh_ms": round(per_refresh * 1000, 2),
+                "cpu_share_at_2s_percent": round(100 * per_refresh / 2.0, 2)}
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="bench.top")
+    ap.add_argument("--guests", type=int, nargs="+", default=[100, 300, 1000])
+    ap.add_argument("--version", type=int, choices=[1, 2], default=1)
+    ap.add_argument("--count", type=int, default=20, help="refreshes measured per size")
+    args = ap.parse_args(argv)
+    results = [run_one(n, args.version, args.count) for n in args.guests]
+    print(table([[r["guests"], r["cgroup"], r["startup_plus_first_s"], r["cpu_per_refresh_ms"],
+                  r["cpu_share_at_2s_percent"]] for r in results],
+                ["GUESTS", "CGROUP", "START+1ST (s CPU)", "CPU/REFRESH (ms)",
+                 "CPU % AT 2 s"]))
+    print("wrote", write_result(f"top_v{args.version}", {"results": results}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
