@@ -64,9 +64,6 @@ class PlanContext:
         self.changed = changed
         self.devnums = devnums or {}  # device name -> MAJ:MIN
 
-    def changed_names(self):
-        return {s.param.name for s in self.changed}
-
 
 class Backend:
     version = 0

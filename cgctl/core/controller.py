@@ -21,6 +21,7 @@ from cgctl.host import devices, runfiles
 from cgctl.core import guestlock, live
 from cgctl.cgroup import hierarchy, placement
 from cgctl.model import params as P
+from cgctl.model import units
 from cgctl.cgroup import Router
 from cgctl.errors import CgctlError, GuestNotFound, GuestNotRunning, GuestTransient, UsageError
 from cgctl.core.journal import Journal, current_user, now
@@ -65,11 +66,6 @@ def resolve_mode(mode: str, guest: Guest) -> str:
         raise GuestTransient("cannot change the persistent config of a transient domain "
                              "(use --live)", guest=guest.name)
     return mode
-
-
-def same_instance(last, inst) -> bool:
-    """The journal's last applied instance (an InstanceRow or None) is ``inst`` (pid, start)."""
-    return last is not None and last.pid == inst[0] and abs(last.start_time - inst[1]) < 1e-3
 
 
 TEST_WINDOW_ENV = "CGCTL_TEST_APPLY_WINDOW"
@@ -142,7 +138,7 @@ class Controller:
             raise UsageError("no guest named")
         if len(ident) > 1024:
             raise UsageError(f"guest name is {len(ident)} characters long; libvirt names are short")
-        if runfiles.normalize_uuid(ident) is None:
+        if units.normalize_uuid(ident) is None:
             runfiles.validate_name(ident)
         g = runfiles.find_running(ident, self.run_dir)
         if g is not None:
@@ -304,7 +300,7 @@ class Controller:
                        overlay: Optional[Dict[P.Key, str]] = None) -> Optional[Outcome]:
         journal = journal or self.journal()
         with self.locked(guest):  # from reading the config to recording what was written
-            if once and same_instance(journal.get_instance(guest.uuid),
+            if once and runfiles.same_instance(journal.get_instance(guest.uuid),
                                       runfiles.instance_of(guest.pid)):
                 return None
             config = dict(journal.get_config(guest.uuid))

@@ -50,8 +50,7 @@ import os
 import sys
 
 from cgctl import consts
-
-DRIVERS = ("qemu", "lxc")
+from cgctl.consts import DRIVERS
 
 # defaults; the environment may change them (read by timeouts(), never at import: a bad value
 # must not make the import fail, which would be an exit path of the hook)
@@ -388,7 +387,7 @@ class DomainInfo:
 def parse_domain_xml(xml: bytes) -> DomainInfo:
     """Name, UUID and vCPU count from the domain XML; HookFailure if it is not one."""
     import xml.etree.ElementTree as ET
-    from cgctl.host.runfiles import normalize_uuid
+    from cgctl.model.units import normalize_uuid
     if not xml.strip():
         raise HookFailure("no domain XML on stdin")
     try:

@@ -10,6 +10,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Tuple, Union, NamedT
 
 from cgctl.model import units
 from cgctl.errors import UsageError
+from cgctl.model.convert import PAGE_COUNTER_MAX
 from cgctl.model.units import UNLIMITED, Number
 
 # kinds of value
@@ -28,7 +29,6 @@ MACHINE = "machine"    # the machine group itself: weights are relative to sibli
 VCPUS = "vcpus"        # every vcpuN group (QEMU only)
 EMULATOR = "emulator"  # the emulator group (QEMU only)
 
-PAGE_COUNTER_MAX = 9223372036854771712  # v1's "unlimited", bytes
 
 
 class Param(NamedTuple):

@@ -51,7 +51,6 @@ HEARTBEAT_S = 1.0  # the libvirt event loop proves it runs this often
 LOOP_STALL_S = 5.0  # no heartbeat for this long: the event loop is stuck, stop the watchdog pings
 WORKER_STALL_S = 60.0  # one job (or one guest of a reconcile) longer than this: worker is stuck
 STOP_WAIT_S = 10.0  # at stop, how long the job in progress may take to finish
-SAME_START_S = 0.05  # two start times this close are the same process start (clock ticks)
 CONNECT_TIMEOUT_S = 5.0  # a connect attempt unanswered this long: libvirtd counts as hung
 READY_DEADLINE_S = 30.0  # READY=1 by then whatever the state (systemd's start timeout is 90 s)
 LIBVIRT_CALL_NOTE_S = 5.0  # a worker libvirt call longer than this is named in STATUS
@@ -740,8 +739,8 @@ class Daemon:
             return "without config"
         last = self._ctl.journal().get_instance(guest.uuid)
         if last is not None and guest.pid:
-            pid, start = runfiles.instance_of(guest.pid)
-            if last.pid == pid and abs(last.start_time - start) < SAME_START_S:
+            pid, _ = inst = runfiles.instance_of(guest.pid)
+            if runfiles.same_instance(last, inst):
                 log.debug("guest=%s same instance (pid %d): left as it is", guest.name, pid)
                 return "unchanged"
         outcome = self._ctl.apply_config(guest, source="reconcile", command="reconcile")

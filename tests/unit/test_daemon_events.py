@@ -140,9 +140,12 @@ def test_reconcile_leaves_the_same_instance_alone(rec, tmp_path):
         tx.set_instance(uid, pid, start)
     assert d._reconcile_guest(me) == "unchanged"
     with Journal(rec.journal_path) as j, j.transaction() as tx:
+        tx.set_instance(uid, pid, start + 0.02)  # two clock ticks later: another run
+    assert d._reconcile_guest(me) == "applied"
+    with Journal(rec.journal_path) as j, j.transaction() as tx:
         tx.set_instance(uid, pid, start - 5)  # same PID, earlier process: a reused PID
     assert d._reconcile_guest(me) == "applied"
-    assert [c.source for c in rec.of("apply", uid)] == ["reconcile", "reconcile"]
+    assert [c.source for c in rec.of("apply", uid)] == ["reconcile"] * 3
     d._ctl.close()
 
 
