@@ -31,13 +31,13 @@ TARGETS = {P.LIBVIRT: "libvirt group", P.MACHINE: "machine group", P.VCPUS: "eve
 
 def render() -> str:
     out = [HEADER]
-    for fam in ("memtune", "schedinfo", "cpuset", "blkiotune"):
+    for fam in P.FAMILIES:
         out.append(f"\n## {fam}\n")
         out.append("| parameter | unit | range | written to | cgroup v1 | cgroup v2 | meaning |")
         out.append("|---|---|---|---|---|---|---|")
         for p in P.family(fam):
-            v1 = f"`{p.v1_file}`" if p.v1_file else "unsupported"
-            v2 = f"`{p.v2_file}`" if p.v2_file else "unsupported"
+            v1, v2 = (", else ".join(f"`{f}`" for f in p.files(n)) or "unsupported"
+                      for n in (1, 2))
             if p.v1_note:
                 v1 += f" ({p.v1_note.rstrip('.')})"
             if p.v2_note:
