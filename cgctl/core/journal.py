@@ -14,6 +14,16 @@ Writers use one transaction per change::
         tx.add_history(uuid, name, command="set", source="cli", mode="live+config",
                        changes=[("hard_limit", "", None, "1073741824")])
     # committed and on disk here; an exception inside the block rolls back
+
+Why one module of ~700 lines: it is the one place that speaks SQLite, and its parts change
+together. A migration (``MIGRATIONS``) and the queries that read its columns (``_Reader``,
+``Transaction``) land in the same commit and are checked against each other by
+tests/unit/test_journal.py; opening the file (create with the right mode, identity and
+version check, WAL, migrate: ``Journal._open``...) shares the connection handling and
+the error translation (``Journal._fail``) with every transaction. Split along "schema vs
+queries", each half would import the other's private names. Reading order: rows and
+schema (top), who made a change (``current_user``), reads and writes (``_Reader``,
+``Transaction``), the file and its lifecycle (``Journal``).
 """
 
 from __future__ import annotations
