@@ -8,6 +8,7 @@ LIBVIRT_RUN_DIR = os.environ.get("CGCTL_LIBVIRT_RUN_DIR", "/run/libvirt")
 LIBVIRT_ETC_DIR = os.environ.get("CGCTL_LIBVIRT_ETC_DIR", "/etc/libvirt")
 # the built-in defaults; what a process runs with is cgctl.config.resolve():
 # command line > environment > config file > these
+DRIVERS = ("qemu", "lxc")  # the libvirt drivers cgctl serves (run files, hook scripts, journal)
 BUILTIN_JOURNAL = "/var/lib/cgctl/journal.db"
 BUILTIN_URIS = ("qemu:///system", "lxc:///system")
 JOURNAL_PATH = os.environ.get("CGCTL_JOURNAL", BUILTIN_JOURNAL)
@@ -15,9 +16,6 @@ CONFIG_PATH = os.environ.get("CGCTL_CONFIG", "/etc/cgctl/cgctl.toml")
 DEFAULT_URIS = tuple(
     u for u in os.environ.get("CGCTL_URIS", "qemu:///system lxc:///system").split() if u
 )
-
-# v1 reads "unlimited" back as PAGE_COUNTER_MAX pages; anything at or above it is unlimited.
-V1_UNLIMITED = 9223372036854771712
 
 # the libvirt hook (cgctl/hook/main.py)
 LIBVIRT_HOOKS_DIR = os.environ.get("CGCTL_LIBVIRT_HOOKS_DIR", "/etc/libvirt/hooks")

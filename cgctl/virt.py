@@ -16,6 +16,7 @@ from typing import Callable, Iterable, Iterator, List, Optional
 
 from cgctl import consts, errors
 from cgctl.host import runfiles
+from cgctl.model import units
 from cgctl.host.runfiles import Guest  # noqa: F401  (the public home of Guest is here too)
 
 __all__ = ["Guest", "lookup", "list_guests", "open_connection", "translate_error", "guest_from_domain",
@@ -129,7 +130,7 @@ def lookup(ident: str, uris: Iterable[str] = consts.DEFAULT_URIS, *, conn=None) 
     libvirt = _libvirt()
     if not isinstance(ident, str) or not ident or "\0" in ident:
         raise errors.UsageError(f"invalid guest name {ident!r}")
-    uuid = runfiles.normalize_uuid(ident)
+    uuid = units.normalize_uuid(ident)
     with _connections(uris, conn) as conns:
         for uri, c in conns:
             tries = ([(c.lookupByUUIDString, uuid)] if uuid else []) + [(c.lookupByName, ident)]

@@ -12,8 +12,6 @@ from cgctl.cgroup.backend import Backend
 from cgctl.cgroup.v1 import V1Backend
 from cgctl.cgroup.v2 import V2Backend
 
-# our controller names → v1's, where they differ
-V1_NAMES = {"io": "blkio"}
 CONTROLLERS = ("memory", "cpu", "cpuset", "io")
 
 

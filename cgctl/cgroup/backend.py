@@ -64,24 +64,40 @@ class PlanContext:
         self.changed = changed
         self.devnums = devnums or {}  # device name -> MAJ:MIN
 
-    def changed_names(self):
-        return {s.param.name for s in self.changed}
-
 
 class Backend:
     version = 0
     usage_file = ""  # the guest's memory use now, for "the guest uses X" in an EBUSY message
 
+    # -- file names: only from the catalogue row (cgctl/model/params.py) ----------
+    def files_for(self, param: P.Param, guest: str = None) -> tuple:
+        """The row's files for this version; Unsupported with the row's note when none."""
+        files = param.files(self.version)
+        if not files:
+            raise Unsupported(f"not available on cgroup v{self.version} "
+                              f"({param.note(self.version).rstrip('.')})",
+                              guest=guest, param=param.name)
+        return files
+
     def file_for(self, param: P.Param) -> str:
-        name = getattr(param, f"v{self.version}_file")
-        if name is None:
-            note = getattr(param, f"v{self.version}_note")
-            raise Unsupported(f"not available on cgroup v{self.version}: {note}", param=param.name)
-        return name
+        return self.files_for(param)[0]
+
+    def pick(self, groups: GuestGroups, param: P.Param) -> str:
+        """The first of the row's alternatives (BFQ's file, then the older one) that the
+        guest's group has; the first when none is there, so that ``require`` names it."""
+        files = self.files_for(param, groups.guest)
+        d = groups.dirs(param)[0]
+        return next((f for f in files if fs.exists(os.path.join(d, f))), files[0])
+
+    def refuse_unsupported(self, groups: GuestGroups, settings: List[P.Setting]) -> None:
+        """Before any write: a parameter this version has no file for is refused."""
+        for s in settings:
+            self.files_for(s.param, groups.guest)
 
     def require(self, groups: GuestGroups, param: P.Param, directory: str,
                 filename: str = None) -> str:
-        """The file's path, or Unsupported naming the parameter and the missing file."""
+        """The file's path, or Unsupported naming the parameter and the missing file.
+        ``filename`` is one of the row's files (an alternative, or another row's)."""
         name = filename or self.file_for(param)
         path = os.path.join(directory, name)
         checked = fs.check_beneath(groups.mount(param.controller), path)

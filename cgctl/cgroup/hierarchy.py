@@ -31,8 +31,9 @@ _NOT_CONTROLLERS = frozenset({
 _OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
 
 # /proc/cgroups and v1 mount options use a controller's legacy name, cgroup2 its
-# new one (kernel: ss->legacy_name vs ss->name).  Asking for either finds it.
-_ALIASES = {"blkio": "io", "io": "blkio"}
+# new one (kernel: ss->legacy_name vs ss->name).  cgctl says "io"; asking for either finds it.
+V1_NAMES = {"io": "blkio"}
+_ALIASES = {**V1_NAMES, **{v1: v2 for v2, v1 in V1_NAMES.items()}}
 
 
 def _names(controller: str) -> tuple:

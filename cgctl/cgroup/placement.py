@@ -20,7 +20,8 @@ import re
 from typing import Dict, List, Optional, Tuple
 
 from cgctl import consts
-from cgctl.cgroup import CONTROLLERS, V1_NAMES, fs, owner
+from cgctl.cgroup import CONTROLLERS, fs, owner
+from cgctl.cgroup.hierarchy import V1_NAMES
 from cgctl.cgroup.groups import GuestGroups
 from cgctl.errors import CgroupNotFound, CgctlError, UnsafePath
 
@@ -50,11 +51,6 @@ def split_path(path: str) -> Tuple[str, bool]:
     if nested:
         parts.pop()
     return "/" + "/".join(parts), nested
-
-
-def machine_path(path: str) -> str:
-    """Strip libvirt's sub-levels from a group path."""
-    return split_path(path)[0]
 
 
 def groups_for_pid(pid: int, host, *, guest: str, driver: str,

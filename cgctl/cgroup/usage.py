@@ -29,7 +29,6 @@ from cgctl.errors import CgctlError
 
 # USER_HZ: the unit of v1 cpuacct.stat (user/system)
 _USER_HZ = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-V1_UNLIMITED = 9223372036854771712  # PAGE_COUNTER_MAX in bytes: v1's "no limit"
 
 
 def _text(path: str) -> Optional[str]:

@@ -1,4 +1,7 @@
-"""cgroup v1: one hierarchy per controller, libvirt's files and spellings."""
+"""cgroup v1: one hierarchy per controller, libvirt's files and spellings.
+
+File names come from the catalogue row (``Param.v1_files``); this module knows the
+order of writes and the value spellings."""
 
 from __future__ import annotations
 
@@ -9,15 +12,9 @@ from cgctl.model import convert
 from cgctl.host import devices
 from cgctl.model import params as P
 from cgctl.model import units
-from cgctl.errors import Unsupported
 from cgctl.cgroup import fs
 from cgctl.cgroup.backend import Backend, PlanContext, Write, parse_device_file
 from cgctl.cgroup.groups import GuestGroups
-
-_MEMORY_FILES = {"hard_limit": "memory.limit_in_bytes",
-                 "soft_limit": "memory.soft_limit_in_bytes",
-                 "swap_hard_limit": "memory.memsw.limit_in_bytes"}
-
 
 class V1Backend(Backend):
     version = 1
@@ -30,27 +27,14 @@ class V1Backend(Backend):
             return " (no proportional block-IO scheduler: load BFQ)"
         return ""
 
-    # -- files that depend on what the host has ------------------------------
-    def _weight_file(self, groups: GuestGroups, device: bool) -> str:
-        d = groups.machine_dir("io")
-        for name in (("blkio.bfq.weight_device", "blkio.weight_device") if device
-                     else ("blkio.bfq.weight", "blkio.weight")):
-            if fs.exists(os.path.join(d, name)):
-                return name
-        return "blkio.bfq.weight_device" if device else "blkio.bfq.weight"
-
     # -- reading ---------------------------------------------------------------
     def read(self, param: P.Param, groups: GuestGroups):
-        name = param.name
-        if param.kind in (P.RATE, P.IOPS) or name == "device_weight":
-            fname = self._weight_file(groups, True) if name == "device_weight" else param.v1_file
-            path = self.require(groups, param, groups.dirs(param)[0], fname)
+        # the first of the row's files the group has (weights: BFQ's, else CFQ's)
+        path = self.require(groups, param, groups.dirs(param)[0], self.pick(groups, param))
+        if param.per_device:
             return {dev: _int_or_unlimited(v) for dev, v in parse_device_file(fs.read(path)).items()}
-        if name == "weight":
-            path = self.require(groups, param, groups.dirs(param)[0],
-                                self._weight_file(groups, False))
+        if param.name == "weight":
             return int(fs.read(path).split()[-1])
-        path = self.require(groups, param, groups.dirs(param)[0])
         text = fs.read(path)
         if param.kind == P.BYTES:
             return convert.v1_memory_read(text)
@@ -62,17 +46,18 @@ class V1Backend(Backend):
 
     # -- planning ----------------------------------------------------------------
     def plan(self, ctx: PlanContext, settings: List[P.Setting]) -> List[Write]:
+        self.refuse_unsupported(ctx.groups, settings)
         by_name = {s.param.name: s for s in settings if not s.param.per_device}
         writes: List[Write] = []
         writes += self._plan_memory(ctx, by_name)
         for name in ("cpu_shares", "weight"):
             if name in by_name:
                 s = by_name[name]
-                fname = self._weight_file(ctx.groups, False) if name == "weight" else None
-                path = self.require(ctx.groups, s.param, ctx.groups.dirs(s.param)[0], fname)
+                path = self.require(ctx.groups, s.param, ctx.groups.dirs(s.param)[0],
+                                    self.pick(ctx.groups, s.param))
                 writes.append(Write(name, path, str(s.value)))
-        for prefix in ("global", "vcpu", "emulator"):
-            writes += self._plan_bandwidth(ctx, by_name, prefix)
+        for period, quota in P.BANDWIDTH:
+            writes += self._plan_bandwidth(ctx, by_name, period, quota)
         for name in ("cpuset_cpus", "cpuset_mems"):
             if name in by_name:
                 writes += self._plan_cpuset(ctx, by_name[name])
@@ -80,11 +65,6 @@ class V1Backend(Backend):
         return writes
 
     def _plan_memory(self, ctx: PlanContext, by_name: Dict[str, P.Setting]) -> List[Write]:
-        for name in ("min_guarantee", "swap_soft_limit"):
-            if name in by_name:
-                p = by_name[name].param
-                raise Unsupported(f"not available on cgroup v1 ({p.v1_note.rstrip('.')})",
-                                  guest=ctx.groups.guest, param=name)
         mem = [n for n in ("hard_limit", "swap_hard_limit") if n in by_name]
         if len(mem) == 2 and ctx.new["hard_limit"] < ctx.old.get("hard_limit", units.UNLIMITED):
             order = ["hard_limit", "swap_hard_limit"]   # lowering: RAM first, memsw stays >= it
@@ -95,32 +75,29 @@ class V1Backend(Backend):
         for name in order:
             if name in by_name:
                 s = by_name[name]
-                path = self.require(ctx.groups, s.param, ctx.groups.dirs(s.param)[0],
-                                    _MEMORY_FILES[name])
+                path = self.require(ctx.groups, s.param, ctx.groups.dirs(s.param)[0])
                 writes.append(Write(name, path, convert.v1_memory_write(s.value)))
         return writes
 
-    def _plan_bandwidth(self, ctx: PlanContext, by_name, prefix: str) -> List[Write]:
-        pname, qname = f"{prefix}_period", f"{prefix}_quota"
-        if pname not in by_name and qname not in by_name:
+    def _plan_bandwidth(self, ctx: PlanContext, by_name, period: P.Param,
+                        quota: P.Param) -> List[Write]:
+        if period.name not in by_name and quota.name not in by_name:
             return []
         writes = []
-        param = P.BY_NAME[pname]
-        for d in ctx.groups.dirs(param):
-            if pname in by_name:   # period before quota
-                path = self.require(ctx.groups, param, d, "cpu.cfs_period_us")
-                writes.append(Write(pname, path, str(by_name[pname].value)))
-            if qname in by_name:
-                period = ctx.new.get(pname, 100000)
-                quota = P.quota_us(by_name[qname].value, period)
-                path = self.require(ctx.groups, P.BY_NAME[qname], d, "cpu.cfs_quota_us")
-                writes.append(Write(qname, path, convert.v1_quota_write(quota)))
+        for d in ctx.groups.dirs(period):
+            if period.name in by_name:   # period before quota
+                writes.append(Write(period.name, self.require(ctx.groups, period, d),
+                                    str(by_name[period.name].value)))
+            if quota.name in by_name:
+                us = P.quota_us(by_name[quota.name].value, ctx.new.get(period.name, 100000))
+                writes.append(Write(quota.name, self.require(ctx.groups, quota, d),
+                                    convert.v1_quota_write(us)))
         return writes
 
     def _plan_cpuset(self, ctx: PlanContext, s: P.Setting) -> List[Write]:
         """v1 cpusets nest strictly: a child must stay within its parent, so
         widen the parent first, then set the children, then the parent."""
-        fname = s.param.v1_file
+        fname = self.file_for(s.param)
         top = ctx.groups.dirs(s.param)[0]
         path = self.require(ctx.groups, s.param, top, fname)
         children = [os.path.join(top, c, fname) for c in fs.subdirs(top)
@@ -140,10 +117,10 @@ class V1Backend(Backend):
 
     def _plan_device(self, ctx: PlanContext, s: P.Setting) -> Optional[Write]:
         dev = ctx.devnums[s.device]
+        fname = self.pick(ctx.groups, s.param)
+        path = self.require(ctx.groups, s.param, ctx.groups.dirs(s.param)[0], fname)
         if s.param.name == "device_weight":
-            fname = self._weight_file(ctx.groups, True)
-            path = self.require(ctx.groups, s.param, ctx.groups.dirs(s.param)[0], fname)
-            bfq = "bfq" in fname
+            bfq = fname == s.param.v1_files[0]
             clear = "default" if bfq else "0"   # the kernel: bfq says ERANGE to "0"
             if s.removes:
                 if dev not in parse_device_file(fs.read(path)):
@@ -154,9 +131,8 @@ class V1Backend(Backend):
                                         param=s.param.name, guest=ctx.groups.guest)
                 value = str(s.value)
         else:
-            fname, clear = s.param.v1_file, "0"
+            clear = "0"
             value = "0" if s.removes else str(int(s.value))
-            path = self.require(ctx.groups, s.param, ctx.groups.dirs(s.param)[0], fname)
         return Write(s.param.name, path, f"{dev} {value}", device=dev,
                      absent_restore=f"{dev} {clear}")
 

@@ -1,4 +1,7 @@
-"""cgroup v2: one unified hierarchy; conversions from libvirt's v1-shaped units."""
+"""cgroup v2: one unified hierarchy; conversions from libvirt's v1-shaped units.
+
+File names come from the catalogue row (``Param.v2_files``); this module knows the
+order of writes, the value spellings and io.max's keys."""
 
 from __future__ import annotations
 
@@ -15,8 +18,7 @@ from cgctl.cgroup import fs
 from cgctl.cgroup.backend import Backend, PlanContext, Write, device_line, parse_device_file
 from cgctl.cgroup.groups import GuestGroups
 
-_SIMPLE = {"hard_limit": "memory.max", "soft_limit": "memory.high",
-           "min_guarantee": "memory.min", "swap_soft_limit": "memory.swap.high"}
+_MEMORY = ("hard_limit", "soft_limit", "min_guarantee", "swap_soft_limit")  # one file each
 _IO_KEYS = {"device_read_bytes_sec": "rbps", "device_write_bytes_sec": "wbps",
             "device_read_iops_sec": "riops", "device_write_iops_sec": "wiops"}
 
@@ -53,17 +55,24 @@ class V2Backend(Backend):
         return ""
 
     def _has_bfq(self, groups: GuestGroups) -> bool:
-        return fs.exists(os.path.join(groups.machine_dir("io"), "io.bfq.weight"))
+        """BFQ's weight file (the weight rows' first alternative) is in the machine group."""
+        weight = P.BY_NAME["weight"]
+        return fs.exists(os.path.join(groups.dirs(weight)[0], weight.v2_files[0]))
+
+    def _weight_file(self, groups: GuestGroups, param: P.Param, bfq: bool) -> str:
+        return param.v2_files[0] if bfq else param.v2_files[1]
 
     # -- reading ---------------------------------------------------------------
     def read(self, param: P.Param, groups: GuestGroups):
         name = param.name
         d = groups.dirs(param)[0]
-        if name in _SIMPLE:
-            return convert.v2_read(fs.read(self.require(groups, param, d, _SIMPLE[name])))
+        if name in _MEMORY:
+            return convert.v2_read(fs.read(self.require(groups, param, d)))
         if name == "swap_hard_limit":
-            swap = convert.v2_read(fs.read(self.require(groups, param, d, "memory.swap.max")))
-            mem = convert.v2_read(fs.read(self.require(groups, param, d, "memory.max")))
+            # memory.swap.max holds swap only; libvirt's value counts RAM too
+            hard = P.BY_NAME["hard_limit"]
+            swap = convert.v2_read(fs.read(self.require(groups, param, d)))
+            mem = convert.v2_read(fs.read(self.require(groups, hard, d)))
             return convert.swap_max_to_memsw(swap, mem)
         if name == "cpu_shares":
             return convert.weight_to_shares(int(fs.read(self.require(groups, param, d))))
@@ -74,7 +83,7 @@ class V2Backend(Backend):
             return fs.read(self.require(groups, param, d)).strip()
         if name in ("weight", "device_weight"):
             bfq = self._has_bfq(groups)
-            text = fs.read(self.require(groups, param, d, "io.bfq.weight" if bfq else "io.weight"))
+            text = fs.read(self.require(groups, param, d, self._weight_file(groups, param, bfq)))
             conv = (lambda w: w) if bfq else convert.io_weight_to_blkio_weight
             if name == "weight":
                 for line in text.splitlines():
@@ -82,9 +91,10 @@ class V2Backend(Backend):
                         return conv(int(line.split()[1]))
                 return conv(100)
             out = {dev: conv(int(v)) for dev, v in parse_device_file(text).items()}
-            if bfq and fs.exists(os.path.join(d, "io.weight")):
+            iocost = os.path.join(d, param.v2_files[1])
+            if bfq and fs.exists(iocost):
                 # disks off bfq take their weight from iocost's io.weight
-                for dev, v in parse_device_file(fs.read(os.path.join(d, "io.weight"))).items():
+                for dev, v in parse_device_file(fs.read(iocost)).items():
                     out.setdefault(dev, convert.io_weight_to_blkio_weight(int(v)))
             return out
         key = _IO_KEYS[name]
@@ -107,6 +117,7 @@ class V2Backend(Backend):
 
     # -- planning ----------------------------------------------------------------
     def plan(self, ctx: PlanContext, settings: List[P.Setting]) -> List[Write]:
+        self.refuse_unsupported(ctx.groups, settings)
         by_name = {s.param.name: s for s in settings if not s.param.per_device}
         g = ctx.groups
         writes: List[Write] = []
@@ -116,28 +127,25 @@ class V2Backend(Backend):
         if "swap_hard_limit" in by_name or ("hard_limit" in by_name and swap_hard != units.UNLIMITED):
             p = P.BY_NAME["swap_hard_limit"]
             swap = convert.memsw_to_swap_max(swap_hard, ctx.new.get("hard_limit", units.UNLIMITED))
-            writes.append(Write(p.name, self.require(g, p, g.dirs(p)[0], "memory.swap.max"),
-                                convert.v2_write(swap)))
+            writes.append(Write(p.name, self.require(g, p, g.dirs(p)[0]), convert.v2_write(swap)))
         if "hard_limit" in by_name:
             self._refuse_oom(g, by_name["hard_limit"].value)
-        for name in ("hard_limit", "soft_limit", "min_guarantee", "swap_soft_limit"):
+        for name in _MEMORY:
             if name in by_name:
                 p = by_name[name].param
-                writes.append(Write(name, self.require(g, p, g.dirs(p)[0], _SIMPLE[name]),
+                writes.append(Write(name, self.require(g, p, g.dirs(p)[0]),
                                     convert.v2_write(by_name[name].value)))
         if "cpu_shares" in by_name:
             s = by_name["cpu_shares"]
             writes.append(Write(s.param.name, self.require(g, s.param, g.dirs(s.param)[0]),
                                 str(convert.shares_to_weight(s.value))))
-        for prefix in ("global", "vcpu", "emulator"):
-            pname, qname = f"{prefix}_period", f"{prefix}_quota"
-            if pname in by_name or qname in by_name:
-                period = int(ctx.new.get(pname, 100000))
-                quota = P.quota_us(ctx.new.get(qname, units.UNLIMITED), period)
-                p = P.BY_NAME[pname]
+        for pp, qp in P.BANDWIDTH:   # cpu.max holds both: "QUOTA PERIOD"
+            if pp.name in by_name or qp.name in by_name:
+                period = int(ctx.new.get(pp.name, 100000))
+                quota = P.quota_us(ctx.new.get(qp.name, units.UNLIMITED), period)
+                p = qp if qp.name in by_name else pp
                 for d in g.dirs(p):
-                    writes.append(Write(qname if qname in by_name else pname,
-                                        self.require(g, p, d, "cpu.max"),
+                    writes.append(Write(p.name, self.require(g, p, d),
                                         convert.cpu_max_format(quota, period)))
         for name in ("cpuset_cpus", "cpuset_mems"):
             if name in by_name:
@@ -148,7 +156,7 @@ class V2Backend(Backend):
             bfq = self._has_bfq(g)
             value = s.value if bfq else convert.blkio_weight_to_io_weight(s.value)
             writes.append(Write("weight", self.require(g, s.param, g.dirs(s.param)[0],
-                                                       "io.bfq.weight" if bfq else "io.weight"),
+                                                       self._weight_file(g, s.param, bfq)),
                                 f"default {value}"))
         writes += self.plan_devices(ctx, settings)
         return writes
@@ -159,7 +167,7 @@ class V2Backend(Backend):
         if limit == units.UNLIMITED:
             return
         try:
-            current = int(fs.read(os.path.join(g.libvirt_dir("memory"), "memory.current")))
+            current = int(fs.read(os.path.join(g.libvirt_dir("memory"), self.usage_file)))
         except (OSError, ValueError):
             return
         if limit < current:
@@ -168,7 +176,7 @@ class V2Backend(Backend):
                 f"{units.format_bytes(limit)}; cgroup v2 would OOM-kill it instead of refusing, "
                 "so cgctl refuses (lower it in steps, or let the guest free memory first)",
                 guest=g.guest, param="hard_limit", errno=errno.EBUSY,
-                path=os.path.join(g.libvirt_dir("memory"), "memory.max"))
+                path=os.path.join(g.libvirt_dir("memory"), P.BY_NAME["hard_limit"].v2_file))
 
     def _plan_device(self, ctx: PlanContext, s: P.Setting) -> Optional[Write]:
         g = ctx.groups
@@ -178,7 +186,7 @@ class V2Backend(Backend):
             # per disk: BFQ when the disk uses it, else iocost (io.weight, which the
             # kernel refuses with EOPNOTSUPP until io.cost.qos enables the disk)
             bfq = self._has_bfq(g) and devices.io_scheduler(dev)[0] in ("bfq", None)
-            fname = "io.bfq.weight" if bfq else "io.weight"
+            fname = self._weight_file(g, s.param, bfq)
             path = self.require(g, s.param, d, fname)
             if s.removes:
                 if dev not in parse_device_file(fs.read(path)):
@@ -189,5 +197,5 @@ class V2Backend(Backend):
             return Write(s.param.name, path, f"{dev} {value}",
                          device=dev, absent_restore=f"{dev} default")
         value = "max" if s.removes else str(int(s.value))
-        return IoMaxWrite(s.param.name, self.require(g, s.param, d, "io.max"), dev,
+        return IoMaxWrite(s.param.name, self.require(g, s.param, d), dev,
                           _IO_KEYS[s.param.name], value)

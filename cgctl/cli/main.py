@@ -96,14 +96,9 @@ def _mode(args) -> str:
     return CURRENT
 
 
-_VIRSH = {
-    "memtune": ["hard-limit", "soft-limit", "swap-hard-limit", "min-guarantee", "swap-soft-limit"],
-    "schedinfo": ["cpu-shares", "global-period", "global-quota", "vcpu-period", "vcpu-quota",
-                  "emulator-period", "emulator-quota"],
-    "blkiotune": ["weight", "device-weights", "device-read-bytes-sec", "device-write-bytes-sec",
-                  "device-read-iops-sec", "device-write-iops-sec"],
-    "cpuset": ["cpus", "mems"],
-}
+# virsh-style commands (memtune, schedinfo, cpuset, blkiotune) and their options: the
+# catalogue's family and virsh columns (cgctl/model/params.py)
+_VIRSH = P.virsh_options()
 
 
 def _add_common(p: argparse.ArgumentParser, defaults: bool) -> None:

@@ -22,6 +22,7 @@ from cgctl.core import live
 from cgctl.errors import CgctlError
 from cgctl.host import runfiles
 from cgctl.model import params as P
+from cgctl.model.convert import PAGE_COUNTER_MAX
 
 SORT_KEYS = {  # --sort NAME → the row's field, and whether biggest first
     "name": ("guest", False), "mem": ("mem_bytes", True), "cpu": ("cpu_percent", True),
@@ -101,7 +102,7 @@ class Sampler:
                    rd, wr)
             prev = self._last.get(uuid)
             self._last[uuid] = cur
-            limit = None if not isinstance(limit, int) or limit >= usage.V1_UNLIMITED else limit
+            limit = None if not isinstance(limit, int) or limit >= PAGE_COUNTER_MAX else limit
             row = {"guest": g.name, "uuid": uuid, "driver": g.driver,
                    "mem_bytes": mem.get("current"), "mem_limit_bytes": limit,
                    "mem_percent": (round(100.0 * mem["current"] / limit, 1)

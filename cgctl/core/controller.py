@@ -18,9 +18,10 @@ from typing import Dict, Iterable, List, Optional, Tuple
 
 from cgctl import consts, log
 from cgctl.host import devices, runfiles
-from cgctl.core import guestlock, live
+from cgctl.core import compare, guestlock, live
 from cgctl.cgroup import hierarchy, placement
 from cgctl.model import params as P
+from cgctl.model import units
 from cgctl.cgroup import Router
 from cgctl.errors import CgctlError, GuestNotFound, GuestNotRunning, GuestTransient, UsageError
 from cgctl.core.journal import Journal, current_user, now
@@ -65,11 +66,6 @@ def resolve_mode(mode: str, guest: Guest) -> str:
         raise GuestTransient("cannot change the persistent config of a transient domain "
                              "(use --live)", guest=guest.name)
     return mode
-
-
-def same_instance(last, inst) -> bool:
-    """The journal's last applied instance (an InstanceRow or None) is ``inst`` (pid, start)."""
-    return last is not None and last.pid == inst[0] and abs(last.start_time - inst[1]) < 1e-3
 
 
 TEST_WINDOW_ENV = "CGCTL_TEST_APPLY_WINDOW"
@@ -142,7 +138,7 @@ class Controller:
             raise UsageError("no guest named")
         if len(ident) > 1024:
             raise UsageError(f"guest name is {len(ident)} characters long; libvirt names are short")
-        if runfiles.normalize_uuid(ident) is None:
+        if units.normalize_uuid(ident) is None:
             runfiles.validate_name(ident)
         g = runfiles.find_running(ident, self.run_dir)
         if g is not None:
@@ -304,7 +300,7 @@ class Controller:
                        overlay: Optional[Dict[P.Key, str]] = None) -> Optional[Outcome]:
         journal = journal or self.journal()
         with self.locked(guest):  # from reading the config to recording what was written
-            if once and same_instance(journal.get_instance(guest.uuid),
+            if once and runfiles.same_instance(journal.get_instance(guest.uuid),
                                       runfiles.instance_of(guest.pid)):
                 return None
             config = dict(journal.get_config(guest.uuid))
@@ -420,12 +416,12 @@ class Controller:
             groups = self.groups(guest)
             live_values = live.read_all(self.router, groups)
             names = self.device_names(guest, [d for (_, d) in config])
+        normalize = compare.normalizer(self.router, groups) if guest.running else None
         rows = []
         for p in P.CATALOGUE:
             cfg = {d: v for (n, d), v in config.items() if n == p.name}
             lv = live_values.get(p.name)
-            norm = self.router.backend(p.controller).normalize if guest.running else None
-            rows.append(_show_row(p, lv, cfg, guest.running, norm, groups, names, live_values))
+            rows.append(_show_row(p, lv, cfg, guest.running, normalize, names, live_values))
         notes = systemd_notes(groups) if groups is not None else []
         return {"guest": guest.name, "uuid": guest.uuid, "driver": guest.driver,
                 "running": guest.running, "persistent": guest.persistent,
@@ -475,14 +471,16 @@ def systemd_notes(groups) -> List[str]:
 
 
 def _show_row(p: P.Param, live_value, cfg: Dict[str, str], running: bool, normalize=None,
-              groups=None, names: Dict[str, List[str]] = None, periods=None) -> dict:
+              names: Dict[str, List[str]] = None, live_values=None) -> dict:
+    """One parameter of ``show``: live beside config, and whether they differ (None: no
+    config, not running, or not to be told; cgctl/core/compare.py decides)."""
     devs = None
     if p.per_device:
         live_text = live.format_value(p, live_value) if running else None
         config_text = ", ".join(f"{d}={v}" for d, v in sorted(cfg.items())) or None
         differs = None
         if running and isinstance(live_value, dict):
-            devs = _device_rows(p, live_value, cfg, names or {})
+            devs = _device_rows(p, live_value, cfg, names or {}, normalize)
             live_text = ", ".join(
                 f"{r['device']} ({r['majmin']})={r['live']}" if r["device"] else
                 f"{r['majmin']}={r['live']}" for r in devs if r["live"] is not None) or "-"
@@ -497,14 +495,9 @@ def _show_row(p: P.Param, live_value, cfg: Dict[str, str], running: bool, normal
             pv = P.parse_value(p, config_value)
             config_text = live.format_value(p, pv)
             if running and not isinstance(live_value, CgctlError) and live_value is not None:
-                lv = live_value
-                if p.kind == P.QUOTA and isinstance(pv, str):
-                    # a share of CPUs: in microseconds at the period in force
-                    period = (periods or {}).get(p.name.replace("_quota", "_period"))
-                    differs = None if not isinstance(period, int) else \
-                        lv != P.quota_us(pv, period)
-                else:
-                    differs = lv != (normalize(p, pv, groups) if normalize else pv)
+                held = compare.in_force(p, pv, live_value, normalize,
+                                        (live_values or {}).get(p.period))
+                differs = None if held is None else not held
     row = {"param": p.name, "live": live_text, "config": config_text, "differs": differs,
            "unsupported": str(live_value) if isinstance(live_value, CgctlError) else None}
     if devs is not None:
@@ -513,7 +506,7 @@ def _show_row(p: P.Param, live_value, cfg: Dict[str, str], running: bool, normal
 
 
 def _device_rows(p: P.Param, live_value: Dict[str, object], cfg: Dict[str, str],
-                 names: Dict[str, List[str]]) -> List[dict]:
+                 names: Dict[str, List[str]], normalize=None) -> List[dict]:
     """One row per device: the operator's name (where the config names it) beside MAJ:MIN;
     a configured device with no live entry, or that resolves to nothing now, differs."""
     rows = []
@@ -525,7 +518,7 @@ def _device_rows(p: P.Param, live_value: Dict[str, object], cfg: Dict[str, str],
             rows.append({"device": n, "majmin": majmin, "live": P.canonical_text(p, value),
                          "config": ctext,
                          "differs": None if ctext is None else
-                         P.canonical_text(p, value) != P.canonical_text(p, P.parse_value(p, ctext))})
+                         not compare.in_force(p, P.parse_value(p, ctext), value, normalize)})
     for n, ctext in sorted(cfg.items()):
         if n not in seen:
             majmin = next((mm for mm, ns in names.items() if n in ns), None)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Dict, List, NamedTuple, Optional
 
-from cgctl.core import live
+from cgctl.core import compare, live
 from cgctl.host import runfiles
 from cgctl.model import params as P
 from cgctl.errors import CgctlError
@@ -56,6 +56,7 @@ def find(ctl, guest, journal=None) -> List[Drift]:
         return []
     groups = ctl.groups(guest)
     router = ctl.router
+    normalize = compare.normalizer(router, groups)
     cache: Dict[str, object] = {}
 
     def now(p: P.Param):
@@ -88,23 +89,11 @@ def find(ctl, guest, journal=None) -> List[Drift]:
             majmin = devnums.get(device)
             if majmin is None:
                 continue
-            held = got.get(majmin)
-            cleared = value == 0 or value == P.UNLIMITED
-            if cleared:
-                ok = held is None
-            else:
-                ok = held == router.backend(p.controller).normalize(p, value, groups)
-            if not ok:
-                drifts.append(Drift(name, device, text,
-                                    None if held is None else P.canonical_text(p, held)))
-            continue
-        if p.kind == P.QUOTA and isinstance(value, str):
-            period = now(P.BY_NAME[name.replace("_quota", "_period")])
-            if period is None:
-                continue
-            value = P.quota_us(value, period)
-        if got != router.backend(p.controller).normalize(p, value, groups):
-            drifts.append(Drift(name, device, text, P.canonical_text(p, got)))
+            got = got.get(majmin)   # this device's entry, None: it has none
+        period = now(P.BY_NAME[p.period]) if p.period else None
+        if compare.in_force(p, value, got, normalize, period) is False:
+            drifts.append(Drift(name, device, text,
+                                None if got is None else P.canonical_text(p, got)))
     return drifts
 
 

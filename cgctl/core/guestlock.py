@@ -57,7 +57,7 @@ def lock_dir() -> str:
 
 
 def path_for(uuid: str) -> str:
-    from cgctl.host.runfiles import normalize_uuid
+    from cgctl.model.units import normalize_uuid
     u = normalize_uuid(uuid) if isinstance(uuid, str) else None
     if u is None:
         raise UsageError(f"not a guest UUID: {uuid!r}")

@@ -14,6 +14,16 @@ Writers use one transaction per change::
         tx.add_history(uuid, name, command="set", source="cli", mode="live+config",
                        changes=[("hard_limit", "", None, "1073741824")])
     # committed and on disk here; an exception inside the block rolls back
+
+Why one module of ~700 lines: it is the one place that speaks SQLite, and its parts change
+together. A migration (``MIGRATIONS``) and the queries that read its columns (``_Reader``,
+``Transaction``) land in the same commit and are checked against each other by
+tests/unit/test_journal.py; opening the file (create with the right mode, identity and
+version check, WAL, migrate: ``Journal._open``...) shares the connection handling and
+the error translation (``Journal._fail``) with every transaction. Split along "schema vs
+queries", each half would import the other's private names. Reading order: rows and
+schema (top), who made a change (``current_user``), reads and writes (``_Reader``,
+``Transaction``), the file and its lifecycle (``Journal``).
 """
 
 from __future__ import annotations
@@ -30,13 +40,13 @@ from datetime import datetime, timezone
 from typing import Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Tuple, Union
 
 from cgctl import consts
+from cgctl.consts import DRIVERS
 from cgctl.model import units
 from cgctl.errors import JournalError, UsageError
 
 ConfigKey = Tuple[str, str]  # (param, device); device is "" for non-device parameters
 Config = Dict[ConfigKey, str]
 
-DRIVERS = ("qemu", "lxc")
 SOURCES = ("cli", "event", "hook", "reconcile")
 MODES = ("live", "config", "live+config")
 
@@ -125,17 +135,8 @@ class HistoryRow(NamedTuple):
 class InstanceRow(NamedTuple):
     uuid: str
     pid: int
-    start_time: float  # process start time (psutil create_time)
+    start_time: float  # process start time (runfiles.instance_of)
     applied_at: str
-
-
-class Change(NamedTuple):
-    """One parameter's change in a history entry (a plain 4-tuple works too)."""
-
-    param: str
-    device: str
-    old: Optional[str]
-    new: Optional[str]
 
 
 def now() -> str:
@@ -197,8 +198,9 @@ def current_user() -> str:
     return describe_user(os.getuid(), read_loginuid(), os.environ.get("SUDO_USER"))
 
 
-def normalize_uuid(value: str) -> str:
-    """Canonical lower-case form; ValueError if it is not a UUID."""
+def _uuid(value: str) -> str:
+    """The journal's key: units.normalize_uuid's canonical form. Anything else is a caller's
+    bug (they look guests up first), so a ValueError, never a row under a bad key."""
     canon = units.normalize_uuid(value)
     if canon is None:
         raise ValueError(f"not a UUID: {value!r}")
@@ -237,12 +239,12 @@ class _Reader:
     def get_config(self, uuid: str) -> Config:
         rows = self._db.execute(
             "SELECT param, device, value FROM setting WHERE uuid = ? ORDER BY param, device",
-            (normalize_uuid(uuid),))
+            (_uuid(uuid),))
         return {(param, device): value for param, device, value in rows}
 
     def get_guest(self, uuid: str) -> Optional[GuestRow]:
         row = self._db.execute(_GUEST_SELECT + " WHERE g.uuid = ?",
-                               (normalize_uuid(uuid),)).fetchone()
+                               (_uuid(uuid),)).fetchone()
         return _guest(row) if row else None
 
     def guests(self) -> List[GuestRow]:
@@ -279,7 +281,7 @@ class _Reader:
         where, args = [], []
         if uuid is not None:
             where.append("uuid = ?")
-            args.append(normalize_uuid(uuid))
+            args.append(_uuid(uuid))
         if since is not None:
             where.append("at >= ?")
             args.append(_timestamp(since))
@@ -294,7 +296,7 @@ class _Reader:
 
     def get_instance(self, uuid: str) -> Optional[InstanceRow]:
         row = self._db.execute("SELECT uuid, pid, start_time, applied_at FROM instance "
-                               "WHERE uuid = ?", (normalize_uuid(uuid),)).fetchone()
+                               "WHERE uuid = ?", (_uuid(uuid),)).fetchone()
         return InstanceRow(*row) if row else None
 
 
@@ -307,12 +309,12 @@ class Transaction(_Reader):
         self._db.execute(
             "INSERT INTO guest (uuid, name, driver) VALUES (?, ?, ?) ON CONFLICT (uuid) "
             "DO UPDATE SET name = excluded.name, driver = excluded.driver, deleted = 0",
-            (normalize_uuid(uuid), name, driver))
+            (_uuid(uuid), name, driver))
 
     def set_config(self, uuid: str, name: str, driver: str,
                    changes: Mapping[ConfigKey, Optional[str]]) -> Dict[ConfigKey, Optional[str]]:
         """Set (value) or remove (None) settings; returns their previous values (None: unset)."""
-        uuid = normalize_uuid(uuid)
+        uuid = _uuid(uuid)
         self.upsert_guest(uuid, name, driver)
         before = self.get_config(uuid)
         for (param, device), value in changes.items():
@@ -329,7 +331,7 @@ class Transaction(_Reader):
         return {key: before.get(key) for key in changes}
 
     def add_history(self, uuid: str, name: str, *, command: str, source: str, mode: str,
-                    changes: Iterable[Union[Change, Tuple[str, str, Optional[str], Optional[str]]]],
+                    changes: Iterable[Tuple[str, str, Optional[str], Optional[str]]],
                     outcome: str = "ok", user: Optional[str] = None,
                     at: Union[str, float, datetime, None] = None) -> int:
         """One row per (param, device, old, new), all with the same time; returns the count."""
@@ -337,7 +339,7 @@ class Transaction(_Reader):
         _check(mode, MODES, "mode")
         stamp = now() if at is None else _timestamp(at)
         user = current_user() if user is None else user
-        rows = [(stamp, normalize_uuid(uuid), name, command, source, mode,
+        rows = [(stamp, _uuid(uuid), name, command, source, mode,
                  param, device, old, new, outcome, user)
                 for param, device, old, new in changes]
         self._db.executemany(
@@ -351,7 +353,7 @@ class Transaction(_Reader):
         self._db.execute(
             "INSERT OR REPLACE INTO instance (uuid, pid, start_time, applied_at) "
             "VALUES (?, ?, ?, ?)",
-            (normalize_uuid(uuid), int(pid), float(start_time),
+            (_uuid(uuid), int(pid), float(start_time),
              now() if applied_at is None else _timestamp(applied_at)))
 
     def forget_guest(self, uuid: str, *, command: str = "forget", source: str = "cli",
@@ -361,7 +363,7 @@ class Transaction(_Reader):
         Each dropped setting gets a history row (old value -> NULL, mode
         "config").  Returns the dropped config; {} for an unknown guest.
         """
-        uuid = normalize_uuid(uuid)
+        uuid = _uuid(uuid)
         guest = self.get_guest(uuid)
         if guest is None:
             return {}

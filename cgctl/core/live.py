@@ -16,13 +16,10 @@ from cgctl.cgroup.backend import PlanContext, Write
 from cgctl.cgroup.groups import GuestGroups
 from cgctl.errors import CgctlError, Unsupported
 
-# what else a change must know to be validated and converted
-_RELATED = {
-    "memory": ("hard_limit", "swap_hard_limit", "soft_limit", "min_guarantee"),
-    "global": ("global_period", "global_quota"),
-    "vcpu": ("vcpu_period", "vcpu_quota"),
-    "emulator": ("emulator_period", "emulator_quota"),
-}
+# what else a change must know to be validated and converted: the memory limits checked
+# against each other (params.validate_merged), and the other half of a CPU bandwidth pair
+_RELATED = (("hard_limit", "swap_hard_limit", "soft_limit", "min_guarantee"),) + tuple(
+    (period.name, quota.name) for period, quota in P.BANDWIDTH)
 
 
 class Change(NamedTuple):
@@ -56,7 +53,7 @@ def _related(settings: Iterable[P.Setting]) -> List[str]:
     names = set()
     for s in settings:
         n = s.param.name
-        for key, group in _RELATED.items():
+        for group in _RELATED:
             if n in group:
                 names.update(group)
     return sorted(names)

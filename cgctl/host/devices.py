@@ -105,12 +105,6 @@ def guest_disks(domain_xml: Optional[str]) -> Dict[str, GuestDisk]:
     return out
 
 
-def disk_sources(domain_xml: Optional[str]) -> Dict[str, str]:
-    """Guest disk target (``vda``) → host block device path, for ``type='block'`` disks."""
-    return {t: d.source for t, d in guest_disks(domain_xml).items()
-            if d.type == "block" and d.source}
-
-
 def _guest_target(name: str, disk: GuestDisk, guest: Optional[str], param: Optional[str]) -> str:
     who = f" of guest {guest}" if guest else ""
     if disk.type == "block" and disk.source:
@@ -234,10 +228,6 @@ def io_scheduler(majmin: str) -> Tuple[Optional[str], List[str]]:
         return None, []
     current = next((w[1:-1] for w in words if w.startswith("[")), None)
     return current, [w.strip("[]") for w in words]
-
-
-def uses_scheduler(majmin: str, want: str) -> bool:
-    return io_scheduler(majmin)[0] == want
 
 
 def check_scheduler(majmin: str, want: str, *, device: str, param: str = None,

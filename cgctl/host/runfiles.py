@@ -45,9 +45,8 @@ import xml.etree.ElementTree as ET
 from typing import Iterable, Iterator, Optional, Tuple, NamedTuple
 
 from cgctl import consts, errors
-from cgctl.model.units import normalize_uuid  # noqa: F401  (public here too)
-
-DRIVERS = ("qemu", "lxc")
+from cgctl.consts import DRIVERS
+from cgctl.model.units import normalize_uuid
 # where distributions install libvirt's LXC controller (Debian, Fedora/RHEL, SUSE)
 LXC_CONTROLLERS = ("/usr/lib/libvirt/libvirt_lxc", "/usr/libexec/libvirt_lxc",
                    "/usr/lib64/libvirt/libvirt_lxc")
@@ -359,18 +358,46 @@ def is_persistent(driver: str, name: str, etc_dir: str = consts.LIBVIRT_ETC_DIR)
     return os.path.isfile(os.path.join(etc_dir, driver, validate_name(name) + ".xml"))
 
 
-def instance_of(pid: int) -> Tuple[int, float]:
-    """(pid, start time) of a process: tells one run of a guest from the next.
+# A process's start is read in one place (``_since_boot``: field 22 of /proc/PID/stat, clock
+# ticks after boot, exact and fixed for the process's life). Two anchors turn it into seconds
+# since the epoch, each for what it is compared with:
+# - ``instance_of``: + /proc/stat's btime (whole seconds). The same number in every process
+#   that computes it, so the hook, the service and the CLI agree on "this run of the guest";
+#   it is also what psutil's create_time() gives, which wrote the journals of earlier versions.
+# - ``started_at``: + (the wall clock now - /proc/uptime). Off by at most a tick from the real
+#   start, where btime's truncation is off by up to a second: for comparing with the
+#   journal's wall-clock timestamps (drift: "written since this run started").
 
-    The start time is psutil's ``create_time()`` (seconds since the epoch), the value the
-    journal stores. GuestNotRunning if the process is gone.
-    """
-    import psutil  # lazily: not every caller needs it
+# Two records of one run agree exactly (integer btime and ticks, a float stored as SQLite
+# REAL reads back bit-identical); two starts of one PID are at least a clock tick (10 ms at
+# USER_HZ 100) apart. Half a tick absorbs float rounding and never merges two runs.
+SAME_START_S = 0.005
 
+
+def _since_boot(pid: int, proc_root: str) -> float:
+    """Seconds from boot to the start of ``pid``; GuestNotRunning if it is gone."""
     try:
-        return pid, psutil.Process(pid).create_time()
-    except psutil.NoSuchProcess as e:
-        raise errors.GuestNotRunning(f"process {pid} is gone") from e
+        with open(os.path.join(proc_root, str(int(pid)), "stat"), "rb") as f:
+            stat = f.read().decode("ascii", "replace")
+    except (FileNotFoundError, ProcessLookupError):
+        raise errors.GuestNotRunning(f"process {pid} is gone") from None
+    ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22, counted after "(comm)"
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def instance_of(pid: int, proc_root: str = consts.PROC_ROOT) -> Tuple[int, float]:
+    """(pid, start time) of a process: tells one run of a guest from the next (the value
+    the journal stores; see the note above ``SAME_START_S``). GuestNotRunning if it is gone."""
+    start = _since_boot(pid, proc_root)
+    with open(os.path.join(proc_root, "stat"), "rb") as f:
+        btime = next(int(line.split()[1]) for line in f if line.startswith(b"btime "))
+    return pid, btime + start
+
+
+def same_instance(last, inst: Tuple[int, float]) -> bool:
+    """The journal's last applied instance (an InstanceRow or None) is ``inst`` (pid, start)."""
+    return (last is not None and last.pid == inst[0]
+            and abs(last.start_time - inst[1]) < SAME_START_S)
 
 
 def status_domain_xml(driver: str, name: str, run_dir: str = consts.LIBVIRT_RUN_DIR) -> Optional[str]:
@@ -387,19 +414,10 @@ def status_domain_xml(driver: str, name: str, run_dir: str = consts.LIBVIRT_RUN_
 
 
 def started_at(pid: int, proc_root: str = consts.PROC_ROOT) -> float:
-    """When a process started, in wall-clock seconds, to compare with the journal's times.
-
-    Not psutil's create_time: that adds the start to /proc/stat's btime, which is off from the
-    wall clock by however much the clock was stepped since boot (0.5 s on the development machine).
-    Here both ends are boot-time clocks (/proc/uptime and the start in /proc/PID/stat) and only
-    their difference meets the wall clock. GuestNotRunning if the process is gone."""
+    """When a process started, in wall-clock seconds, to compare with the journal's times
+    (see the note above ``SAME_START_S``). GuestNotRunning if the process is gone."""
     import time
-    try:
-        with open(os.path.join(proc_root, str(int(pid)), "stat"), "rb") as f:
-            stat = f.read().decode("ascii", "replace")
-        with open(os.path.join(proc_root, "uptime")) as f:
-            uptime = float(f.read().split()[0])
-    except (FileNotFoundError, ProcessLookupError):
-        raise errors.GuestNotRunning(f"process {pid} is gone") from None
-    ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22, counted after "(comm)"
-    return time.time() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
+    start = _since_boot(pid, proc_root)
+    with open(os.path.join(proc_root, "uptime")) as f:
+        uptime = float(f.read().split()[0])
+    return time.time() - (uptime - start)

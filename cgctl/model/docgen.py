@@ -23,6 +23,12 @@ Per-device parameters take `DEVICE,VALUE[,DEVICE,VALUE...]`; a value of `0` (or 
 throttles) removes the device's entry. Where the parameter is written: **libvirt group** is the
 guest's own group (`.../libvirt` on systemd hosts); **machine group** is the guest's group among its
 siblings (weights are relative to siblings); **vcpuN** / **emulator** are QEMU's per-thread groups.
+
+Each table row is one row of the catalogue (`cgctl/model/params.py`), the only place file names live:
+the v1 and v2 backends (`cgctl/cgroup/v1.py`, `v2.py`) write exactly the file named here (the first
+of "X, else Y" that the host has) or refuse with the reason in brackets, which
+`tests/unit/test_catalogue_contract.py` checks for every parameter on both. `cgctl show` and drift
+repair judge "live differs from config" with one function (`cgctl/core/compare.py`).
 """
 
 TARGETS = {P.LIBVIRT: "libvirt group", P.MACHINE: "machine group", P.VCPUS: "every vcpuN",
@@ -31,13 +37,13 @@ TARGETS = {P.LIBVIRT: "libvirt group", P.MACHINE: "machine group", P.VCPUS: "eve
 
 def render() -> str:
     out = [HEADER]
-    for fam in ("memtune", "schedinfo", "cpuset", "blkiotune"):
+    for fam in P.FAMILIES:
         out.append(f"\n## {fam}\n")
         out.append("| parameter | unit | range | written to | cgroup v1 | cgroup v2 | meaning |")
         out.append("|---|---|---|---|---|---|---|")
         for p in P.family(fam):
-            v1 = f"`{p.v1_file}`" if p.v1_file else "unsupported"
-            v2 = f"`{p.v2_file}`" if p.v2_file else "unsupported"
+            v1, v2 = (", else ".join(f"`{f}`" for f in p.files(n)) or "unsupported"
+                      for n in (1, 2))
             if p.v1_note:
                 v1 += f" ({p.v1_note.rstrip('.')})"
             if p.v2_note:

@@ -10,6 +10,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Tuple, Union, NamedT
 
 from cgctl.model import units
 from cgctl.errors import UsageError
+from cgctl.model.convert import PAGE_COUNTER_MAX
 from cgctl.model.units import UNLIMITED, Number
 
 # kinds of value
@@ -28,12 +29,20 @@ MACHINE = "machine"    # the machine group itself: weights are relative to sibli
 VCPUS = "vcpus"        # every vcpuN group (QEMU only)
 EMULATOR = "emulator"  # the emulator group (QEMU only)
 
-PAGE_COUNTER_MAX = 9223372036854771712  # v1's "unlimited", bytes
 
 
 class Param(NamedTuple):
+    """One row of the catalogue: everything about a parameter that is not code.
+
+    A parameter goes from the command line (``name``, or ``virsh`` under its ``family``
+    command) through this row to the backend of its cgroup version, which writes the
+    row's file for that version (``v1_files``/``v2_files``: the first that the host has,
+    in order), or refuses with the row's note when there is none (tests/unit/
+    test_catalogue_contract.py holds every backend to that)."""
+
     name: str
     family: str              # virsh command family: memtune, schedinfo, cpuset, blkiotune
+    virsh: str               # its option under that command (``virsh memtune --hard-limit``)
     controller: str          # v2 controller name (v1's blkio is "io" here)
     kind: str
     minimum: int
@@ -41,12 +50,27 @@ class Param(NamedTuple):
     unlimited: bool
     per_device: bool
     target: str
-    v1_file: Optional[str]   # None: unsupported on v1
-    v2_file: Optional[str]   # None: unsupported on v2
+    v1_files: Tuple[str, ...]  # what v1 writes, alternatives in order; (): unsupported
+    v2_files: Tuple[str, ...]  # the same for v2
     doc: str
     qemu_only: bool = False
-    v1_note: str = ""
+    v1_note: str = ""        # why v1 refuses it (no files), else how it is written
     v2_note: str = ""
+    period: str = ""         # a quota's period parameter: the quota is "per period of <period>"
+
+    @property
+    def v1_file(self) -> Optional[str]:
+        return self.v1_files[0] if self.v1_files else None
+
+    @property
+    def v2_file(self) -> Optional[str]:
+        return self.v2_files[0] if self.v2_files else None
+
+    def files(self, version: int) -> Tuple[str, ...]:
+        return self.v1_files if version == 1 else self.v2_files
+
+    def note(self, version: int) -> str:
+        return self.v1_note if version == 1 else self.v2_note
 
     def unit(self) -> str:
         return {
@@ -64,84 +88,89 @@ class Param(NamedTuple):
 
 _MEM_MAX = PAGE_COUNTER_MAX
 _QUOTA_MAX = 17592186044415  # kernel: max_cfs_quota_period-bound quota (2^44 - 1 us)
+_V1_PERIOD, _V1_QUOTA, _V2_CPU_MAX = ("cpu.cfs_period_us",), ("cpu.cfs_quota_us",), ("cpu.max",)
 
 CATALOGUE: Tuple[Param, ...] = (
-    Param("hard_limit", "memtune", "memory", BYTES, 0, _MEM_MAX, True, False, LIBVIRT,
-          "memory.limit_in_bytes", "memory.max",
+    Param("hard_limit", "memtune", "hard-limit", "memory", BYTES, 0, _MEM_MAX, True, False,
+          LIBVIRT, ("memory.limit_in_bytes",), ("memory.max",),
           "Most RAM the guest may use; above it the kernel reclaims, then OOM-kills."),
-    Param("soft_limit", "memtune", "memory", BYTES, 0, _MEM_MAX, True, False, LIBVIRT,
-          "memory.soft_limit_in_bytes", "memory.high",
+    Param("soft_limit", "memtune", "soft-limit", "memory", BYTES, 0, _MEM_MAX, True, False,
+          LIBVIRT, ("memory.soft_limit_in_bytes",), ("memory.high",),
           "Point to which the guest is reclaimed when the host is short of memory.",
           v2_note="memory.high THROTTLES the guest above it, even with free host memory."),
-    Param("swap_hard_limit", "memtune", "memory", BYTES, 0, _MEM_MAX, True, False, LIBVIRT,
-          "memory.memsw.limit_in_bytes", "memory.swap.max",
+    Param("swap_hard_limit", "memtune", "swap-hard-limit", "memory", BYTES, 0, _MEM_MAX, True,
+          False, LIBVIRT, ("memory.memsw.limit_in_bytes",), ("memory.swap.max",),
           "Most RAM plus swap the guest may use; must be >= hard_limit.",
           v2_note="written as memory.swap.max = swap_hard_limit - hard_limit."),
-    Param("min_guarantee", "memtune", "memory", BYTES, 0, _MEM_MAX, True, False, LIBVIRT,
-          None, "memory.min",
+    Param("min_guarantee", "memtune", "min-guarantee", "memory", BYTES, 0, _MEM_MAX, True, False,
+          LIBVIRT, (), ("memory.min",),
           "RAM protected from reclaim.", v1_note="cgroup v1 has no memory guarantee."),
-    Param("swap_soft_limit", "memtune", "memory", BYTES, 0, _MEM_MAX, True, False, LIBVIRT,
-          None, "memory.swap.high",
+    Param("swap_soft_limit", "memtune", "swap-soft-limit", "memory", BYTES, 0, _MEM_MAX, True,
+          False, LIBVIRT, (), ("memory.swap.high",),
           "Swap use above which the guest is throttled.",
           v1_note="cgroup v1 has no swap throttle point."),
-    Param("cpu_shares", "schedinfo", "cpu", SHARES, 2, 262144, False, False, MACHINE,
-          "cpu.shares", "cpu.weight",
+    Param("cpu_shares", "schedinfo", "cpu-shares", "cpu", SHARES, 2, 262144, False, False,
+          MACHINE, ("cpu.shares",), ("cpu.weight",),
           "Relative CPU weight against other guests (1024 = default).",
           v2_note="converted to cpu.weight (1..10000) by the runc/crun formula."),
-    Param("global_period", "schedinfo", "cpu", PERIOD, 1000, 1000000, False, False, LIBVIRT,
-          "cpu.cfs_period_us", "cpu.max",
+    Param("global_period", "schedinfo", "global-period", "cpu", PERIOD, 1000, 1000000, False,
+          False, LIBVIRT, _V1_PERIOD, _V2_CPU_MAX,
           "Bandwidth period of the whole guest, microseconds."),
-    Param("global_quota", "schedinfo", "cpu", QUOTA, 1000, _QUOTA_MAX, True, False, LIBVIRT,
-          "cpu.cfs_quota_us", "cpu.max",
-          "CPU time the whole guest may use per period; '150%' = 1.5 CPUs."),
-    Param("vcpu_period", "schedinfo", "cpu", PERIOD, 1000, 1000000, False, False, VCPUS,
-          "cpu.cfs_period_us", "cpu.max", "Bandwidth period of each vCPU.", qemu_only=True),
-    Param("vcpu_quota", "schedinfo", "cpu", QUOTA, 1000, _QUOTA_MAX, True, False, VCPUS,
-          "cpu.cfs_quota_us", "cpu.max", "CPU time each vCPU may use per period.",
+    Param("global_quota", "schedinfo", "global-quota", "cpu", QUOTA, 1000, _QUOTA_MAX, True,
+          False, LIBVIRT, _V1_QUOTA, _V2_CPU_MAX,
+          "CPU time the whole guest may use per period; '150%' = 1.5 CPUs.",
+          period="global_period"),
+    Param("vcpu_period", "schedinfo", "vcpu-period", "cpu", PERIOD, 1000, 1000000, False, False,
+          VCPUS, _V1_PERIOD, _V2_CPU_MAX, "Bandwidth period of each vCPU.", qemu_only=True),
+    Param("vcpu_quota", "schedinfo", "vcpu-quota", "cpu", QUOTA, 1000, _QUOTA_MAX, True, False,
+          VCPUS, _V1_QUOTA, _V2_CPU_MAX, "CPU time each vCPU may use per period.",
+          qemu_only=True, period="vcpu_period"),
+    Param("emulator_period", "schedinfo", "emulator-period", "cpu", PERIOD, 1000, 1000000, False,
+          False, EMULATOR, _V1_PERIOD, _V2_CPU_MAX, "Bandwidth period of QEMU's own threads.",
           qemu_only=True),
-    Param("emulator_period", "schedinfo", "cpu", PERIOD, 1000, 1000000, False, False, EMULATOR,
-          "cpu.cfs_period_us", "cpu.max", "Bandwidth period of QEMU's own threads.",
-          qemu_only=True),
-    Param("emulator_quota", "schedinfo", "cpu", QUOTA, 1000, _QUOTA_MAX, True, False, EMULATOR,
-          "cpu.cfs_quota_us", "cpu.max", "CPU time QEMU's own threads may use per period.",
-          qemu_only=True),
-    Param("cpuset_cpus", "cpuset", "cpuset", CPULIST, 0, 0, False, False, LIBVIRT,
-          "cpuset.cpus", "cpuset.cpus", "Host CPUs the guest may run on."),
-    Param("cpuset_mems", "cpuset", "cpuset", CPULIST, 0, 0, False, False, LIBVIRT,
-          "cpuset.mems", "cpuset.mems", "NUMA nodes the guest may allocate from."),
-    Param("weight", "blkiotune", "io", WEIGHT, 10, 1000, False, False, MACHINE,
-          "blkio.bfq.weight", "io.bfq.weight",
+    Param("emulator_quota", "schedinfo", "emulator-quota", "cpu", QUOTA, 1000, _QUOTA_MAX, True,
+          False, EMULATOR, _V1_QUOTA, _V2_CPU_MAX,
+          "CPU time QEMU's own threads may use per period.", qemu_only=True,
+          period="emulator_period"),
+    Param("cpuset_cpus", "cpuset", "cpus", "cpuset", CPULIST, 0, 0, False, False, LIBVIRT,
+          ("cpuset.cpus",), ("cpuset.cpus",), "Host CPUs the guest may run on."),
+    Param("cpuset_mems", "cpuset", "mems", "cpuset", CPULIST, 0, 0, False, False, LIBVIRT,
+          ("cpuset.mems",), ("cpuset.mems",), "NUMA nodes the guest may allocate from."),
+    # BFQ's files where the host has them, else the older CFQ (v1) / iocost (v2) ones
+    Param("weight", "blkiotune", "weight", "io", WEIGHT, 10, 1000, False, False, MACHINE,
+          ("blkio.bfq.weight", "blkio.weight"), ("io.bfq.weight", "io.weight"),
           "Relative block-IO weight against other guests.",
-          v1_note="blkio.bfq.weight, else blkio.weight.",
-          v2_note="io.bfq.weight, else io.weight converted 1 + (w-10)*9999//990."),
-    Param("device_weight", "blkiotune", "io", WEIGHT, 10, 1000, False, True, MACHINE,
-          "blkio.bfq.weight_device", "io.bfq.weight",
+          v2_note="io.weight takes it converted 1 + (w-10)*9999//990."),
+    Param("device_weight", "blkiotune", "device-weights", "io", WEIGHT, 10, 1000, False, True,
+          MACHINE, ("blkio.bfq.weight_device", "blkio.weight_device"),
+          ("io.bfq.weight", "io.weight"),
           "Block-IO weight on one disk: DEV,W (0 removes).",
-          v1_note="blkio.bfq.weight_device, else blkio.weight_device.",
-          v2_note="io.bfq.weight 'MAJ:MIN W', else io.weight (needs io.cost.qos)."),
-    Param("device_read_bytes_sec", "blkiotune", "io", RATE, 0, 2**64 - 2, True, True, LIBVIRT,
-          "blkio.throttle.read_bps_device", "io.max", "Read bytes/s on one disk: DEV,N."),
-    Param("device_write_bytes_sec", "blkiotune", "io", RATE, 0, 2**64 - 2, True, True, LIBVIRT,
-          "blkio.throttle.write_bps_device", "io.max", "Write bytes/s on one disk: DEV,N."),
-    Param("device_read_iops_sec", "blkiotune", "io", IOPS, 0, 2**64 - 2, True, True, LIBVIRT,
-          "blkio.throttle.read_iops_device", "io.max", "Read IO/s on one disk: DEV,N."),
-    Param("device_write_iops_sec", "blkiotune", "io", IOPS, 0, 2**64 - 2, True, True, LIBVIRT,
-          "blkio.throttle.write_iops_device", "io.max", "Write IO/s on one disk: DEV,N."),
+          v2_note="io.weight for a disk off BFQ, which needs io.cost.qos."),
+    Param("device_read_bytes_sec", "blkiotune", "device-read-bytes-sec", "io", RATE, 0,
+          2**64 - 2, True, True, LIBVIRT, ("blkio.throttle.read_bps_device",), ("io.max",),
+          "Read bytes/s on one disk: DEV,N."),
+    Param("device_write_bytes_sec", "blkiotune", "device-write-bytes-sec", "io", RATE, 0,
+          2**64 - 2, True, True, LIBVIRT, ("blkio.throttle.write_bps_device",), ("io.max",),
+          "Write bytes/s on one disk: DEV,N."),
+    Param("device_read_iops_sec", "blkiotune", "device-read-iops-sec", "io", IOPS, 0, 2**64 - 2,
+          True, True, LIBVIRT, ("blkio.throttle.read_iops_device",), ("io.max",),
+          "Read IO/s on one disk: DEV,N."),
+    Param("device_write_iops_sec", "blkiotune", "device-write-iops-sec", "io", IOPS, 0,
+          2**64 - 2, True, True, LIBVIRT, ("blkio.throttle.write_iops_device",), ("io.max",),
+          "Write IO/s on one disk: DEV,N."),
 )
 
 BY_NAME: Dict[str, Param] = {p.name: p for p in CATALOGUE}
+FAMILIES: Tuple[str, ...] = tuple(dict.fromkeys(p.family for p in CATALOGUE))
+# (period, quota) of each CPU bandwidth pair: written together (v2's cpu.max holds both)
+BANDWIDTH: Tuple[Tuple[Param, Param], ...] = tuple(
+    (BY_NAME[p.period], p) for p in CATALOGUE if p.period)
 
-# spellings operators bring from virsh and libvirt's memory-tuning API (docs/design.md#parameters-and-conversions)
+# spellings operators bring: virsh's options (the catalogue's ``virsh`` column), and a few more
 ALIASES = {
-    "hard-limit": "hard_limit", "soft-limit": "soft_limit", "swap-hard-limit": "swap_hard_limit",
-    "min-guarantee": "min_guarantee", "swap-soft-limit": "swap_soft_limit",
-    "shares": "cpu_shares", "cpu-shares": "cpu_shares",
-    "cpuset": "cpuset_cpus", "cpus": "cpuset_cpus", "mems": "cpuset_mems",
-    "blkio_weight": "weight", "device-weight": "device_weight", "device-weights": "device_weight",
-    "device-read-bytes-sec": "device_read_bytes_sec",
-    "device-write-bytes-sec": "device_write_bytes_sec",
-    "device-read-iops-sec": "device_read_iops_sec",
-    "device-write-iops-sec": "device_write_iops_sec",
+    "shares": "cpu_shares", "cpuset": "cpuset_cpus", "blkio_weight": "weight",
+    "device-weight": "device_weight",
+    **{p.virsh: p.name for p in CATALOGUE},
 }
 
 Value = Union[int, float, str]   # int/UNLIMITED for numbers, str for cpu lists and "150%"
@@ -328,3 +357,8 @@ def validate_merged(values: Mapping[str, Value], changed: Iterable[str], guest: 
 
 def family(name: str) -> List[Param]:
     return [p for p in CATALOGUE if p.family == name]
+
+
+def virsh_options() -> Dict[str, List[str]]:
+    """virsh command → its options, in catalogue order (``cgctl memtune GUEST --hard-limit``)."""
+    return {fam: [p.virsh for p in family(fam)] for fam in FAMILIES}

@@ -39,6 +39,7 @@ from cgctl.core import live
 from cgctl.core.journal import Journal
 from cgctl.host import devices, runfiles
 from cgctl.model import params as P
+from cgctl.model.convert import PAGE_COUNTER_MAX
 from cgctl.errors import CgctlError, UsageError
 
 log = logging.getLogger("cgctl")
@@ -218,7 +219,7 @@ def _number(v) -> bool:
 
 def _value(p, v) -> float:
     from cgctl.model.units import UNLIMITED
-    if v == UNLIMITED or (p.kind == "bytes" and v >= consts.V1_UNLIMITED):
+    if v == UNLIMITED or (p.kind == "bytes" and v >= PAGE_COUNTER_MAX):
         return math.inf
     if p.kind == "quota" and v < 0:  # v1's -1
         return math.inf

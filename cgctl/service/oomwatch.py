@@ -32,6 +32,7 @@ from typing import Callable, Dict, Optional
 
 from cgctl import consts
 from cgctl.errors import CgctlError
+from cgctl.model.convert import PAGE_COUNTER_MAX
 
 log = logging.getLogger("cgctl")
 
@@ -244,7 +245,7 @@ class OomWatch:
         f = "memory.max" if w.v2 else "memory.limit_in_bytes"
         try:
             text = fs.read(os.path.join(d, f)).strip()
-            return "max" if text == "max" or int(text) >= consts.V1_UNLIMITED else \
+            return "max" if text == "max" or int(text) >= PAGE_COUNTER_MAX else \
                 format_bytes(int(text))
         except (OSError, ValueError):
             return "?"

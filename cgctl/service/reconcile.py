@@ -12,7 +12,6 @@ from cgctl.host import runfiles
 
 log = logging.getLogger("cgctl")
 
-SAME_START_S = 0.05  # two start times this close are the same process start (clock ticks)
 
 
 def reconcile(w, job) -> bool:
@@ -47,8 +46,8 @@ def reconcile_guest(w, guest) -> str:
         return "without config"
     last = w.ctl.journal().get_instance(guest.uuid)
     if last is not None and guest.pid:
-        pid, start = runfiles.instance_of(guest.pid)
-        if last.pid == pid and abs(last.start_time - start) < SAME_START_S:
+        pid, start = inst = runfiles.instance_of(guest.pid)
+        if runfiles.same_instance(last, inst):
             log.debug("guest=%s same instance (pid %d): left as it is", guest.name, pid)
             return "unchanged"
     outcome = w.ctl.apply_config(guest, source="reconcile", command="reconcile")

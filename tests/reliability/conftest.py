@@ -79,14 +79,14 @@ def reliability_guests(libvirt_sandbox):
 
 def guest_group_dirs(pid: int) -> List[str]:
     """Every directory of the guest's machine groups (memory, cpu, cpuset, blkio), subgroups included."""
-    from cgctl.cgroup.placement import machine_path, parse_proc_cgroup
+    from cgctl.cgroup.placement import parse_proc_cgroup, split_path
     with open(f"/proc/{pid}/cgroup") as f:
         entries = parse_proc_cgroup(f.read())
     dirs = []
     for _, ctrls, path in entries:
         for c in ("memory", "cpu", "cpuset", "blkio"):
             if c in ctrls:
-                base = os.path.join(CGROUP_ROOT, c, machine_path(path).lstrip("/"))
+                base = os.path.join(CGROUP_ROOT, c, split_path(path)[0].lstrip("/"))
                 for d, _, _ in os.walk(base):
                     dirs.append(d)
     return sorted(set(dirs))

@@ -142,9 +142,12 @@ def test_reconcile_leaves_the_same_instance_alone(rec, tmp_path):
         tx.set_instance(uid, pid, start)
     assert reconcile.reconcile_guest(d.worker, me) == "unchanged"
     with Journal(rec.journal_path) as j, j.transaction() as tx:
+        tx.set_instance(uid, pid, start + 0.02)  # two clock ticks later: another run
+    assert reconcile.reconcile_guest(d.worker, me) == "applied"
+    with Journal(rec.journal_path) as j, j.transaction() as tx:
         tx.set_instance(uid, pid, start - 5)  # same PID, earlier process: a reused PID
     assert reconcile.reconcile_guest(d.worker, me) == "applied"
-    assert [c.source for c in rec.of("apply", uid)] == ["reconcile", "reconcile"]
+    assert [c.source for c in rec.of("apply", uid)] == ["reconcile"] * 3
     d.worker.ctl.close()
 
 

@@ -124,7 +124,8 @@ XML = """<domain><name>g</name><devices>
 
 
 def test_guest_targets_say_what_they_are():
-    assert devices.disk_sources(XML) == {"vdb": "/dev/mapper/vg-data"}
+    assert devices.guest_disks(XML)["vdb"] == devices.GuestDisk("vdb", "block",
+                                                                "/dev/mapper/vg-data")
     for target, what in (("vda", "a file (/var/lib/libvirt/images/g.qcow2)"),
                          ("vdc", "a network disk (rbd/pool/img)"),
                          ("vdd", "a storage pool volume (default/v1)")):

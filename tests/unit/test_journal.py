@@ -344,7 +344,7 @@ def test_history_rows_fields_and_order(j):
     set_one(j, U1, "web", "hard_limit", "", "1")
     with j.transaction() as tx:
         tx.add_history(U2, "db", command="set", source="cli", mode="live",
-                       changes=[jmod.Change("cpu_shares", "", "1024", "2048")],
+                       changes=[("cpu_shares", "", "1024", "2048")],
                        outcome="kernel refused '2048' in cpu.shares: EINVAL", user="alice(1000)")
     set_one(j, U1, "web", "hard_limit", "", "2", command="apply")
     with j.transaction() as tx:

@@ -221,11 +221,38 @@ def test_read_pid(host):
 
 
 def test_instance_of_self():
-    import psutil
-
+    """The value earlier versions stored (psutil's create_time): their journals still match."""
+    psutil = pytest.importorskip("psutil")
     pid, started = runfiles.instance_of(os.getpid())
     assert pid == os.getpid()
-    assert started == psutil.Process().create_time()
+    assert runfiles.same_instance(_Row(pid, psutil.Process().create_time()), (pid, started))
+
+
+def test_instance_of_needs_no_psutil():
+    code = ("import os, sys; import cgctl.host.runfiles as r; r.instance_of(os.getpid()); "
+            "sys.exit('psutil' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+class _Row:
+    def __init__(self, pid, start_time):
+        self.pid, self.start_time = pid, start_time
+
+
+def test_same_instance_is_one_test_with_one_tolerance():
+    """The hook (apply once) and the service (reconcile) ask runfiles.same_instance: a run is
+    the same when pid and start agree; one clock tick later is another run."""
+    start = 1_700_000_000.25
+    assert runfiles.same_instance(_Row(42, start), (42, start))
+    assert not runfiles.same_instance(_Row(42, start), (42, start + 0.01))
+    assert not runfiles.same_instance(_Row(43, start), (42, start))
+    assert not runfiles.same_instance(None, (42, start))
+
+
+def test_instance_and_started_at_read_one_start():
+    """Both anchor the same /proc/PID/stat start: they differ by btime's truncation only."""
+    _, inst = runfiles.instance_of(os.getpid())
+    assert abs(runfiles.started_at(os.getpid()) - inst) < 1.05
 
 
 def test_instance_of_gone_process():
