@@ -475,7 +475,7 @@ def _started(driver: str, name: str, xml: bytes, opts: Options, ctl, log: Log,
     if uuid is None:
         raise HookFailure("cannot tell which guest this is: no usable domain XML on stdin and "
                           f"no running {driver} guest named {name}")
-    config = ctl.journal(create=False).get_config(uuid)
+    config = ctl.effective(uuid).config  # the guest's profile and its own settings
     if not config and not overlay:
         return  # nothing configured: nothing to enforce, strict or not
     if guest is None:
@@ -497,7 +497,7 @@ def _reconnect(driver: str, name: str, opts: Options, ctl, log: Log) -> None:
     if guest is None:
         return
     journal = ctl.journal(create=False)
-    if not journal.get_config(guest.uuid):
+    if not ctl.effective(guest.uuid, journal).config:
         return
     # once: this very process has its config (and maybe later --live changes): keep them
     outcome = ctl.apply_config(guest, source="hook", command="hook reconnect", journal=journal,
@@ -625,7 +625,7 @@ def _early_apply_with(ctl, driver, name, uuid, vcpus, launched, timeout, log,
 
     deadline = launched + timeout
     journal = ctl.journal(create=False)
-    config = dict(journal.get_config(uuid))
+    config = dict(ctl.effective(uuid, journal).config)  # profile + own (cgctl/core/profiles.py)
     config.update(overlay or {})  # <live> settings carried in the metadata (cgctl/core/travel.py)
     if not config:
         return "nothing in the journal"

@@ -631,7 +631,7 @@ class Daemon:
                 log.error("%s: %s", what, e)
 
     def _has_config(self, uuid: str) -> bool:
-        return bool(self._ctl.journal().get_config(uuid))
+        return bool(self._ctl.effective(uuid, self._ctl.journal()).config)  # profile + own
 
     # --- settings carried in the domain's <metadata> (cgctl/core/travel.py) ---
     def _receive_metadata(self, job: _Job, inactive: bool = False) -> dict:
