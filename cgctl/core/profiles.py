@@ -252,3 +252,59 @@ def users(journal, name: str, running: Dict[str, object]) -> Tuple[List[str], Li
         uuids += [u for u in running if u not in known]
     uuids = sorted(set(uuids))
     return uuids, [u for u in uuids if u in running]
+
+
+# --------------------------------------------------------------------------- changing definitions
+
+def _check_users(journal, name: str, values: Config, catalog: Catalog) -> None:
+    """Every guest using ``name`` must still pass the cross-parameter rules with ``values``."""
+    rows = journal.profile_users(name)
+    if name == DEFAULT:
+        rows += [g for g in journal.guests() if not g.deleted
+                 and journal.get_guest_profile(g.uuid).profile is None]
+    for g in rows:
+        eff = effective(journal, g.uuid, catalog, profile_values=values)
+        check_rules(eff.config, f"profile {name}: guest {g.name} (with its own settings)")
+
+
+def define(journal, name: str, changes: Dict[Tuple[str, str], Optional[str]], *,
+           replace: bool = False) -> Tuple[Optional[Config], Config]:
+    """Set (text) or drop (None) settings of a journal profile (``replace``: the whole set),
+    creating it if needed; validated as a whole (also against every guest using it) before
+    anything is written. Returns (before, after)."""
+    check_name(name)
+    with journal.transaction() as tx:  # read, check and write as one: no change in between
+        catalog = Catalog(tx)
+        d = catalog.get(name)
+        if d is not None and d.source == "file":
+            raise UsageError(f"profile {name!r} is defined by {d.path} (config management): "
+                             f"change that file, then run 'cgctl profile apply {name}'")
+        before = d.settings if d is not None else None
+        after = {} if replace else dict(before or {})
+        for key, value in changes.items():
+            if value is None:
+                after.pop(key, None)
+            else:
+                after[key] = value
+        check_rules(after, f"profile {name}")
+        _check_users(tx, name, after, catalog)
+        tx.put_profile(name, after)
+    return before, after
+
+
+def delete(journal, name: str, *, force: bool = False) -> Config:
+    """Drop a journal profile. In use (guests refer to it): refused unless ``force``; those
+    guests then keep the values they carry (as on a host that never had the profile)."""
+    d = Catalog(journal).get(check_name(name))
+    if d is None:
+        raise UsageError(f"unknown profile {name!r}")
+    if d.source == "file":
+        raise UsageError(f"profile {name!r} is defined by {d.path} (config management): "
+                         "remove that file instead")
+    using = [g.name for g in journal.profile_users(name)]
+    if using and not force:
+        shown = ", ".join(using[:5]) + (", ..." if len(using) > 5 else "")
+        raise UsageError(f"profile {name!r} is used by {len(using)} guest(s) ({shown}); "
+                         "give them another profile first, or --force (they keep its values)")
+    with journal.transaction() as tx:
+        return tx.delete_profile(name) or {}
