@@ -503,7 +503,8 @@ def cmd_import(args, ctl) -> int:
         if not ps:
             _print("nothing to change: the host matches the policy")
         for pl in ps:
-            _print(f"guest {pl['guest']}:" + (" (dry run)" if args.dry_run else ""))
+            what = f"profile {pl['profile']}" if "profile" in pl else f"guest {pl['guest']}"
+            _print(f"{what}:" + (" (dry run)" if args.dry_run else ""))
             for c in pl["changes"]:
                 dev = f"[{c['device']}]" if c["device"] else ""
                 _print(f"  {c['param']}{dev}: {c['old'] or '-'} -> {c['new'] or '-'}")

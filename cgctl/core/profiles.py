@@ -233,7 +233,7 @@ def effective(journal, uuid: str, catalog: Optional[Catalog] = None, *,
     else:
         problem = d.error if d is not None else f"profile {name!r} is not defined on this host"
         values, origin = dict(values_carried or {}), "carried"
-        log.warning("guest %s: %s; %s", uuid, problem,
+        (log.info if values_carried is not None else log.warning)("guest %s: %s; %s", uuid, problem,
                     "using the values its metadata carried" if values_carried is not None
                     else "no values known for it")
     config = dict(values)

@@ -70,14 +70,16 @@ def publish(guest, mode: str, changes: Dict[Tuple[str, str], Optional[str]], *, 
     return None
 
 
-def publish_profile(guest, mode: str, name: str, values: Dict[Tuple[str, str], str], *,
+def publish_profile(guest, mode: str, name: Optional[str], values: Dict[Tuple[str, str], str], *,
                     at: str, user: str) -> Optional[str]:
     """Write the guest's profile reference and the profile's values (by value, so a host that
     lacks the profile applies them: docs/fleet.md#profiles) into the copies the mode says
     ('config': persistent; 'live+config': both; 'live': the live copy)."""
     if not enabled():
         return None
-    entry = metadata.ProfileEntry(name, dict(values), at, metadata.hostname(), user)
+    # None: the guest follows the host's default, which is each host's own: no <profile>
+    entry = None if name is None else \
+        metadata.ProfileEntry(name, dict(values), at, metadata.hostname(), user)
     try:
         from cgctl import virt
         virt.update_metadata(guest, lambda d: metadata.record_profile(d, entry),

@@ -237,8 +237,8 @@ def record(doc: Optional[Doc], changes: Dict[Key, Optional[str]], *, section: st
     return out
 
 
-def record_profile(doc: Optional[Doc], profile: ProfileEntry) -> Doc:
-    """A copy of ``doc`` whose ``<profile>`` is ``profile``."""
+def record_profile(doc: Optional[Doc], profile: Optional[ProfileEntry]) -> Doc:
+    """A copy of ``doc`` whose ``<profile>`` is ``profile`` (None: without one)."""
     return Doc(doc.config if doc else None, doc.live if doc else None, profile)
 
 
