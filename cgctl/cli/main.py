@@ -540,7 +540,6 @@ def cmd_use_profile(args, ctl) -> int:
 
 
 def _push(args, ctl, name, mode) -> int:
-    from cgctl.core.controller import LIVE
     outcomes = ctl.push_profile(name, mode)
     _out(args, [o.to_dict() for o in outcomes],
          lambda os_: [_print_outcome(o) for o in os_] if os_ else
@@ -550,7 +549,7 @@ def _push(args, ctl, name, mode) -> int:
 
 def cmd_profile(args, ctl) -> int:
     from cgctl.core import profiles
-    from cgctl.core.controller import CONFIG, LIVE
+    from cgctl.core.controller import LIVE
     what = args.profile_command
     if not what:
         raise UsageError("profile takes list, show, set, unset, delete or apply")
@@ -611,7 +610,7 @@ def cmd_profile(args, ctl) -> int:
             if old != new:
                 _print(f"profile {args.name}: {k[0]}{f'[{k[1]}]' if k[1] else ''}: "
                        f"{old or '-'} -> {new or '-'}")
-    return _push(args, ctl, args.name, mode if mode != CONFIG else CONFIG)
+    return _push(args, ctl, args.name, mode)
 
 
 def cmd_daemon(args, ctl) -> int:
