@@ -13,6 +13,7 @@ BUILTIN_JOURNAL = "/var/lib/cgctl/journal.db"
 BUILTIN_URIS = ("qemu:///system", "lxc:///system")
 JOURNAL_PATH = os.environ.get("CGCTL_JOURNAL", BUILTIN_JOURNAL)
 CONFIG_PATH = os.environ.get("CGCTL_CONFIG", "/etc/cgctl/cgctl.toml")
+# profile files (cgctl/core/profiles.py): $CGCTL_PROFILES_DIR, else profiles.d beside CONFIG_PATH
 DEFAULT_URIS = tuple(
     u for u in os.environ.get("CGCTL_URIS", "qemu:///system lxc:///system").split() if u
 )

@@ -144,6 +144,10 @@ class FakeController:
             raise CgctlError("refused for the test", guest=guest.name)
         return _Outcome()
 
+    def effective(self, uuid, journal=None):
+        from cgctl.core import profiles
+        return profiles.effective(journal or self.journal(), uuid)
+
     def forget(self, uuid, *, source, command):
         with self.rec.lock:
             self.rec.calls.append(Call("forget", "", uuid, source))

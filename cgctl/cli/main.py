@@ -145,8 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("host", parents=[common], help="show the host's cgroup hierarchies")
     p = sub.add_parser("set", parents=[common], help="change parameters: PARAM=VALUE ...")
     p.add_argument("guest")
-    p.add_argument("assignments", nargs="+", metavar="PARAM=VALUE")
+    p.add_argument("assignments", nargs="*", metavar="PARAM=VALUE")
     _add_mode(p)
+    g = p.add_mutually_exclusive_group()  # profiles (cgctl/core/profiles.py)
+    g.add_argument("--profile", metavar="NAME", help="the guest uses this profile")
+    g.add_argument("--no-profile", action="store_true",
+                   help="the guest uses no profile (not even the host's default)")
     p = sub.add_parser("unset", parents=[common], help="drop parameters from a guest's config")
     p.add_argument("guest")
     p.add_argument("names", nargs="+", metavar="PARAM[=DEVICE]")
@@ -205,6 +209,30 @@ def build_parser() -> argparse.ArgumentParser:
                    help="two samples --interval apart, one table (or --json), exit")
     p.add_argument("-n", "--count", type=_count, default=None, metavar="N",
                    help="exit after N refreshes")
+    # --- profiles (cgctl/core/profiles.py, docs/fleet.md#profiles) ---
+    p = sub.add_parser("profile", parents=[common], help="named sets of settings: "
+                       "list|show|set|unset|delete|apply")
+    psub = p.add_subparsers(dest="profile_command", metavar="ACTION", parser_class=_Parser)
+    psub.add_parser("list", parents=[common], help="every profile of this host")
+    q = psub.add_parser("show", parents=[common], help="a profile's settings and users")
+    q.add_argument("name")
+    q = psub.add_parser("set", parents=[common], help="define or change a profile")
+    q.add_argument("name")
+    q.add_argument("assignments", nargs="+", metavar="PARAM=VALUE")
+    q.add_argument("--replace", action="store_true", help="the profile becomes exactly these")
+    _add_mode(q)
+    q = psub.add_parser("unset", parents=[common], help="drop settings from a profile")
+    q.add_argument("name")
+    q.add_argument("names", nargs="+", metavar="PARAM[=DEVICE]")
+    _add_mode(q)
+    q = psub.add_parser("delete", parents=[common], help="drop a profile")
+    q.add_argument("name")
+    q.add_argument("--force", action="store_true", help="even if guests use it (they keep "
+                   "its values)")
+    q = psub.add_parser("apply", parents=[common], help="put a profile in force on the "
+                        "guests using it")
+    q.add_argument("name")
+    _add_mode(q)
     sub.add_parser("daemon", parents=[common], help="run the listener service")
     p = sub.add_parser("hook", parents=[common], help="libvirt hook entry point / install")
     p.add_argument("hook_args", nargs=argparse.REMAINDER)
@@ -277,6 +305,10 @@ def cmd_host(args, ctl) -> int:
 
 
 def cmd_set(args, ctl) -> int:
+    if args.profile is not None or args.no_profile:
+        return cmd_use_profile(args, ctl)
+    if not args.assignments:
+        raise UsageError("no parameter given (PARAM=VALUE ..., or --profile NAME)")
     o = ctl.set(args.guest, args.assignments, _mode(args))
     _out(args, o.to_dict(), _print_outcome)
     return 0
@@ -320,7 +352,15 @@ def cmd_show(args, ctl, only=None) -> int:
             rows.append([r["param"], r["live"] if r["live"] is not None else "-",
                          r["config"] if r["config"] is not None else "-", mark]
                         + ([usagefmt.beside(r["param"], use)] if use else []))
-        _table(rows, ["PARAMETER", "LIVE", "CONFIG", "DIFFERS"] + (["USED"] if use else []))
+        head = ["PARAMETER", "LIVE", "CONFIG", "DIFFERS"] + (["USED"] if use else [])
+        if d.get("profile"):
+            _print(f"profile: {d['profile']} ({_profile_origin(d)})")
+            for row, r in zip(rows, [r for r in d["params"]
+                                     if not (r["unsupported"] and r["config"] is None)]):
+                row.append("profile" if r.get("from_profile") else
+                           ("guest" if r["config"] is not None else ""))
+            head.append("FROM")
+        _table(rows, head)
         for line in usagefmt.lines(use):
             _print(line)
         for note in d.get("notes", []):
@@ -473,7 +513,8 @@ def cmd_import(args, ctl) -> int:
         if not ps:
             _print("nothing to change: the host matches the policy")
         for pl in ps:
-            _print(f"guest {pl['guest']}:" + (" (dry run)" if args.dry_run else ""))
+            what = f"profile {pl['profile']}" if "profile" in pl else f"guest {pl['guest']}"
+            _print(f"{what}:" + (" (dry run)" if args.dry_run else ""))
             for c in pl["changes"]:
                 dev = f"[{c['device']}]" if c["device"] else ""
                 _print(f"  {c['param']}{dev}: {c['old'] or '-'} -> {c['new'] or '-'}")
@@ -490,6 +531,103 @@ def cmd_top(args, ctl) -> int:
     if not 0 < args.interval <= 3600:
         raise UsageError(f"--interval must be in (0, 3600] seconds, not {args.interval:g}")
     return top.run(args, ctl, lambda text: _print(text, end="" if text.endswith("\n") else "\n"))
+
+
+# -- profiles (cgctl/core/profiles.py, docs/fleet.md#profiles) ----------------------
+def _profile_origin(d) -> str:
+    ref = d.get("profile_reference")
+    how = {"file": "a file of this host", "journal": "this host's journal",
+           "carried": "values carried in the guest's metadata"}.get(d.get("profile_origin"), "?")
+    return how + (", the host's default" if ref is None else "")
+
+
+def _profile_mode(args) -> str:
+    """A profile is config: --current is --perm (running users get it now too)."""
+    from cgctl.core.controller import BOTH, CURRENT
+    mode = _mode(args)
+    return BOTH if mode == CURRENT else mode
+
+
+def cmd_use_profile(args, ctl) -> int:
+    from cgctl.core import profiles
+    name = profiles.NONE if args.no_profile else profiles.check_name(args.profile)
+    o = ctl.use_profile(args.guest, name, args.assignments, _mode(args))
+    _out(args, o.to_dict(), _print_outcome)
+    return 0
+
+
+def _push(args, ctl, name, mode) -> int:
+    outcomes = ctl.push_profile(name, mode)
+    _out(args, [o.to_dict() for o in outcomes],
+         lambda os_: [_print_outcome(o) for o in os_] if os_ else
+         _print(f"profile {name}: no guest uses it"))
+    return EXIT_FAILURE if any(o.errors for o in outcomes) else 0
+
+
+def cmd_profile(args, ctl) -> int:
+    from cgctl.core import profiles
+    from cgctl.core.controller import LIVE
+    what = args.profile_command
+    if not what:
+        raise UsageError("profile takes list, show, set, unset, delete or apply")
+    if what == "list":
+        defs = profiles.Catalog(ctl.journal(create=False)).all()
+        rows = [{"name": n, "source": d.source, "path": d.path, "error": d.error,
+                 "settings": len(d.settings) if d.settings is not None else None,
+                 "users": len(ctl.journal(create=False).profile_users(n))}
+                for n, d in defs.items()]
+        _out(args, rows, lambda rs: _table(
+            [[r["name"], r["source"], r["settings"] if r["error"] is None else "ERROR",
+              r["users"], r["error"] or r["path"] or ""] for r in rs],
+            ["PROFILE", "SOURCE", "SETTINGS", "GUESTS", "FILE / ERROR"]))
+        return EXIT_FAILURE if any(r["error"] for r in rows) else 0
+    if what == "show":
+        j = ctl.journal(create=False)
+        d = profiles.Catalog(j).require(args.name)
+        data = {"name": d.name, "source": d.source, "path": d.path,
+                "settings": profiles.to_table(d.settings),
+                "guests": [g.name for g in j.profile_users(d.name)]}
+
+        def human(x):
+            _print(f"profile {x['name']} ({x['source']}{': ' + x['path'] if x['path'] else ''})")
+            _table([[k, v if not isinstance(v, dict) else
+                     ", ".join(f"{dv}={vv}" for dv, vv in v.items())]
+                    for k, v in x["settings"].items()], ["PARAMETER", "VALUE"])
+            _print("guests: " + (", ".join(x["guests"]) or "none")
+                   + (" (and every guest without a profile of its own)"
+                      if x["name"] == profiles.DEFAULT else ""))
+        _out(args, data, human)
+        return 0
+    if what == "delete":
+        profiles.delete(ctl.journal(), args.name, force=args.force)
+        _out(args, {"deleted": args.name}, lambda x: _print(f"profile {args.name}: deleted"))
+        return 0
+    mode = _profile_mode(args)
+    if what == "apply":
+        return _push(args, ctl, profiles.check_name(args.name), mode)
+    if mode == LIVE:
+        raise UsageError("a profile's definition is config: use --config or --perm "
+                         "('cgctl profile apply NAME --live' re-applies it to running guests)")
+    if what == "set":
+        changes = {s.key: None if s.removes else s.text()
+                   for s in P.parse_assignments(args.assignments).values()}
+    else:
+        changes = {}
+        for n in args.names:
+            p = P.lookup(n.split("=", 1)[0])
+            cur = profiles.Catalog(ctl.journal()).require(args.name).settings
+            dev = n.split("=", 1)[1] if "=" in n else None
+            changes.update({k: None for k in cur
+                            if k[0] == p.name and (dev is None or k[1] == dev)})
+    before, after = profiles.define(ctl.journal(), args.name, changes,
+                                    replace=getattr(args, "replace", False))
+    if not args.json:
+        for k in sorted(set(before or {}) | set(after)):
+            old, new = (before or {}).get(k), after.get(k)
+            if old != new:
+                _print(f"profile {args.name}: {k[0]}{f'[{k[1]}]' if k[1] else ''}: "
+                       f"{old or '-'} -> {new or '-'}")
+    return _push(args, ctl, args.name, mode)
 
 
 def cmd_daemon(args, ctl) -> int:
@@ -521,7 +659,7 @@ def cmd_hook(args, ctl) -> int:
 COMMANDS = {"params": cmd_params, "host": cmd_host, "set": cmd_set, "unset": cmd_unset,
             "show": cmd_show, "list": cmd_list, "history": cmd_history, "apply": cmd_apply,
             "forget": cmd_forget, "verify": cmd_verify, "prune": cmd_prune, "daemon": cmd_daemon, "hook": cmd_hook,
-            "export": cmd_export, "import": cmd_import}
+            "export": cmd_export, "import": cmd_import, "profile": cmd_profile}
 COMMANDS.update({k: cmd_virsh for k in _VIRSH})
 COMMANDS["top"] = cmd_top
 

@@ -18,7 +18,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 
 from cgctl import consts, log
 from cgctl.host import devices, runfiles
-from cgctl.core import compare, guestlock, live
+from cgctl.core import compare, guestlock, live, profiles
 from cgctl.cgroup import hierarchy, placement
 from cgctl.model import params as P
 from cgctl.model import units
@@ -196,8 +196,9 @@ class Controller:
             try:
                 with journal.transaction() as tx:
                     old_config = tx.get_config(guest.uuid)
-                    if mode in (CONFIG, BOTH):
-                        self._validate_config(guest, old_config, settings)
+                    if mode in (CONFIG, BOTH):  # against what the next start applies
+                        self._validate_config(guest, profiles.effective(
+                            tx, guest.uuid, own=old_config).config, settings)
                     changes = [Change(s.param.name, s.device, old_config.get(s.key), s.text())
                                for s in settings.values()]
                     if mode in (LIVE, BOTH):
@@ -303,7 +304,7 @@ class Controller:
             if once and runfiles.same_instance(journal.get_instance(guest.uuid),
                                       runfiles.instance_of(guest.pid)):
                 return None
-            config = dict(journal.get_config(guest.uuid))
+            config = dict(self.effective(guest.uuid, journal).config)
             config.update(overlay or {})
             _test_window()
             if devices_only:
@@ -401,6 +402,149 @@ class Controller:
                 out[(s.param.name, pseudo)] = P.Setting(s.param, pseudo, 0)
         return out
 
+    # -- profiles (cgctl/core/profiles.py, docs/fleet.md#profiles) -----------------
+    def effective(self, uuid: str, journal: Optional[Journal] = None) -> "profiles.Effective":
+        """The guest's effective config: THE rule, in cgctl/core/profiles.py."""
+        return profiles.effective(journal or self.journal(create=False), uuid)
+
+    def _write_effective(self, guest: Guest, config) -> Tuple[List[Change], list]:
+        """Write ``config`` live, all or nothing; returns (what changed, the writes to undo)."""
+        settings = {k: P.from_text(k[0], k[1], v) for k, v in config.items()}
+        if not settings:
+            return [], []
+        groups = self.groups(guest)
+        devnums = self.device_numbers(guest, settings.values())
+        changes, writes = live.set_live(self.router, groups, settings, devnums)
+        self._remember_devnums(guest, settings, devnums)
+        return [c for c in changes if c.old != c.new], writes
+
+    def use_profile(self, ident: str, profile: str, assignments: Iterable[str] = (),
+                    mode: str = CURRENT, *, source: str = "cli",
+                    command: str = "set") -> Outcome:
+        """Give the guest ``profile`` (``profiles.NONE``: no profile, not even the default),
+        and maybe settings of its own, as one change. A profile is config: ``--current`` is
+        --perm on a running guest, --config on a stopped one; with --perm the new effective
+        config is in force at once, all or nothing."""
+        settings = P.parse_assignments(assignments) if assignments else {}
+        guest = self.find_guest(ident)
+        if mode == LIVE:
+            raise UsageError("a guest's profile is config: use --config, or --perm to put it "
+                             "in force now as well", guest=guest.name)
+        mode = resolve_mode(BOTH if guest.running else CONFIG, guest) if mode == CURRENT \
+            else resolve_mode(mode, guest)
+        journal = self.journal()
+        catalog = profiles.Catalog(journal)
+        values = dict(catalog.require(profile).settings) if profile else {}
+        at, user = now(), current_user()
+        writes, live_changes = [], []
+        with self.locked(guest):
+            try:
+                with journal.transaction() as tx:
+                    own = tx.get_config(guest.uuid)
+                    new_own = dict(own)
+                    new_own.update({s.key: s.text() for s in settings.values()})
+                    for s in settings.values():
+                        if s.removes:
+                            new_own.pop(s.key, None)
+                    eff = profiles.effective(tx, guest.uuid, catalog, own=new_own,
+                                             reference=profile, carried=values)
+                    profiles.check_rules(eff.config, f"guest {guest.name} with profile "
+                                         f"{profile or '(none)'}", guest.name)
+                    before = tx.set_guest_profile(guest.uuid, guest.name, guest.driver,
+                                                  profile, values)
+                    changes = [Change(profiles.HISTORY_PARAM, "", before.profile, profile)]
+                    if settings:
+                        tx.set_config(guest.uuid, guest.name, guest.driver,
+                                      {s.key: None if s.removes else s.text()
+                                       for s in settings.values()})
+                        changes += [Change(s.param.name, s.device, own.get(s.key), s.text())
+                                    for s in settings.values()]
+                    tx.add_history(guest.uuid, guest.name, command=command, source=source,
+                                   mode=CONFIG, changes=changes, at=at, user=user)
+                    if mode == BOTH:
+                        live_changes, writes = self._write_effective(guest, eff.config)
+                        if live_changes:
+                            tx.add_history(guest.uuid, guest.name, command=command,
+                                           source=source, mode=LIVE, changes=live_changes,
+                                           at=at, user=user)
+            except BaseException:
+                if writes:
+                    live.undo(writes, guest.name)
+                raise
+        log_changes(guest, changes + live_changes, source, mode)
+        outcome = Outcome(guest, mode, changes + live_changes)
+        from cgctl.core import travel
+        for w in (travel.publish_profile(guest, mode, profile, values, at=at, user=user),
+                  travel.publish(guest, mode if mode != LIVE else CONFIG,
+                                 {s.key: None if s.removes else s.text()
+                                  for s in settings.values()}, at=at, user=user)
+                  if settings else None):
+            if w:
+                outcome.warnings.append(w)
+        return outcome
+
+    def push_profile(self, name: str, mode: str, *, source: str = "cli",
+                     command: str = "profile") -> List[Outcome]:
+        """Put profile ``name`` as this host defines it now in force on every guest using it,
+        as the mode says: live on running guests (each all or nothing: a guest whose kernel
+        refuses one value keeps all its old ones, and the others go on); with --config/--perm
+        also the values each guest carries (journal and domain metadata)."""
+        journal = self.journal()
+        catalog = profiles.Catalog(journal)
+        d = catalog.require(name)
+        running = runfiles.all_running(self.run_dir)
+        uuids, _ = profiles.users(journal, name, running)
+        outcomes = []
+        for uuid in uuids:
+            guest = running.get(uuid)
+            try:
+                if guest is None:
+                    if mode == LIVE:
+                        continue
+                    guest = self.find_guest(uuid)
+                outcomes.append(self._push_one(guest, name, d.settings, mode, catalog,
+                                               source=source, command=command))
+            except CgctlError as exc:
+                row = journal.get_guest(uuid)
+                g = guest or Guest(name=row.name if row else uuid, uuid=uuid,
+                                   driver=row.driver if row else "qemu", uri="", running=False,
+                                   persistent=False, pid=None)
+                outcomes.append(Outcome(g, mode, errors=[exc]))
+        return outcomes
+
+    def _push_one(self, guest: Guest, name: str, values, mode: str, catalog, *, source: str,
+                  command: str) -> Outcome:
+        journal = self.journal()
+        at, user = now(), current_user()
+        outcome = Outcome(guest, mode)
+        with self.locked(guest):
+            eff = profiles.effective(journal, guest.uuid, catalog)
+            if eff.profile != name:
+                return outcome  # changed its profile meanwhile
+            writes = []
+            try:
+                with journal.transaction() as tx:
+                    if mode in (CONFIG, BOTH) and eff.reference:
+                        tx.set_guest_profile(guest.uuid, guest.name, guest.driver,
+                                             eff.reference, values)
+                    if mode in (LIVE, BOTH) and guest.running:
+                        outcome.changes, writes = self._write_effective(guest, eff.config)
+                        if outcome.changes:
+                            tx.add_history(guest.uuid, guest.name, command=command,
+                                           source=source, mode=LIVE, changes=outcome.changes,
+                                           at=at, user=user)
+            except BaseException:
+                if writes:
+                    live.undo(writes, guest.name)
+                raise
+        log_changes(guest, outcome.changes, source, LIVE)
+        if eff.reference:
+            from cgctl.core import travel
+            w = travel.publish_profile(guest, mode, eff.reference, values, at=at, user=user)
+            if w:
+                outcome.warnings.append(w)
+        return outcome
+
     def forget(self, uuid: str, *, source: str = "cli", command: str = "undefine") -> dict:
         with self.journal().transaction() as tx:
             return tx.forget_guest(uuid, command=command, source=source)
@@ -408,7 +552,8 @@ class Controller:
     # -- reading -----------------------------------------------------------------
     def show(self, ident: str) -> dict:
         guest = self.find_guest(ident)
-        config = self.journal(create=False).get_config(guest.uuid)
+        eff = self.effective(guest.uuid)
+        config = eff.config
         live_values: Dict[str, object] = {}
         groups = None
         names: Dict[str, List[str]] = {}
@@ -422,11 +567,17 @@ class Controller:
             cfg = {d: v for (n, d), v in config.items() if n == p.name}
             lv = live_values.get(p.name)
             rows.append(_show_row(p, lv, cfg, guest.running, normalize, names, live_values))
+            rows[-1]["from_profile"] = any(eff.from_profile(k) for k in config if k[0] == p.name)
         notes = systemd_notes(groups) if groups is not None else []
+        if eff.problem:
+            notes.append(eff.problem + ("; the values its metadata carried apply"
+                                        if eff.origin == "carried" else ""))
         return {"guest": guest.name, "uuid": guest.uuid, "driver": guest.driver,
                 "running": guest.running, "persistent": guest.persistent,
                 "groups": groups.to_dict() if groups is not None else {}, "notes": notes,
-                "params": rows, "usage": self._usage(groups, names)}
+                "profile": eff.profile, "profile_origin": eff.origin or None,
+                "profile_reference": eff.reference, "params": rows,
+                "usage": self._usage(groups, names)}
 
     def _usage(self, groups, names) -> Optional[dict]:
         """What the guest uses, beside its limits (cgctl/cgroup/usage.py); None if stopped."""

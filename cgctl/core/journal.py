@@ -102,6 +102,18 @@ MIGRATIONS: Tuple[Tuple[str, ...], ...] = (
         "ALTER TABLE history ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0",
         "UPDATE history SET deleted = 1 WHERE uuid IN (SELECT uuid FROM guest WHERE deleted)",
     ),
+    # 3: profiles (cgctl/core/profiles.py, docs/fleet.md#profiles): named sets of settings, and
+    #    each guest's reference to one (NULL: the host's default profile; '': none at all) with
+    #    the values its metadata carried (used where this host does not define the profile)
+    (
+        """CREATE TABLE profile (
+            name       TEXT PRIMARY KEY,
+            settings   TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        )""",
+        "ALTER TABLE guest ADD COLUMN profile TEXT",
+        "ALTER TABLE guest ADD COLUMN profile_values TEXT",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -130,6 +142,21 @@ class HistoryRow(NamedTuple):
     outcome: str  # "ok" or the error text
     user: str
     deleted: bool  # the guest was undefined (forgotten) after this row
+
+
+class GuestProfile(NamedTuple):
+    profile: Optional[str]  # None: the host's default profile; "": no profile at all
+    values: Optional[Config]  # the profile's values as the guest's metadata carried them
+
+
+def _config_text(settings: Mapping[ConfigKey, str]) -> str:
+    import json
+    return json.dumps([[p, d, v] for (p, d), v in sorted(settings.items())])
+
+
+def _config_of(text: str) -> Config:
+    import json
+    return {(p, d): v for p, d, v in json.loads(text)}
 
 
 class InstanceRow(NamedTuple):
@@ -299,6 +326,31 @@ class _Reader:
                                "WHERE uuid = ?", (_uuid(uuid),)).fetchone()
         return InstanceRow(*row) if row else None
 
+    # -- profiles (cgctl/core/profiles.py gives them meaning) --
+    def get_profiles(self) -> Dict[str, Config]:
+        """Every profile defined in the journal: name -> settings."""
+        return {name: _config_of(text) for name, text in
+                self._db.execute("SELECT name, settings FROM profile ORDER BY name")}
+
+    def get_profile(self, name: str) -> Optional[Config]:
+        row = self._db.execute("SELECT settings FROM profile WHERE name = ?",
+                               (name,)).fetchone()
+        return _config_of(row[0]) if row else None
+
+    def get_guest_profile(self, uuid: str) -> GuestProfile:
+        """The guest's profile reference (None: the host default; '': none) and the values
+        its metadata carried for it (None: none carried)."""
+        row = self._db.execute("SELECT profile, profile_values FROM guest WHERE uuid = ? "
+                               "AND deleted = 0", (_uuid(uuid),)).fetchone()
+        if row is None:
+            return GuestProfile(None, None)
+        return GuestProfile(row[0], None if row[1] is None else _config_of(row[1]))
+
+    def profile_users(self, name: str) -> List[GuestRow]:
+        """The (not deleted) guests whose reference names ``name``."""
+        return [_guest(r) for r in self._db.execute(
+            _GUEST_SELECT + " WHERE g.profile = ? AND g.deleted = 0 ORDER BY g.name", (name,))]
+
 
 class Transaction(_Reader):
     """One ``BEGIN IMMEDIATE`` transaction; get it from ``Journal.transaction()``."""
@@ -356,6 +408,33 @@ class Transaction(_Reader):
             (_uuid(uuid), int(pid), float(start_time),
              now() if applied_at is None else _timestamp(applied_at)))
 
+    def put_profile(self, name: str, settings: Mapping[ConfigKey, str],
+                    at: Union[str, float, datetime, None] = None) -> Optional[Config]:
+        """Define or replace a profile (the whole set); returns the previous settings."""
+        before = self.get_profile(name)
+        self._db.execute(
+            "INSERT INTO profile (name, settings, updated_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET settings = excluded.settings, "
+            "updated_at = excluded.updated_at",
+            (name, _config_text(settings), now() if at is None else _timestamp(at)))
+        return before
+
+    def delete_profile(self, name: str) -> Optional[Config]:
+        before = self.get_profile(name)
+        self._db.execute("DELETE FROM profile WHERE name = ?", (name,))
+        return before
+
+    def set_guest_profile(self, uuid: str, name: str, driver: str, profile: Optional[str],
+                          values: Optional[Mapping[ConfigKey, str]] = None) -> GuestProfile:
+        """Set the guest's reference (None: the host default; '': none) and the values
+        carried with it; returns the previous ones."""
+        uuid = _uuid(uuid)
+        before = self.get_guest_profile(uuid)
+        self.upsert_guest(uuid, name, driver)
+        self._db.execute("UPDATE guest SET profile = ?, profile_values = ? WHERE uuid = ?",
+                         (profile, None if values is None else _config_text(values), uuid))
+        return before
+
     def forget_guest(self, uuid: str, *, command: str = "forget", source: str = "cli",
                      user: Optional[str] = None) -> Config:
         """Undefine: drop config and instance, mark guest and history deleted.
@@ -372,7 +451,8 @@ class Transaction(_Reader):
                          changes=[(p, d, v, None) for (p, d), v in dropped.items()], user=user)
         self._db.execute("DELETE FROM setting WHERE uuid = ?", (uuid,))
         self._db.execute("DELETE FROM instance WHERE uuid = ?", (uuid,))
-        self._db.execute("UPDATE guest SET deleted = 1 WHERE uuid = ?", (uuid,))
+        self._db.execute("UPDATE guest SET deleted = 1, profile = NULL, profile_values = NULL "
+                         "WHERE uuid = ?", (uuid,))
         self._db.execute("UPDATE history SET deleted = 1 WHERE uuid = ?", (uuid,))
         return dropped
 
@@ -678,6 +758,22 @@ class Journal:
     def get_instance(self, uuid: str) -> Optional[InstanceRow]:
         with self._reading() as r:
             return r.get_instance(uuid)
+
+    def get_profiles(self) -> Dict[str, Config]:
+        with self._reading() as r:
+            return r.get_profiles()
+
+    def get_profile(self, name: str) -> Optional[Config]:
+        with self._reading() as r:
+            return r.get_profile(name)
+
+    def get_guest_profile(self, uuid: str) -> GuestProfile:
+        with self._reading() as r:
+            return r.get_guest_profile(uuid)
+
+    def profile_users(self, name: str) -> List[GuestRow]:
+        with self._reading() as r:
+            return r.profile_users(name)
 
     def integrity_check(self) -> str:
         """SQLite's own verdict on the file: "ok" or the problems it found."""

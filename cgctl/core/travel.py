@@ -19,6 +19,7 @@ import logging
 import os
 from typing import Dict, List, Optional, Tuple
 
+from cgctl.core import profiles
 from cgctl.model import metadata
 from cgctl.model import params as P
 from cgctl.errors import CgctlError
@@ -69,6 +70,29 @@ def publish(guest, mode: str, changes: Dict[Tuple[str, str], Optional[str]], *, 
     return None
 
 
+def publish_profile(guest, mode: str, name: Optional[str], values: Dict[Tuple[str, str], str], *,
+                    at: str, user: str) -> Optional[str]:
+    """Write the guest's profile reference and the profile's values (by value, so a host that
+    lacks the profile applies them: docs/fleet.md#profiles) into the copies the mode says
+    ('config': persistent; 'live+config': both; 'live': the live copy)."""
+    if not enabled():
+        return None
+    # None: the guest follows the host's default, which is each host's own: no <profile>
+    entry = None if name is None else \
+        metadata.ProfileEntry(name, dict(values), at, metadata.hostname(), user)
+    try:
+        from cgctl import virt
+        virt.update_metadata(guest, lambda d: metadata.record_profile(d, entry),
+                             live=guest.running and mode != "config",
+                             config=guest.persistent and mode != "live")
+    except (CgctlError, metadata.MetadataError) as exc:
+        msg = (f"the profile is in force and in the journal, but not in the domain's metadata "
+               f"(it will not travel with the guest): {exc}")
+        log.warning("guest=%s %s", guest.name, msg)
+        return msg
+    return None
+
+
 # --------------------------------------------------------------------------- receiving
 
 def receive(journal, uuid: str, name: str, driver: str, domain_xml, *, source: str,
@@ -79,7 +103,7 @@ def receive(journal, uuid: str, name: str, driver: str, domain_xml, *, source: s
     ``<live>`` section is not for this instance and is ignored. MetadataError if the
     element is unusable (nothing is written then)."""
     doc = metadata.find_in_domain(domain_xml)
-    if doc is None or not (doc.config or doc.live):
+    if doc is None or not (doc.config or doc.live or doc.profile):
         return {}, []
     incoming = {}
     for key, e in doc.config.items():
@@ -110,6 +134,10 @@ def receive(journal, uuid: str, name: str, driver: str, domain_xml, *, source: s
                            changes=[(d.key[0], d.key[1], d.journal, d.incoming.value)],
                            user=metadata.origin(d.incoming), at=d.incoming.at)
             stamps[d.key] = d.incoming.at
+        if doc.profile is not None:
+            d = _receive_profile(tx, uuid, name, driver, doc.profile, stamps, source)
+            if d is not None:
+                decisions.append(d)
         last = {(r.param, r.device): r for r in rows}
         for d in decisions:
             if d.taken:
@@ -121,8 +149,42 @@ def receive(journal, uuid: str, name: str, driver: str, domain_xml, *, source: s
                            changes=[(d.key[0], d.key[1], d.journal, d.incoming.value)],
                            user=metadata.origin(d.incoming), outcome=d.why)
     for d in decisions:
+        if d.key[0] == profiles.HISTORY_PARAM:
+            log.info("guest=%s profile metadata %s -> %s: %s", name, d.journal,
+                     d.incoming.value, d.why)
+            continue
         log.info("guest=%s param=%s%s metadata %s -> %s: %s", name, d.key[0],
                  f"[{d.key[1]}]" if d.key[1] else "", d.journal or "-",
                  d.incoming.value or "-", d.why)
     overlay = metadata.live_overlay(doc, stamps) if live else {}
     return {k: v for k, v in overlay.items() if k[0] in P.BY_NAME}, decisions
+
+
+def _receive_profile(tx, uuid, name, driver, pr: "metadata.ProfileEntry", stamps, source):
+    """The incoming profile reference, by the same rules as a setting (key ``profile``):
+    taken if this host has no decision on it or an older one. Its values are kept as the
+    guest's carried values (used where this host does not define the profile)."""
+    values = {}
+    for key, text in pr.values.items():
+        try:
+            values[key] = P.from_text(key[0], key[1], text).text()
+        except CgctlError as exc:
+            log.warning("guest=%s metadata: profile %s: %s ignored: %s", name, pr.name,
+                        key[0], exc)
+    have = tx.get_guest_profile(uuid)
+    key = (profiles.HISTORY_PARAM, "")
+    entry = metadata.Entry(pr.name, pr.at, pr.host, pr.user)
+    if have.profile == pr.name:
+        if have.values != values:  # the same reference: refresh the values it carries
+            tx.set_guest_profile(uuid, name, driver, pr.name, values)
+        return None
+    stamp = stamps.get(key)
+    if stamp is not None and pr.at <= stamp:
+        why = (f"kept: this host's value ({stamp}) is newer than {pr.host or '?'}'s ({pr.at})")
+        return metadata.Decision(key, have.profile, entry, False, why)
+    tx.set_guest_profile(uuid, name, driver, pr.name, values)
+    tx.add_history(uuid, name, command=COMMAND, source=source, mode="config",
+                   changes=[(key[0], "", have.profile, pr.name)],
+                   user=metadata.origin(entry), at=pr.at)
+    stamps[key] = pr.at
+    return metadata.Decision(key, have.profile, entry, True, f"from {pr.host or '?'} ({pr.at})")

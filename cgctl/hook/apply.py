@@ -72,7 +72,7 @@ def started(driver: str, name: str, dom, opts: Options, ctl, log: Log, overlay=N
     if uuid is None:
         raise HookFailure("cannot tell which guest this is: no usable domain XML on stdin and "
                           f"no running {driver} guest named {name}")
-    config = ctl.journal(create=False).get_config(uuid)
+    config = ctl.effective(uuid).config  # the guest's profile and its own settings
     if not config and not overlay:
         return  # nothing configured: nothing to enforce, strict or not
     if guest is None:
@@ -94,7 +94,7 @@ def reconnect(driver: str, name: str, opts: Options, ctl, log: Log) -> None:
     if guest is None:
         return
     journal = ctl.journal(create=False)
-    if not journal.get_config(guest.uuid):
+    if not ctl.effective(guest.uuid, journal).config:
         return
     # once: this very process has its config (and maybe later --live changes): keep them
     outcome = ctl.apply_config(guest, source="hook", command="hook reconnect", journal=journal,

@@ -134,7 +134,7 @@ def apply_when_ready(ctl, driver, name, uuid, vcpus, launched, timeout, log,
 
     deadline = launched + timeout
     journal = ctl.journal(create=False)
-    config = dict(journal.get_config(uuid))
+    config = dict(ctl.effective(uuid, journal).config)  # profile + own (cgctl/core/profiles.py)
     config.update(overlay or {})  # <live> settings carried in the metadata (cgctl/core/travel.py)
     if not config:
         return "nothing in the journal"

@@ -159,7 +159,8 @@ def affected_guests(journal, running_guests: Iterable[runfiles.Guest], majmin: s
     """The running guests whose journal config names a device resolving to ``majmin`` now."""
     out = []
     for g in running_guests:
-        names = sorted({dev for (_, dev) in journal.get_config(g.uuid) if dev})
+        from cgctl.core import profiles
+        names = sorted({dev for (_, dev) in profiles.effective(journal, g.uuid).config if dev})
         if not names:
             continue
         xml = None

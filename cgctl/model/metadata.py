@@ -15,7 +15,14 @@ The element, in the namespace ``NS`` (prefix ``cgctl``)::
       <live>                         --live changes in force on this running instance
         <set param="cpu_shares" value="512" at="..." host="..." user="..."/>
       </live>
+      <profile name="gold" at="..." host="..." user="...">   the guest's profile, by value
+        <set param="cpu_shares" value="2048"/>                 (name "": no profile at all)
+      </profile>
     </cgctl:guest>
+
+``<profile>`` came after version 1 was released; a reader that does not know it skips it (as
+any unknown section), so it did not bump the version: such a reader applies the guest's own
+settings without the profile's.
 
 libvirt keeps a live and a persistent copy of the metadata (and copies the persistent one to
 the live one at each start): ``--config`` writes the persistent copy's ``<config>``, ``--live``
@@ -50,19 +57,30 @@ class Entry(NamedTuple):
     user: str
 
 
+class ProfileEntry(NamedTuple):
+    name: str  # "": the guest uses no profile (not even a host's default)
+    values: Dict[Key, str]  # the profile's settings when this was written (canonical text)
+    at: str
+    host: str
+    user: str
+
+
 class Doc:
     """One copy (live or persistent) of a guest's cgctl metadata."""
 
     def __init__(self, config: Optional[Dict[Key, Entry]] = None,
-                 live: Optional[Dict[Key, Entry]] = None):
+                 live: Optional[Dict[Key, Entry]] = None,
+                 profile: Optional[ProfileEntry] = None):
         self.config: Dict[Key, Entry] = dict(config or {})
         self.live: Dict[Key, Entry] = dict(live or {})
+        self.profile = profile
 
     def __eq__(self, other) -> bool:
-        return isinstance(other, Doc) and (self.config, self.live) == (other.config, other.live)
+        return isinstance(other, Doc) and (self.config, self.live, self.profile) == \
+            (other.config, other.live, other.profile)
 
     def __repr__(self) -> str:
-        return f"Doc(config={self.config!r}, live={self.live!r})"
+        return f"Doc(config={self.config!r}, live={self.live!r}, profile={self.profile!r})"
 
 
 def hostname() -> str:
@@ -90,6 +108,12 @@ def parse_element(elem: ET.Element) -> Doc:
     doc = Doc()
     count = 0
     for section in elem:
+        if _local(section.tag) == "profile":
+            doc.profile = _parse_profile(section)
+            count += len(doc.profile.values)
+            if count > MAX_ENTRIES:
+                raise MetadataError(f"cgctl metadata holds more than {MAX_ENTRIES} entries")
+            continue
         where = {"config": doc.config, "live": doc.live}.get(_local(section.tag))
         if where is None:
             continue  # an element a later minor revision may add: not ours to judge
@@ -112,6 +136,24 @@ def parse_element(elem: ET.Element) -> Doc:
             where[(param, item.get("device") or "")] = Entry(
                 value, at, item.get("host") or "", item.get("user") or "")
     return doc
+
+
+def _parse_profile(section: ET.Element) -> ProfileEntry:
+    name = section.get("name")
+    at = section.get("at") or ""
+    if name is None or not at:
+        raise MetadataError("cgctl metadata: <profile> without name or time (at=)")
+    values: Dict[Key, str] = {}
+    for item in section:
+        if _local(item.tag) != "set":
+            continue
+        param, value = item.get("param") or "", item.get("value")
+        if not param or value is None:
+            raise MetadataError(f"cgctl metadata: profile {name!r}: <set> without param or value")
+        values[(param, item.get("device") or "")] = value
+        if len(values) > MAX_ENTRIES:
+            raise MetadataError(f"cgctl metadata holds more than {MAX_ENTRIES} entries")
+    return ProfileEntry(name, values, at, section.get("host") or "", section.get("user") or "")
 
 
 def find_in_domain(domain_xml) -> Optional[Doc]:
@@ -166,6 +208,16 @@ def serialize(doc: Doc) -> str:
                 attrs["value"] = e.value
             attrs.update({"at": e.at, "host": e.host, "user": e.user})
             ET.SubElement(section, "set" if e.value is not None else "unset", attrs)
+    if doc.profile is not None:
+        pr = doc.profile
+        section = ET.SubElement(root, "profile", {"name": pr.name, "at": pr.at,
+                                                  "host": pr.host, "user": pr.user})
+        for (param, device), value in sorted(pr.values.items()):
+            attrs = {"param": param}
+            if device:
+                attrs["device"] = device
+            attrs["value"] = value
+            ET.SubElement(section, "set", attrs)
     return ET.tostring(root, encoding="unicode")
 
 
@@ -175,13 +227,19 @@ def record(doc: Optional[Doc], changes: Dict[Key, Optional[str]], *, section: st
            host: str, user: str, drop_live: bool = False) -> Doc:
     """A copy of ``doc`` with ``changes`` (key → canonical text, None = removed) recorded in
     ``section`` ('config' or 'live'); ``drop_live`` removes those keys from ``live``."""
-    out = Doc(doc.config if doc else None, doc.live if doc else None)
+    out = Doc(doc.config if doc else None, doc.live if doc else None,
+              doc.profile if doc else None)
     target = out.config if section == "config" else out.live
     for key, value in changes.items():
         target[key] = Entry(value, at, host, user)
         if drop_live:
             out.live.pop(key, None)
     return out
+
+
+def record_profile(doc: Optional[Doc], profile: Optional[ProfileEntry]) -> Doc:
+    """A copy of ``doc`` whose ``<profile>`` is ``profile`` (None: without one)."""
+    return Doc(doc.config if doc else None, doc.live if doc else None, profile)
 
 
 # --------------------------------------------------------------------------- conflict rules

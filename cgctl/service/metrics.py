@@ -35,7 +35,7 @@ from typing import Optional
 from cgctl import consts
 from cgctl.cgroup import Router, hierarchy, placement, usage
 from cgctl.config import parse_listen
-from cgctl.core import live
+from cgctl.core import live, profiles
 from cgctl.core.journal import Journal
 from cgctl.host import devices, runfiles
 from cgctl.model import params as P
@@ -185,7 +185,7 @@ class GuestCollector:
                     groups = placement.groups_for_pid(g.pid, host, guest=g.name, driver=g.driver)
                     u = usage.read(groups, host, devices.kernel_name)
                     in_force = live.read_all(router, groups)
-                    config = journal.get_config(g.uuid)
+                    config = profiles.effective(journal, g.uuid).config  # profile + own
                 except CgctlError as e:  # stopped while we looked, or unreadable: next scrape
                     log.debug("metrics: guest=%s skipped: %s", g.name, e)
                     continue

@@ -66,7 +66,7 @@ class Worker:
         self.busy_since = time.monotonic()
 
     def has_config(self, uuid: str) -> bool:
-        return bool(self.ctl.journal().get_config(uuid))
+        return bool(self.ctl.effective(uuid, self.ctl.journal()).config)  # profile + own
 
     @contextlib.contextmanager
     def calling_libvirt(self, uri: str, what: str):

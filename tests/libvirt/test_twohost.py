@@ -235,3 +235,37 @@ def test_offline_dumpxml_define_start_on_another_host(hosts):
         for h in (a, b):
             h.virsh("destroy", name, check=False)
             h.virsh("undefine", name, check=False)
+
+
+def test_a_profile_the_destination_lacks_travels_by_value(hosts):
+    """docs/fleet.md#profiles: the metadata carries the profile's values, so host B, which has
+    no profile 'gold', applies gold's values (with the guest's own override on top) before the
+    vCPUs resume, and again at the guest's next start there."""
+    a, b = hosts
+    name = unique_name()
+    define(a, name)
+    try:
+        cg(a, "profile", "set", "gold", "cpu_shares=600", "hard_limit=1G", "--config")
+        cg(a, "set", name, "hard_limit=1536M", "--profile", "gold", "--config")
+        a.virsh("start", name)
+        assert (kernel(a, name)["cpu_shares"], kernel(a, name)["hard_limit"]) == \
+            (600, 1536 * MiB)
+        assert "gold" not in b.cgctl("profile", "list").stdout
+        a.virsh("migrate", "--live", "--persistent", name, b.uri, "--migrateuri",
+                "tcp://127.0.0.1")
+        k = kernel(b, name)
+        assert (k["cpu_shares"], k["hard_limit"]) == (600, 1536 * MiB)
+        d = json.loads(b.cgctl("--json", "show", name).stdout)
+        assert (d["profile"], d["profile_origin"], d["profile_reference"]) == \
+            ("gold", "carried", "gold")
+        assert {r["param"]: r["from_profile"] for r in d["params"] if r["config"]} == \
+            {"cpu_shares": True, "hard_limit": False}
+        b.virsh("destroy", name)
+        b.virsh("start", name)
+        k = kernel(b, name)
+        assert (k["cpu_shares"], k["hard_limit"]) == (600, 1536 * MiB)
+        assert "gold" not in b.cgctl("profile", "list").stdout  # carried, not defined on B
+    finally:
+        for h in (a, b):
+            h.virsh("destroy", name, check=False)
+            h.virsh("undefine", name, check=False)

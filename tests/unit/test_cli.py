@@ -88,7 +88,8 @@ def test_show_json_shape(run, vm):
         {"guest": "web1", "uuid": UUID, "driver": "qemu", "running": True, "persistent": True}
     by = {r["param"]: r for r in d["params"]}
     assert by["hard_limit"] == {"param": "hard_limit", "live": "1G", "config": "1G",
-                                "differs": False, "unsupported": None}
+                                "differs": False, "unsupported": None, "from_profile": False}
+    assert d["profile"] is None and d["profile_reference"] is None
     assert by["min_guarantee"]["unsupported"]          # v1 has no memory.min
     assert set(d["groups"]) and d["notes"] == []
 

@@ -163,6 +163,13 @@ class FakeJournal:
     def get_config(self, uuid):
         return self.configs.get(uuid, {})
 
+    def get_guest_profile(self, uuid):  # no profiles here (cgctl/core/profiles.py)
+        from cgctl.core.journal import GuestProfile
+        return GuestProfile(None, None)
+
+    def get_profile(self, name):
+        return None
+
 
 def test_affected_guests_are_those_naming_the_disk_now(monkeypatch):
     names = {"/dev/disk/by-id/a": "8:16", "/dev/loop3": "7:3"}

@@ -180,3 +180,42 @@ def test_hook_prepare_takes_the_metadata_into_the_journal_without_libvirt(tmp_pa
         assert j.get_config(UUID) == {("hard_limit", ""): "1G"}
         assert [(r.command, r.source, r.user) for r in j.history(UUID)] == \
             [("metadata", "hook", "root(0)@hosta")]
+
+
+# --------------------------------------------------------------------------- profiles by value
+
+def test_profile_roundtrip_and_a_destination_without_it_applies_the_values(journal):
+    """<profile> carries the name and the values; a host that does not define the profile
+    takes the reference and applies the carried values (cgctl/core/profiles.py)."""
+    from cgctl.core import profiles
+    pr = M.ProfileEntry("gold", {("cpu_shares", ""): "2048",
+                                 ("device_weight", "/dev/vda"): "300"}, T1, "hosta", "root(0)")
+    doc = M.Doc({("hard_limit", ""): M.Entry("1GiB", T1, "hosta", "root(0)")}, profile=pr)
+    xml = domain(as_libvirt_stores_it(doc))
+    assert M.find_in_domain(xml) == doc
+    travel.receive(journal, UUID, "g1", "qemu", xml, source="hook")
+    eff = profiles.effective(journal, UUID)
+    assert (eff.profile, eff.origin) == ("gold", "carried")
+    assert eff.config == {("cpu_shares", ""): "2048", ("device_weight", "/dev/vda"): "300",
+                          ("hard_limit", ""): "1G"}
+    # a host that defines gold applies its own gold (the name is the contract)
+    profiles.define(journal, "gold", {("cpu_shares", ""): "4096"})
+    assert profiles.effective(journal, UUID).config == {("cpu_shares", ""): "4096",
+                                                        ("hard_limit", ""): "1G"}
+    # the same metadata again: no new history row
+    n = len(journal.history(UUID))
+    travel.receive(journal, UUID, "g1", "qemu", xml, source="event")
+    assert len(journal.history(UUID)) == n
+
+
+def test_a_newer_local_profile_choice_is_kept(journal):
+    from cgctl.core import profiles
+    with journal.transaction() as tx:
+        tx.set_guest_profile(UUID, "g1", "qemu", "batch", {})
+        tx.add_history(UUID, "g1", command="set", source="cli", mode="config",
+                       changes=[("profile", "", None, "batch")], at=T2)
+    pr = M.ProfileEntry("gold", {("cpu_shares", ""): "2048"}, T1, "hosta", "root(0)")
+    travel.receive(journal, UUID, "g1", "qemu", domain(as_libvirt_stores_it(M.Doc(profile=pr))),
+                   source="hook")
+    assert journal.get_guest_profile(UUID).profile == "batch"
+    assert journal.history(UUID)[-1].outcome.startswith("kept: this host's value")

@@ -131,3 +131,46 @@ def test_half_valid_file_writes_nothing(env, tmp_path, doc_or_text, message):
     with pytest.raises(libvirt.libvirtError):  # nor any metadata
         conn.lookupByName(g1).metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, metadata.NS,
                                        libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+
+
+# --------------------------------------------------------------------------- profiles
+
+def test_profiles_roundtrip_and_a_second_import_changes_nothing(env, tmp_path):
+    """Profiles and the guests' references go out with export and come back with import
+    (docs/fleet.md#profiles); the domain's metadata carries the profile by value."""
+    journal, (g1, g2), conn = env
+    doc = {"schema": "cgctl-policy", "version": 1,
+           "profiles": {"gold": {"cpu_shares": "2048", "hard_limit": "2G"}},
+           "guests": {g1: {"profile": "gold", "settings": {"hard_limit": "1G"}},
+                      g2: {"profile": "", "settings": {"soft_limit": "512M"}}}}
+    for fmt in ("toml", "json"):
+        path = write(tmp_path, f"p.{fmt}", doc, fmt)
+        rc, out, err = run(journal, "import", path)
+        assert (rc, err) == (0, ""), err
+    assert "nothing to change" in out
+    d = json.loads(run(journal, "--json", "show", g1)[1])
+    assert d["profile"] == "gold"
+    by = {r["param"]: r for r in d["params"]}
+    assert (by["cpu_shares"]["config"], by["cpu_shares"]["from_profile"]) == ("2048", True)
+    assert (by["hard_limit"]["config"], by["hard_limit"]["from_profile"]) == ("1G", False)
+    assert json.loads(run(journal, "--json", "show", g2)[1])["profile"] is None
+    md = metadata.parse(conn.lookupByName(g1).metadata(
+        libvirt.VIR_DOMAIN_METADATA_ELEMENT, metadata.NS, libvirt.VIR_DOMAIN_AFFECT_CONFIG))
+    assert (md.profile.name, md.profile.values) == (
+        "gold", {("cpu_shares", ""): "2048", ("hard_limit", ""): "2G"})
+    rc, out, _ = run(journal, "--json", "export")
+    again = json.loads(out)
+    assert again["profiles"] == doc["profiles"]
+    assert {n: (g.get("profile"), g["settings"]) for n, g in again["guests"].items()} == \
+        {n: (g["profile"], g["settings"]) for n, g in doc["guests"].items()}
+
+
+def test_unknown_profile_in_a_policy_writes_nothing(env, tmp_path):
+    journal, (g1, g2), conn = env
+    doc = {"schema": "cgctl-policy", "version": 1,
+           "profiles": {"gold": {"cpu_shares": "2048"}},
+           "guests": {g1: {"profile": "gold"}, g2: {"profile": "silver"}}}
+    rc, out, err = run(journal, "import", write(tmp_path, "p.json", doc))
+    assert rc == 2 and "unknown profile 'silver'" in err and len(err.splitlines()) == 1
+    assert run(journal, "profile", "list", "--json")[1].strip() == "[]"
+    assert json.loads(run(journal, "--json", "show", g1)[1])["profile"] is None

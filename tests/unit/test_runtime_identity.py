@@ -134,6 +134,11 @@ def test_the_early_applier_uses_the_same_check(tmp_path, procs, monkeypatch):
                     return {("cpu_shares", ""): "512"}
             return J()
 
+        def effective(self, uuid, journal):
+            class E:
+                config = journal.get_config(uuid)
+            return E()
+
         def apply_config(self, guest, **kw):
             applied.append(guest)
 
