@@ -99,11 +99,8 @@ def load(path: str) -> dict:
     try:
         text = data.decode("utf-8")
         if path.endswith(".toml"):
-            try:
-                import tomllib
-            except ModuleNotFoundError:  # Python < 3.11
-                import tomli as tomllib
-            return tomllib.loads(text)
+            from cgctl.config import toml_module  # tomllib, or tomli before Python 3.11
+            return toml_module().loads(text)
         return json.loads(text)
     except Exception as exc:  # noqa: BLE001  any parser's complaint, in one line
         raise UsageError(f"policy file {path} cannot be parsed: {exc}") from None
