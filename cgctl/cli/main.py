@@ -15,7 +15,8 @@ from typing import List, Optional
 
 from cgctl import __version__, consts
 from cgctl.model import params as P
-from cgctl.errors import EXIT_FAILURE, CgctlError, UsageError
+from cgctl.errors import (EXIT_FAILURE, EXIT_INTERRUPTED, CgctlError, GuestNotFound,
+                          JournalError, UsageError)
 
 
 MODE_HELP = ("--live/--dynamic: now only; --config/--static: from the next start; "
@@ -227,11 +228,10 @@ def _out(args, data, human) -> None:
         human(data)
 
 
-def _table(rows: List[List[str]], header: List[str]) -> None:
+def _table(rows: List[List[str]], header: List[str], indent: str = "") -> None:
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
-    _print("  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip())
-    for r in rows:
-        _print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+    for r in [header] + rows:
+        _print(indent + "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
 
 
 def _print_outcome(o: dict) -> None:
@@ -319,7 +319,19 @@ def cmd_show(args, ctl, only=None) -> int:
     return 0
 
 
+def _existing_journal(ctl):
+    """The journal, for a command whose subject it is (list, history, forget, export, --all):
+    a missing file is an error (a mistyped --journal, or nothing ever set), never created."""
+    j = ctl.journal(create=False)
+    if j.missing:
+        raise JournalError(f"journal {ctl.journal_path} does not exist (nothing was ever set "
+                           "with it; check --journal, $CGCTL_JOURNAL, the config file)",
+                           path=ctl.journal_path)
+    return j
+
+
 def cmd_list(args, ctl) -> int:
+    _existing_journal(ctl)
     rows = ctl.list()
     _out(args, rows, lambda rs: _table(
         [[r["guest"], r["driver"], r["state"], r["settings"], r["last_change"] or "-"] for r in rs],
@@ -331,6 +343,7 @@ def cmd_history(args, ctl) -> int:
     if args.all and args.limit:
         raise UsageError("--all and --limit N: give one of them")
     limit = None if args.all or args.limit == 0 else (args.limit or HISTORY_LIMIT)
+    _existing_journal(ctl)
     rows = ctl.history(args.guest, limit)
     if limit is not None and len(rows) == limit and not args.json:
         _eprint(f"cgctl: the newest {limit} rows; --limit N or --all for more")
@@ -348,6 +361,8 @@ def cmd_apply(args, ctl) -> int:
         raise UsageError("apply takes a GUEST or --all")
     if args.all:
         guests = _running_from_journal(ctl)
+        if not guests:
+            return _nothing(args, "nothing to apply: no running guest has settings in the journal")
     else:
         guests = [ctl.find_guest(args.guest)]
     outcomes = [ctl.apply_config(g, command="apply") for g in guests]
@@ -357,9 +372,16 @@ def cmd_apply(args, ctl) -> int:
 
 def _running_from_journal(ctl):
     from cgctl.host import runfiles
+    journal = _existing_journal(ctl)
     running = runfiles.all_running(ctl.run_dir)
-    return [running[row.uuid] for row in ctl.journal(create=False).guests()
+    return [running[row.uuid] for row in journal.guests()
             if not row.deleted and row.uuid in running]
+
+
+def _nothing(args, line: str) -> int:
+    """An action with nothing to do: one line (an empty list with --json), exit 0."""
+    _out(args, [], lambda _: _print(line))
+    return 0
 
 
 def cmd_verify(args, ctl) -> int:
@@ -367,6 +389,8 @@ def cmd_verify(args, ctl) -> int:
     if bool(args.guest) == bool(args.all):
         raise UsageError("verify takes a GUEST or --all")
     guests = _running_from_journal(ctl) if args.all else [ctl.find_guest(args.guest)]
+    if not guests:
+        return _nothing(args, "nothing to verify: no running guest has settings in the journal")
     report, left = [], 0
     for g in guests:
         if not g.running:
@@ -378,6 +402,11 @@ def cmd_verify(args, ctl) -> int:
             outcome = drift.repair(ctl, g, found, source="cli")
             entry["repaired"] = not outcome.errors
             entry["errors"] = [e.to_dict() for e in outcome.errors]
+            # what the cgroup holds now: read again, not assumed
+            still = {(d.param, d.device): d.live for d in drift.find(ctl, g)}
+            for d in entry["drift"]:
+                key = (d["param"], d["device"])
+                d["now"] = still[key] if key in still else d["expected"]
         if found and not entry["repaired"]:
             left += 1
         report.append(entry)
@@ -389,9 +418,15 @@ def cmd_verify(args, ctl) -> int:
                 continue
             state = "repaired" if r["repaired"] else "DRIFT"
             _print(f"guest {r['guest']}: {state}")
-            _table([[d["param"] + (f"[{d['device']}]" if d["device"] else ""), d["expected"],
-                     d["live"] if d["live"] is not None else "(none)"] for d in r["drift"]],
-                   ["  PARAMETER", "CGCTL WROTE", "CGROUP HOLDS"])
+            rows = [[d["param"] + (f"[{d['device']}]" if d["device"] else ""), d["expected"],
+                     d["live"] if d["live"] is not None else "(none)"] for d in r["drift"]]
+            header = ["PARAMETER", "CGCTL WROTE", "CGROUP HELD" if "now" in r["drift"][0]
+                      else "CGROUP HOLDS"]
+            if "now" in r["drift"][0]:
+                header.append("CGROUP HOLDS NOW")
+                for row, d in zip(rows, r["drift"]):
+                    row.append(d["now"] if d["now"] is not None else "(none)")
+            _table(rows, header, indent="  ")
             for e in r["errors"]:
                 _print(f"  FAILED {e['param'] or ''}: {e['message']}")
     _out(args, report, human)
@@ -399,9 +434,9 @@ def cmd_verify(args, ctl) -> int:
 
 
 def cmd_forget(args, ctl) -> int:
-    row = ctl.journal().find_guest(args.guest)
+    row = _existing_journal(ctl).find_guest(args.guest)
     if row is None:
-        raise UsageError("the journal has no such guest", guest=args.guest)
+        raise GuestNotFound("the journal has no such guest", guest=args.guest)
     dropped = ctl.forget(row.uuid, command="forget")
     _out(args, {"guest": row.name, "uuid": row.uuid, "dropped": len(dropped)},
          lambda d: _print(f"guest {d['guest']}: dropped {d['dropped']} setting(s); history kept"))
@@ -447,6 +482,7 @@ def _retention(args):
 def cmd_export(args, ctl) -> int:
     from cgctl.core import policy
     fmt = args.format or ("toml" if (args.output or "").endswith(".toml") else "json")
+    _existing_journal(ctl)
     text = policy.dumps(policy.export(ctl, args.guests), fmt)
     if args.output:
         policy.write_file(args.output, text)
@@ -537,7 +573,7 @@ def main(argv: Optional[List[str]] = None, only=None) -> int:
     except CgctlError as exc:
         return _fail(exc, as_json)
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
         return EXIT_FAILURE
     except Exception as exc:  # a bug: still one line, with a way to see more

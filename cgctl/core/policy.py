@@ -16,7 +16,7 @@ import os
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
 from cgctl.model import params as P
-from cgctl.errors import CgctlError, UsageError
+from cgctl.errors import CgctlError, GuestNotFound, UsageError
 
 SCHEMA = "cgctl-policy"
 VERSION = 1
@@ -50,7 +50,7 @@ def export(ctl, idents: Optional[List[str]] = None) -> dict:
         for ident in idents:
             row = journal.find_guest(ident)
             if row is None or row.deleted:
-                raise UsageError("the journal has no config for this guest", guest=ident)
+                raise GuestNotFound("the journal has no config for this guest", guest=ident)
             rows.append(row)
     else:
         rows = [r for r in journal.guests() if not r.deleted and r.settings]
