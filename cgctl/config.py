@@ -111,8 +111,9 @@ def parse_listen(text: str) -> Tuple[str, int]:
 ENVIRONMENT = {"journal": "CGCTL_JOURNAL", "uris": "CGCTL_URIS"}
 
 
-def _toml():
-    """tomllib (Python 3.11+), else tomli; else a one-line error (no traceback)."""
+def toml_module():
+    """tomllib (Python 3.11+), else tomli (a dependency before 3.11, see pyproject.toml); else a
+    one-line error (no traceback). Every TOML reader of cgctl goes through here."""
     try:
         import tomllib
     except ModuleNotFoundError:  # Python < 3.11
@@ -134,7 +135,7 @@ def load_config(path: Optional[str], on_error: Optional[Callable[[str], None]] =
     if not path:
         return Config()
     try:
-        tomllib = _toml()
+        tomllib = toml_module()
         with open(path, "rb") as f:
             data = tomllib.load(f)
     except FileNotFoundError:

@@ -13,6 +13,8 @@ from typing import Optional
 EXIT_OK = 0
 EXIT_FAILURE = 1  # the request was valid but could not be carried out
 EXIT_USAGE = 2  # the request itself was wrong: bad value, unknown parameter, impossible combination
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT, as the shell reports it)
+# the one table of them all, for operators: docs/usage.md "Exit status"
 
 
 class CgctlError(Exception):

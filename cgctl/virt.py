@@ -35,7 +35,8 @@ def _libvirt():
         import libvirt
     except ImportError as e:
         raise errors.LibvirtError(
-            "libvirt-python is not installed (pip install 'cgctl[libvirt]')") from e
+            "libvirt-python is not installed (pip install 'cgctl[libvirt]', or Debian's "
+            "python3-libvirt)") from e
     if not _handler_installed:
         libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
         _handler_installed = True

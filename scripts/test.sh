@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Set up (scripts/setup.sh) and run the whole test suite: unit, real-cgroup, real-libvirt,
+# the unit lane on Python 3.9 and 3.13 (scripts/pythons.sh),
 # then the cgroup v2 lane on a real kernel under emulation. Extra arguments go to pytest.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +14,11 @@ if [ "$rc" -eq 5 ]; then
 fi
 if [ "$rc" -ne 0 ]; then
     exit "$rc"
+fi
+
+# the unit lane again on the oldest and newest supported Pythons (docs/testing.md)
+if [ "$#" -eq 0 ] && [ "${CGCTL_SKIP_PYTHONS:-0}" != 1 ]; then
+    bash scripts/pythons.sh || exit 1
 fi
 
 if [ "${CGCTL_SKIP_V2LANE:-0}" = 1 ] || [ "$#" -gt 0 ]; then

@@ -172,8 +172,8 @@ class V2Backend(Backend):
             return
         if limit < current:
             raise KernelRefused(
-                f"the guest uses {units.format_bytes(current)} now, more than the new limit "
-                f"{units.format_bytes(limit)}; cgroup v2 would OOM-kill it instead of refusing, "
+                f"the guest uses {units.describe_bytes(current)} now, more than the new limit "
+                f"{units.describe_bytes(limit)}; cgroup v2 would OOM-kill it instead of refusing, "
                 "so cgctl refuses (lower it in steps, or let the guest free memory first)",
                 guest=g.guest, param="hard_limit", errno=errno.EBUSY,
                 path=os.path.join(g.libvirt_dir("memory"), P.BY_NAME["hard_limit"].v2_file))

@@ -11,11 +11,13 @@ import argparse
 import contextvars
 import os
 import sys
+import textwrap
 from typing import List, Optional
 
 from cgctl import __version__, consts
 from cgctl.model import params as P
-from cgctl.errors import EXIT_FAILURE, CgctlError, UsageError
+from cgctl.errors import (EXIT_FAILURE, EXIT_INTERRUPTED, CgctlError, GuestNotFound,
+                          JournalError, UsageError)
 
 
 MODE_HELP = ("--live/--dynamic: now only; --config/--static: from the next start; "
@@ -76,11 +78,15 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_mode(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("mode", MODE_HELP)
-    g.add_argument("--live", "--dynamic", dest="live", action="store_true")
-    g.add_argument("--config", "--static", dest="config", action="store_true")
-    g.add_argument("--perm", "--permanent", dest="perm", action="store_true")
-    g.add_argument("--current", dest="current", action="store_true")
+    g = p.add_argument_group("mode", textwrap.fill(MODE_HELP, 79))
+    g.add_argument("--live", "--dynamic", dest="live", action="store_true",
+                   help="the running guest's cgroups now; gone at the next start")
+    g.add_argument("--config", "--static", dest="config", action="store_true",
+                   help="the journal: in force from the next start")
+    g.add_argument("--perm", "--permanent", dest="perm", action="store_true",
+                   help="both: now and at every start")
+    g.add_argument("--current", dest="current", action="store_true",
+                   help="--live if the guest runs, else --config (the default)")
 
 
 def _mode(args) -> str:
@@ -132,75 +138,239 @@ def _count(text: str) -> int:
     return value
 
 
+EXIT_STATUS = """exit status (the same condition, the same status, in every command):
+  0    done, or nothing to do (said in one line)
+  1    could not be done: unknown guest, guest not running, the journal does not
+       exist, the kernel refused (rolled back), libvirt unreachable; verify: drift left
+  2    wrong request: bad value, unknown parameter or option, impossible combination
+  130  interrupted
+see man cgctl, docs/usage.md"""
+
+# command: (one line for the list of commands, what it does, examples)
+HELP = {
+    "params": ("list every parameter",
+               "Every parameter cgctl knows: unit, range, and the cgroup v1 and v2 files it "
+               "writes (docs/parameters.md).",
+               ["cgctl params", "cgctl params --json"]),
+    "host": ("show the host's cgroup hierarchies",
+             "The host's cgroup mode (v1, v2, hybrid), each hierarchy and its controllers, and "
+             "which version owns each controller.",
+             ["cgctl host"]),
+    "set": ("change parameters of a guest",
+            "Change one or more parameters, all or nothing: validated together, written in a "
+            "safe order, rolled back together if the kernel refuses one. Sizes take a unit "
+            "(K, M, G, T, B); a bare memory size is KiB, a bare rate is bytes/s. 'cgctl params' "
+            "lists the parameters.",
+            ["cgctl set web1 hard_limit=4G swap_hard_limit=6G --perm",
+             "cgctl set web1 cpu_shares=2048 --live",
+             "cgctl set web1 global_quota=150% --config",
+             "cgctl set web1 device_write_bytes_sec=/dev/vdb,50M"]),
+    "unset": ("drop parameters from a guest's config",
+              "Drop parameters from the config: from the next start they are left to libvirt. "
+              "Live values are not changed.",
+              ["cgctl unset web1 hard_limit", "cgctl unset web1 device_read_bytes_sec=/dev/vdb"]),
+    "show": ("live and config values of a guest",
+             "Every parameter of a guest: the live value read from its cgroup, the config "
+             "value from the journal, '*' where they differ. Reads only.",
+             ["cgctl show web1", "cgctl show web1 --json"]),
+    "list": ("guests with settings in the journal",
+             "The guests that have settings in the journal, and whether they run. Reads only; "
+             "a journal that does not exist is an error (exit 1), not an empty table.",
+             ["cgctl list", "cgctl list --journal /srv/cgctl/journal.db"]),
+    "history": ("every change, newest last",
+                "Every change recorded: time, command, source, mode, old -> new, outcome. Reads "
+                "only.",
+                ["cgctl history web1", "cgctl history --limit 10", "cgctl history --all --json"]),
+    "apply": ("apply the config to running guests now",
+              "Put the config in force on a running guest now (what the service and the hook do "
+              "at every start). With --all and nothing to apply, says so in one line.",
+              ["cgctl apply web1", "cgctl apply --all"]),
+    "verify": ("compare live values with what cgctl last wrote",
+               "Find live values that no longer hold what cgctl last wrote to this run of the "
+               "guest (exit 1 if any); --repair writes cgctl's values back and shows what the "
+               "cgroup holds after.",
+               ["cgctl verify web1", "cgctl verify --all --repair"]),
+    "forget": ("drop a guest's config (history stays)",
+               "Drop a guest's config from the journal; its history stays.",
+               ["cgctl forget web1"]),
+    "prune": ("drop config of guests libvirt no longer defines; trim history",
+              "Drop the config of guests libvirt no longer defines, and the history beyond the "
+              "retention (history_keep_days / history_keep_rows in the config file). Needs "
+              "libvirt-python.",
+              ["cgctl prune", "cgctl prune --keep-days 90 --keep-rows 1000"]),
+    "export": ("write guests' config as a policy file",
+               "Write the config of the named guests (default: every guest with a config) as a "
+               "policy file, JSON or TOML (docs/fleet.md). Reads only.",
+               ["cgctl export -o /etc/cgctl/policy.toml", "cgctl export web1 db1"]),
+    "import": ("make the guests' config match a policy file",
+               "Make the config of every guest in FILE match it, after validating the whole "
+               "file; prints what changes (nothing the second time).",
+               ["cgctl import /etc/cgctl/policy.toml --dry-run",
+                "cgctl import /etc/cgctl/policy.toml --perm"]),
+    "daemon": ("run the listener service",
+               "The listener service (systemd/cgctl.service runs it): re-applies each guest's "
+               "config at every start, forgets it at undefine, repairs drift, answers 'cgctl "
+               "set' on its socket (docs/operations.md). Exit 2: a wrong config file.",
+               ["cgctl daemon", "systemctl enable --now cgctl"]),
+    "hook": ("libvirt hook entry point, and its installer",
+             "Called by libvirt as /etc/libvirt/hooks/qemu.d/cgctl (and lxc.d): 'cgctl hook "
+             "[--strict] [--journal PATH] qemu|lxc NAME OP SUBOP [EXTRA]' with the domain XML "
+             "on stdin; 'cgctl hook install' / 'cgctl hook uninstall' set it up "
+             "(docs/hook.md). The hook's own exit status is what libvirt acts on: 0, or 1 "
+             "when strict and the limits could not be put in force (the start fails).",
+             ["cgctl hook install", "cgctl hook install --strict", "cgctl hook uninstall"]),
+    "top": ("running guests' use, one line each, refreshed",
+            "Every running guest on one line: memory used and limit, CPU % and throttling, IO "
+            "rates, OOM kills; refreshed in place like systemd-cgtop (docs/observability.md). "
+            "Reads only.",
+            ["cgctl top", "cgctl top --sort mem", "cgctl top --once --json"]),
+    "profile": ("named sets of settings: list|show|set|unset|delete|apply",
+                "Profiles are named sets of settings a guest refers to ('cgctl set GUEST "
+                "--profile NAME'), with its own settings on top; 'default' applies to guests "
+                "with no profile of their own. Changing a profile changes every guest using it, "
+                "all or nothing per guest (docs/fleet.md).",
+                ["cgctl profile set gold cpu_shares=2048 hard_limit=8G",
+                 "cgctl set web1 --profile gold", "cgctl profile apply gold --live",
+                 "cgctl profile list"]),
+    "install-host": ("install the unit, tmpfiles entry, completion, man page for this cgctl",
+                     "For a pip install: write the systemd unit (ExecStart= where this cgctl "
+                     "is), the tmpfiles entry, bash completion and the man page to the host's "
+                     "places (docs/install.md). Prints each file and the commands to run next.",
+                     ["cgctl install-host", "cgctl install-host --dry-run",
+                      "cgctl install-host --root /tmp/scratch"]),
+}
+for _cmd in _VIRSH:
+    HELP[_cmd] = (f"virsh-style {_cmd}: show, or change with options",
+                  f"virsh's {_cmd} spelling: with no option, shows the {_cmd} parameters; with "
+                  "options, changes them as 'cgctl set' does.", [])
+HELP["memtune"][2].extend(["cgctl memtune web1 --hard-limit 4G --perm",
+                           "cgctl memtune web1 --soft-limit 2097152   # KiB: 2G"])
+HELP["schedinfo"][2].extend(["cgctl schedinfo web1 --cpu-shares 2048 --live"])
+HELP["blkiotune"][2].extend(["cgctl blkiotune web1 --device-read-bytes-sec /dev/vdb,50M"])
+HELP["cpuset"][2].extend(["cgctl cpuset web1 --cpus 0-3 --config"])
+
+
+def _option_help(param) -> str:
+    """An option's help from the catalogue: what it is, its unit, its range."""
+    unit = param.unit()
+    if param.kind == P.BYTES:
+        unit = "size with a unit (K, M, G, T, B); a bare number is KiB"
+    elif param.kind == P.RATE:
+        unit = "DEV,N: bytes/s with a unit (K, M, G); a bare number is bytes/s"
+    elif param.per_device:
+        unit = f"DEV,N: {unit}"
+    rng = param.range_text()
+    text = f"{param.doc} {unit[0].upper()}{unit[1:]}; {rng}" + (
+        "" if rng.startswith("e.g.") else " ('unlimited' allowed)" if param.unlimited else "")
+    return text.replace("%", "%%")  # argparse %-formats help
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: the version and the host's cgroup mode, one line."""
+
+    def __init__(self, option_strings, dest, **kw):
+        super().__init__(option_strings, dest, nargs=0, help="print the version and the host's "
+                         "cgroup mode, then exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser._print_message(version_line() + "\n")
+        parser.exit()
+
+
+def version_line() -> str:
+    try:
+        from cgctl.cgroup import hierarchy
+        mode = hierarchy.detect().mode
+    except Exception:  # noqa: BLE001  a version line never fails
+        mode = "unknown"
+    return f"cgctl {__version__} (Python {sys.version.split()[0]}, host cgroup mode: {mode})"
+
+
+def _command(sub, name: str, common) -> argparse.ArgumentParser:
+    summary, description, examples = HELP[name]
+    description = textwrap.fill(description, 79)
+    epilog = ("examples:\n" + "".join(f"  {e}\n" for e in examples) + "\n" if examples
+              else "") + EXIT_STATUS
+    return sub.add_parser(name, parents=[common], help=summary, description=description,
+                          epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    top = _Parser(prog="cgctl", description="cgroup v1/v2 resource control for libvirt guests")
-    top.add_argument("--version", action="version", version=f"cgctl {__version__}")
+    top = _Parser(prog="cgctl", formatter_class=argparse.RawDescriptionHelpFormatter,
+                  description=textwrap.fill(
+                      "cgroup v1/v2 resource control for libvirt guests (QEMU VMs, LXC "
+                      "containers): change limits now, from the next start or both, "
+                      "remembered in a journal and put back at every start.", 79),
+                  epilog="examples:\n  cgctl set web1 hard_limit=4G --perm\n  cgctl show web1\n"
+                         "  cgctl COMMAND --help\n\n" + EXIT_STATUS)
+    top.add_argument("--version", action=_VersionAction)
     _add_common(top, defaults=True)
     # the same options after the command word; SUPPRESS keeps the top level's value
     common = _Parser(add_help=False)
     _add_common(common, defaults=False)
     sub = top.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    sub.add_parser("params", parents=[common], help="list every parameter")
-    sub.add_parser("host", parents=[common], help="show the host's cgroup hierarchies")
-    p = sub.add_parser("set", parents=[common], help="change parameters: PARAM=VALUE ...")
-    p.add_argument("guest")
-    p.add_argument("assignments", nargs="*", metavar="PARAM=VALUE")
+    _command(sub, "params", common)
+    _command(sub, "host", common)
+    p = _command(sub, "set", common)
+    p.add_argument("guest", metavar="GUEST", help="name or UUID")
+    p.add_argument("assignments", nargs="*", metavar="PARAM=VALUE",
+                   help="e.g. hard_limit=4G, cpu_shares=2048, device_read_bytes_sec=/dev/vdb,50M")
     _add_mode(p)
     g = p.add_mutually_exclusive_group()  # profiles (cgctl/core/profiles.py)
     g.add_argument("--profile", metavar="NAME", help="the guest uses this profile")
     g.add_argument("--no-profile", action="store_true",
                    help="the guest uses no profile (not even the host's default)")
-    p = sub.add_parser("unset", parents=[common], help="drop parameters from a guest's config")
-    p.add_argument("guest")
-    p.add_argument("names", nargs="+", metavar="PARAM[=DEVICE]")
-    p.add_argument("--config", "--static", action="store_true", help="(the only mode of unset)")
-    p = sub.add_parser("show", parents=[common], help="live and config values of a guest")
-    p.add_argument("guest")
-    sub.add_parser("list", parents=[common], help="guests with settings in the journal")
-    p = sub.add_parser("history", parents=[common], help="every change, newest last")
-    p.add_argument("guest", nargs="?")
+    p = _command(sub, "unset", common)
+    p.add_argument("guest", metavar="GUEST", help="name or UUID")
+    p.add_argument("names", nargs="+", metavar="PARAM[=DEVICE]",
+                   help="a parameter, or a per-device parameter and its disk")
+    p.add_argument("--config", "--static", action="store_true",
+                   help="the only mode of unset (accepted for virsh habits)")
+    p = _command(sub, "show", common)
+    p.add_argument("guest", metavar="GUEST", help="name or UUID")
+    _command(sub, "list", common)
+    p = _command(sub, "history", common)
+    p.add_argument("guest", nargs="?", metavar="GUEST", help="only this guest (default: all)")
     p.add_argument("--limit", type=_count, default=None, metavar="N",
                    help=f"the newest N rows (default {HISTORY_LIMIT}; 0: all)")
     p.add_argument("--all", action="store_true", help="every row (same as --limit 0)")
-    p = sub.add_parser("apply", parents=[common], help="apply the config to running guests now")
-    p.add_argument("guest", nargs="?")
-    p.add_argument("--all", action="store_true")
-    p = sub.add_parser("verify", parents=[common],
-                       help="compare live values with what cgctl last wrote (--repair: write back)")
-    p.add_argument("guest", nargs="?")
-    p.add_argument("--all", action="store_true")
-    p.add_argument("--repair", action="store_true")
-    p = sub.add_parser("forget", parents=[common], help="drop a guest's config (history stays)")
-    p.add_argument("guest")
-    p = sub.add_parser("prune", parents=[common],
-                       help="drop the config of guests libvirt no longer defines, and the "
-                            "history beyond the retention (history_keep_days/_rows)")
+    p = _command(sub, "apply", common)
+    p.add_argument("guest", nargs="?", metavar="GUEST", help="name or UUID")
+    p.add_argument("--all", action="store_true",
+                   help="every running guest with settings in the journal")
+    p = _command(sub, "verify", common)
+    p.add_argument("guest", nargs="?", metavar="GUEST", help="name or UUID")
+    p.add_argument("--all", action="store_true",
+                   help="every running guest with settings in the journal")
+    p.add_argument("--repair", action="store_true", help="write cgctl's values back")
+    p = _command(sub, "forget", common)
+    p.add_argument("guest", metavar="GUEST", help="name or UUID")
+    p = _command(sub, "prune", common)
     p.add_argument("--keep-days", type=_count, metavar="N",
                    help="history rows older than N days go (0: none; default: config file)")
     p.add_argument("--keep-rows", type=_count, metavar="N",
                    help="per guest, rows beyond the newest N go (0: none; default: config file)")
     for cmd, opts in _VIRSH.items():
-        p = sub.add_parser(cmd, parents=[common], help=f"virsh-style {cmd}")
-        p.add_argument("guest")
+        p = _command(sub, cmd, common)
+        p.add_argument("guest", metavar="GUEST", help="name or UUID")
         for o in opts:
-            p.add_argument(f"--{o}", dest=o.replace("-", "_"), metavar="VALUE")
+            p.add_argument(f"--{o}", dest=o.replace("-", "_"), metavar="VALUE",
+                           help=_option_help(P.lookup(o)))
         _add_mode(p)
     # --- policy files (cgctl/core/policy.py) ---
-    p = sub.add_parser("export", parents=[common],
-                       help="write the config of guests as a policy file (JSON or TOML)")
-    p.add_argument("guests", nargs="*", metavar="GUEST")
+    p = _command(sub, "export", common)
+    p.add_argument("guests", nargs="*", metavar="GUEST",
+                   help="name or UUID (default: every guest with a config)")
     p.add_argument("--format", choices=["json", "toml"], default=None,
                    help="default: from -o's extension, else json")
     p.add_argument("-o", "--output", metavar="FILE", help="default: standard output")
-    p = sub.add_parser("import", parents=[common],
-                       help="make the guests' config match a policy file")
-    p.add_argument("file", metavar="FILE")
+    p = _command(sub, "import", common)
+    p.add_argument("file", metavar="FILE", help="a policy file, .json or .toml")
     p.add_argument("--dry-run", "-n", action="store_true", help="only print what would change")
     p.add_argument("--perm", "--live", dest="live", action="store_true",
                    help="also put changed settings in force on running guests")
-    p = sub.add_parser("top", parents=[common],
-                       help="running guests' use, one line each, refreshed (cgctl/cli/top.py)")
+    p = _command(sub, "top", common)
     p.add_argument("--sort", choices=["name", "mem", "cpu", "throttle", "io", "oom"],
                    default="cpu", help="column to sort by (default: cpu)")
     p.add_argument("--interval", type=float, default=2.0, metavar="S",
@@ -210,8 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", "--count", type=_count, default=None, metavar="N",
                    help="exit after N refreshes")
     # --- profiles (cgctl/core/profiles.py, docs/fleet.md#profiles) ---
-    p = sub.add_parser("profile", parents=[common], help="named sets of settings: "
-                       "list|show|set|unset|delete|apply")
+    p = _command(sub, "profile", common)
     psub = p.add_subparsers(dest="profile_command", metavar="ACTION", parser_class=_Parser)
     psub.add_parser("list", parents=[common], help="every profile of this host")
     q = psub.add_parser("show", parents=[common], help="a profile's settings and users")
@@ -233,9 +402,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "guests using it")
     q.add_argument("name")
     _add_mode(q)
-    sub.add_parser("daemon", parents=[common], help="run the listener service")
-    p = sub.add_parser("hook", parents=[common], help="libvirt hook entry point / install")
-    p.add_argument("hook_args", nargs=argparse.REMAINDER)
+    _command(sub, "daemon", common)
+    p = _command(sub, "hook", common)
+    p.add_argument("hook_args", nargs=argparse.REMAINDER, metavar="...",
+                   help="libvirt's arguments, or install|uninstall [options]")
+    p = _command(sub, "install-host", common)
+    p.add_argument("--root", metavar="DIR", default="/",
+                   help="install under DIR (a scratch root, a package build); default /")
+    p.add_argument("--dry-run", "-n", action="store_true",
+                   help="print what would be written, write nothing")
     return top
 
 
@@ -260,11 +435,10 @@ def _out(args, data, human) -> None:
         human(data)
 
 
-def _table(rows: List[List[str]], header: List[str]) -> None:
+def _table(rows: List[List[str]], header: List[str], indent: str = "") -> None:
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
-    _print("  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip())
-    for r in rows:
-        _print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+    for r in [header] + rows:
+        _print(indent + "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
 
 
 def _print_outcome(o: dict) -> None:
@@ -369,7 +543,19 @@ def cmd_show(args, ctl, only=None) -> int:
     return 0
 
 
+def _existing_journal(ctl):
+    """The journal, for a command whose subject it is (list, history, forget, export, --all):
+    a missing file is an error (a mistyped --journal, or nothing ever set), never created."""
+    j = ctl.journal(create=False)
+    if j.missing:
+        raise JournalError(f"journal {ctl.journal_path} does not exist (nothing was ever set "
+                           "with it; check --journal, $CGCTL_JOURNAL, the config file)",
+                           path=ctl.journal_path)
+    return j
+
+
 def cmd_list(args, ctl) -> int:
+    _existing_journal(ctl)
     rows = ctl.list()
     _out(args, rows, lambda rs: _table(
         [[r["guest"], r["driver"], r["state"], r["settings"], r["last_change"] or "-"] for r in rs],
@@ -381,6 +567,7 @@ def cmd_history(args, ctl) -> int:
     if args.all and args.limit:
         raise UsageError("--all and --limit N: give one of them")
     limit = None if args.all or args.limit == 0 else (args.limit or HISTORY_LIMIT)
+    _existing_journal(ctl)
     rows = ctl.history(args.guest, limit)
     if limit is not None and len(rows) == limit and not args.json:
         _eprint(f"cgctl: the newest {limit} rows; --limit N or --all for more")
@@ -398,6 +585,8 @@ def cmd_apply(args, ctl) -> int:
         raise UsageError("apply takes a GUEST or --all")
     if args.all:
         guests = _running_from_journal(ctl)
+        if not guests:
+            return _nothing(args, "nothing to apply: no running guest has settings in the journal")
     else:
         guests = [ctl.find_guest(args.guest)]
     outcomes = [ctl.apply_config(g, command="apply") for g in guests]
@@ -407,9 +596,16 @@ def cmd_apply(args, ctl) -> int:
 
 def _running_from_journal(ctl):
     from cgctl.host import runfiles
+    journal = _existing_journal(ctl)
     running = runfiles.all_running(ctl.run_dir)
-    return [running[row.uuid] for row in ctl.journal(create=False).guests()
+    return [running[row.uuid] for row in journal.guests()
             if not row.deleted and row.uuid in running]
+
+
+def _nothing(args, line: str) -> int:
+    """An action with nothing to do: one line (an empty list with --json), exit 0."""
+    _out(args, [], lambda _: _print(line))
+    return 0
 
 
 def cmd_verify(args, ctl) -> int:
@@ -417,6 +613,8 @@ def cmd_verify(args, ctl) -> int:
     if bool(args.guest) == bool(args.all):
         raise UsageError("verify takes a GUEST or --all")
     guests = _running_from_journal(ctl) if args.all else [ctl.find_guest(args.guest)]
+    if not guests:
+        return _nothing(args, "nothing to verify: no running guest has settings in the journal")
     report, left = [], 0
     for g in guests:
         if not g.running:
@@ -428,6 +626,11 @@ def cmd_verify(args, ctl) -> int:
             outcome = drift.repair(ctl, g, found, source="cli")
             entry["repaired"] = not outcome.errors
             entry["errors"] = [e.to_dict() for e in outcome.errors]
+            # what the cgroup holds now: read again, not assumed
+            still = {(d.param, d.device): d.live for d in drift.find(ctl, g)}
+            for d in entry["drift"]:
+                key = (d["param"], d["device"])
+                d["now"] = still[key] if key in still else d["expected"]
         if found and not entry["repaired"]:
             left += 1
         report.append(entry)
@@ -439,9 +642,15 @@ def cmd_verify(args, ctl) -> int:
                 continue
             state = "repaired" if r["repaired"] else "DRIFT"
             _print(f"guest {r['guest']}: {state}")
-            _table([[d["param"] + (f"[{d['device']}]" if d["device"] else ""), d["expected"],
-                     d["live"] if d["live"] is not None else "(none)"] for d in r["drift"]],
-                   ["  PARAMETER", "CGCTL WROTE", "CGROUP HOLDS"])
+            rows = [[d["param"] + (f"[{d['device']}]" if d["device"] else ""), d["expected"],
+                     d["live"] if d["live"] is not None else "(none)"] for d in r["drift"]]
+            header = ["PARAMETER", "CGCTL WROTE", "CGROUP HELD" if "now" in r["drift"][0]
+                      else "CGROUP HOLDS"]
+            if "now" in r["drift"][0]:
+                header.append("CGROUP HOLDS NOW")
+                for row, d in zip(rows, r["drift"]):
+                    row.append(d["now"] if d["now"] is not None else "(none)")
+            _table(rows, header, indent="  ")
             for e in r["errors"]:
                 _print(f"  FAILED {e['param'] or ''}: {e['message']}")
     _out(args, report, human)
@@ -449,9 +658,9 @@ def cmd_verify(args, ctl) -> int:
 
 
 def cmd_forget(args, ctl) -> int:
-    row = ctl.journal().find_guest(args.guest)
+    row = _existing_journal(ctl).find_guest(args.guest)
     if row is None:
-        raise UsageError("the journal has no such guest", guest=args.guest)
+        raise GuestNotFound("the journal has no such guest", guest=args.guest)
     dropped = ctl.forget(row.uuid, command="forget")
     _out(args, {"guest": row.name, "uuid": row.uuid, "dropped": len(dropped)},
          lambda d: _print(f"guest {d['guest']}: dropped {d['dropped']} setting(s); history kept"))
@@ -497,6 +706,7 @@ def _retention(args):
 def cmd_export(args, ctl) -> int:
     from cgctl.core import policy
     fmt = args.format or ("toml" if (args.output or "").endswith(".toml") else "json")
+    _existing_journal(ctl)
     text = policy.dumps(policy.export(ctl, args.guests), fmt)
     if args.output:
         policy.write_file(args.output, text)
@@ -667,7 +877,9 @@ COMMANDS["top"] = cmd_top
 def main(argv: Optional[List[str]] = None, only=None) -> int:
     """``only``: the commands this caller may run (the command socket's); None = all."""
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["hook"] and only is None:
+    if argv[:1] == ["hook"] and argv[1:2] in (["-h"], ["--help"]):
+        argv = ["hook", "--help"]  # the parser's help (libvirt never passes --help)
+    elif argv[:1] == ["hook"] and only is None:
         # libvirt's calling convention and the hook's own options are the hook's to parse,
         # and the hook must start fast: hand it everything before building any parser
         from cgctl.hook import main as hook
@@ -685,6 +897,9 @@ def main(argv: Optional[List[str]] = None, only=None) -> int:
                                 stream=sys.stderr)
         if args.command == "hook":  # before reading the config: see cmd_hook
             return cmd_hook(args, None)
+        if args.command == "install-host":  # files only: no journal, no libvirt
+            from cgctl.cli import hostinstall
+            return hostinstall.main(args, _print)
         from cgctl.core.controller import Controller
         from cgctl.config import resolve
         cfg = resolve(args.config_file or consts.CONFIG_PATH, _command_line(args))
@@ -696,7 +911,7 @@ def main(argv: Optional[List[str]] = None, only=None) -> int:
     except CgctlError as exc:
         return _fail(exc, as_json)
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
         return EXIT_FAILURE
     except Exception as exc:  # a bug: still one line, with a way to see more

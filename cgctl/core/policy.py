@@ -17,7 +17,7 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 
 from cgctl.core import profiles
 from cgctl.model import params as P
-from cgctl.errors import CgctlError, UsageError
+from cgctl.errors import CgctlError, GuestNotFound, UsageError
 
 SCHEMA = "cgctl-policy"
 VERSION = 1
@@ -56,7 +56,7 @@ def export(ctl, idents: Optional[List[str]] = None) -> dict:
         for ident in idents:
             row = journal.find_guest(ident)
             if row is None or row.deleted:
-                raise UsageError("the journal has no config for this guest", guest=ident)
+                raise GuestNotFound("the journal has no config for this guest", guest=ident)
             rows.append(row)
     else:
         rows = [r for r in journal.guests() if not r.deleted and (
@@ -114,11 +114,8 @@ def load(path: str) -> dict:
     try:
         text = data.decode("utf-8")
         if path.endswith(".toml"):
-            try:
-                import tomllib
-            except ModuleNotFoundError:  # Python < 3.11
-                import tomli as tomllib
-            return tomllib.loads(text)
+            from cgctl.config import toml_module  # tomllib, or tomli before Python 3.11
+            return toml_module().loads(text)
         return json.loads(text)
     except Exception as exc:  # noqa: BLE001  any parser's complaint, in one line
         raise UsageError(f"policy file {path} cannot be parsed: {exc}") from None

@@ -346,8 +346,8 @@ def validate_merged(values: Mapping[str, Value], changed: Iterable[str], guest: 
             va, vb = values[a], values[b]
             if (unlimited_counts or va != UNLIMITED) and va > vb:
                 raise UsageError(
-                    f"{a} ({units.format_bytes(va)}) would exceed {b} "
-                    f"({units.format_bytes(vb)}): {why}", guest=guest, param=a if a in changed else b)
+                    f"{a} ({units.describe_bytes(va)}) would exceed {b} "
+                    f"({units.describe_bytes(vb)}): {why}", guest=guest, param=a if a in changed else b)
 
     rule("hard_limit", "swap_hard_limit", "swap_hard_limit counts RAM plus swap",
          unlimited_counts=True)

@@ -159,6 +159,19 @@ def format_bytes(value: Number) -> str:
     return f"{value}B"
 
 
+def describe_bytes(value: Number) -> str:
+    """For messages: ``format_bytes`` when that is short (1G, 1536M), else the value in the
+    largest unit it reaches, with the exact count after it: ``3.00G (3221348928 bytes)``;
+    never a bare run of digits the reader has to count."""
+    if value == UNLIMITED or int(value) % 1024 == 0 or int(value) < 1024:
+        return format_bytes(value)
+    value = int(value)
+    for suffix, scale in (("T", 2**40), ("G", 2**30), ("M", 2**20), ("K", 2**10)):
+        if value >= scale:
+            return f"{value / scale:.2f}{suffix} ({value} bytes)"
+    return format_bytes(value)  # pragma: no cover - < 1024 returned above
+
+
 def format_number(value: Number) -> str:
     return "unlimited" if value == UNLIMITED else str(int(value))
 

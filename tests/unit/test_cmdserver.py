@@ -17,6 +17,7 @@ from cgctl.service import cmdserver
 from cgctl import consts, wire
 from cgctl.cli import fast
 from cgctl.cli import main as cli
+from tests.otheruser import need_python_as_nobody
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -302,8 +303,7 @@ def test_a_stale_socket_is_replaced(sock_path, client_env, tmp_path):
 
 
 def test_other_users_are_refused(server, tmp_path):
-    if os.geteuid() != 0:
-        pytest.skip("needs root to run a client as another user")
+    need_python_as_nobody()
     os.chmod(os.path.dirname(server.path), 0o1777)  # /tmp already is; the socket stays 0600
     os.chmod(server.path, 0o666)                     # let nobody reach it: the uid check answers
     code = ("import sys; sys.path.insert(0, %r); from cgctl.cli import fast; "

@@ -11,6 +11,7 @@ import time
 import pytest
 
 from cgctl.host import runfiles
+from tests.otheruser import need_python_as_nobody
 
 UUID = "0b8f1c2e-3d4a-4b5c-8d6e-7f8091a2b3c4"
 NAME = "cgt-fake"
@@ -100,8 +101,7 @@ def test_a_process_younger_than_the_pid_file_is_a_reused_pid(tmp_path, procs):
 
 
 def test_a_process_of_another_user_is_rejected(tmp_path, procs):
-    if os.getuid() != 0:
-        pytest.skip("needs root to start a process as another user")
+    need_python_as_nobody()
     p = procs(qemu_argv(), user=65534, group=65534)
     plant(tmp_path, "qemu", p.pid, emulator=PYTHON)
     assert find(tmp_path) is None
