@@ -57,8 +57,9 @@ def receive_metadata(driver: str, name: str, dom, opts: Options, ctl, log: Log) 
         return {}
 
 
-def started(driver: str, name: str, dom, opts: Options, ctl, log: Log, overlay=None) -> None:
-    """``started begin``: apply the journal config (and the metadata's overlay) now."""
+def started(driver: str, name: str, dom, opts: Options, ctl, log: Log) -> None:
+    """``started begin``: take the settings the domain XML carries, then apply the journal
+    config (and the metadata's ``<live>`` overlay) now."""
     from cgctl.host import runfiles
     from cgctl.errors import GuestNotRunning
     info = dom.info()  # malformed: logged, the runtime files decide
@@ -72,6 +73,10 @@ def started(driver: str, name: str, dom, opts: Options, ctl, log: Log, overlay=N
     if uuid is None:
         raise HookFailure("cannot tell which guest this is: no usable domain XML on stdin and "
                           f"no running {driver} guest named {name}")
+    # the XML's settings are taken only for the guest libvirt's runtime files show running
+    # with that very UUID: an XML of another guest (or of none) writes nothing to the journal
+    overlay = receive_metadata(driver, name, dom, opts, ctl, log) \
+        if guest is not None and info is not None else {}
     config = ctl.effective(uuid).config  # the guest's profile and its own settings
     if not config and not overlay:
         return  # nothing configured: nothing to enforce, strict or not

@@ -56,15 +56,14 @@ def run(driver: str, name: str, op: str, subop: str, opts: Options, ctl=None) ->
     try:
         from cgctl.hook import apply
         state["strict"], early = resolve_settings(opts, log)
-        overlay = apply.receive_metadata(driver, name, dom, opts, ctl, log) \
-            if action in ("early", "started") else {}
         if action == "early":
+            overlay = apply.receive_metadata(driver, name, dom, opts, ctl, log)
             if early:
                 from cgctl.hook import early as applier
                 applier.launch(driver, name, dom, opts, log, early_timeout, overlay)
             return EXIT_OK
         if action == "started":
-            apply.started(driver, name, dom, opts, ctl, log, overlay)
+            apply.started(driver, name, dom, opts, ctl, log)  # receives the metadata itself
             return EXIT_OK
         apply.reconnect(driver, name, opts, ctl, log)
         return EXIT_OK

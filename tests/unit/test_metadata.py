@@ -182,6 +182,24 @@ def test_hook_prepare_takes_the_metadata_into_the_journal_without_libvirt(tmp_pa
             [("metadata", "hook", "root(0)@hosta")]
 
 
+def test_hook_started_takes_no_metadata_for_a_guest_not_running_as_that_uuid(tmp_path):
+    """`started begin` with an XML carrying cgctl metadata, for a guest libvirt's runtime files
+    do not show running with that UUID (another guest's XML, a stale call): nothing is merged
+    into the journal, which is not even created."""
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, CGCTL_LIBVIRT_RUN_DIR=str(tmp_path / "run"),
+               CGCTL_HOOK_RUN_DIR=str(tmp_path / "hookrun"), CGCTL_CONFIG=str(tmp_path / "c"),
+               CGCTL_JOURNAL=str(tmp_path / "j.db"))
+    (tmp_path / "run" / "qemu").mkdir(parents=True)
+    xml = doc_xml({("hard_limit", ""): M.Entry("1G", T1, "hosta", "root(0)")})
+    r = subprocess.run([sys.executable, "-m", "cgctl.hook", "qemu", "g1", "started", "begin",
+                        "-"], input=xml, capture_output=True, text=True, env=env, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert not os.path.exists(env["CGCTL_JOURNAL"]), r.stderr
+
+
 # --------------------------------------------------------------------------- profiles by value
 
 def test_profile_roundtrip_and_a_destination_without_it_applies_the_values(journal):
