@@ -14,7 +14,7 @@ import sys
 from typing import Dict, List, Tuple
 
 from cgctl import __version__
-from cgctl.cli import main as cli
+from cgctl.cli import parser as cli
 
 
 def _commands(parser) -> Dict[str, argparse.ArgumentParser]:
