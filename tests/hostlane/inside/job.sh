@@ -1,0 +1,39 @@
+# The host lane's job, run by the image's hostlane-job.service at the end of the VM's boot
+# (tests/hostlane/run writes /run/hostlane/job.sh, which execs this with pytest's arguments).
+# 1. take a copy of the checkout (what an operator's `git clone` gives: no .venv, no .git);
+# 2. run README.md's "Install on a host" lines, exactly, from that copy;
+# 3. run pytest (Debian's python3-pytest) there; results go to the share /run/hostlane.
+set -u
+SHARE=/run/hostlane
+SRC=/mnt/cgctl-src
+CLONE=/root/cgctl
+echo "hostlane: inside: $(uname -r), systemd $(systemctl --version | sed -n '1s/^systemd \([0-9]*\).*/\1/p'), $(stat -fc %T /sys/fs/cgroup), libvirt $(libvirtd --version | awk '{print $NF}'), up $(cut -d' ' -f1 /proc/uptime)s"
+echo "hostlane: system state: $(systemctl is-system-running)"
+rm -rf "$CLONE"; mkdir -p "$CLONE"
+tar -C "$SRC" --exclude=./.venv --exclude=./.git --exclude='*.egg-info' --exclude=./build \
+    --exclude=__pycache__ --exclude=.pytest_cache --exclude=.hypothesis -cf - . | tar -C "$CLONE" -xf - \
+    || { echo "hostlane: cannot copy the checkout"; exit 1; }
+cd "$CLONE" || exit 1
+
+# README.md's install section, between its hostlane markers, the ```sh block only
+sed -n '/<!-- install-on-a-host:begin -->/,/<!-- install-on-a-host:end -->/p' README.md \
+    | sed -n '/^```sh$/,/^```$/p' | sed '1d;$d' >/root/readme-install.sh
+if [ ! -s /root/readme-install.sh ]; then
+    echo "hostlane: README.md has no install section between its markers"; exit 1
+fi
+echo "hostlane: running README.md's install section ($(grep -c . /root/readme-install.sh) lines) ..."
+t0=$(date +%s)
+if ! bash -ex /root/readme-install.sh >"$SHARE/install.log" 2>&1; then
+    cat "$SHARE/install.log"
+    echo "hostlane: README.md's install lines failed (above)"
+    exit 1
+fi
+echo "hostlane: installed per README.md in $(( $(date +%s) - t0 ))s"
+
+t0=$(date +%s)
+CGCTL_HOSTLANE=1 timeout -k 10 "${HOSTLANE_PYTEST_TIMEOUT:-1800}" python3 -u -m pytest -p no:cacheprovider \
+    --junitxml="$SHARE/junit.xml" "$@" 2>&1 | tee "$SHARE/pytest.log"
+rc=${PIPESTATUS[0]}
+echo "hostlane: pytest exit status $rc in $(( $(date +%s) - t0 ))s"
+journalctl -b --no-pager -o short-monotonic >"$SHARE/journal.txt" 2>&1
+exit "$rc"
