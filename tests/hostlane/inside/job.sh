@@ -23,7 +23,8 @@ if [ ! -s /root/readme-install.sh ]; then
 fi
 echo "hostlane: running README.md's install section ($(grep -c . /root/readme-install.sh) lines) ..."
 t0=$(date +%s)
-if ! bash -ex /root/readme-install.sh >"$SHARE/install.log" 2>&1; then
+# each line traced with a timestamp (bash takes PS4 from the environment only when not root)
+if ! bash -c 'PS4="+ \${EPOCHREALTIME} "; set -ex; . /root/readme-install.sh' >"$SHARE/install.log" 2>&1; then
     cat "$SHARE/install.log"
     echo "hostlane: README.md's install lines failed (above)"
     exit 1

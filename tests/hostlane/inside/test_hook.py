@@ -33,8 +33,9 @@ def test_limits_in_force_when_start_returns_without_the_service(make_guest):
 
 
 def test_libvirtd_restart_kills_nothing_and_keeps_live_changes(make_guest):
-    g = make_guest("hl-keep").start()
+    g = make_guest("hl-keep")
     cgctl("set", g.name, "hard_limit=160M", "--config")
+    g.start()
     wait_for(lambda: effective_memory_max(g.cgroup, g.scope) == 160 * MiB, "config applied at start", 30)
     cgctl("set", g.name, "hard_limit=170M", "--live")
     pid = g.pid
