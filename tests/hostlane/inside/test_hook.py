@@ -46,3 +46,35 @@ def test_libvirtd_restart_kills_nothing_and_keeps_live_changes(make_guest):
     assert effective_memory_max(g.cgroup, g.scope) == 170 * MiB
     systemctl("restart", "cgctl.service")
     assert effective_memory_max(g.cgroup, g.scope) == 170 * MiB
+
+
+def test_virsh_start_time_with_and_without_the_hook(make_guest):
+    """A figure for docs/testing.md (written to the results' facts.txt), not an assertion on speed."""
+    import statistics
+    import time
+
+    g = make_guest("hl-timing")
+    cgctl("set", g.name, "hard_limit=150M", "vcpu_quota=50%", "--config")
+
+    def starts(n=3):
+        out = []
+        for _ in range(n):
+            t0 = time.monotonic()
+            g.start()
+            out.append(time.monotonic() - t0)
+            g.destroy()
+        return out
+
+    with_hook = starts()
+    cgctl("hook", "uninstall")
+    try:
+        systemctl("restart", "libvirtd.service")
+        without = starts()
+    finally:
+        cgctl("hook", "install")          # as README.md installs it
+        systemctl("restart", "libvirtd.service")
+    with open("/run/hostlane/facts.txt", "a") as f:
+        f.write(f"virsh start (QEMU, nested TCG), 3 each: with the hook {[round(x, 2) for x in with_hook]} "
+                f"median {statistics.median(with_hook):.2f}s; without {[round(x, 2) for x in without]} "
+                f"median {statistics.median(without):.2f}s\n")
+    assert os.access("/etc/libvirt/hooks/qemu.d/cgctl", os.X_OK)

@@ -122,3 +122,31 @@ def test_perm_applies_now_and_at_every_start(make_guest):
     wait_for(lambda: effective_memory_max(g.cgroup, g.scope) == 130 * MiB, "hard_limit after a restart", 30)
     wait_for(lambda: read(os.path.join(g.cgroup, "vcpu0", "cpu.max")).split()[0] == "40000",
              "vcpu_quota after a restart", 30)
+
+
+def test_virsh_reports_what_cgctl_set(guest):
+    set_live(guest)
+    fields = lambda out: {k.strip(): v.strip() for k, v in
+                          (ln.split(":", 1) for ln in out.splitlines() if ":" in ln)}
+    mt = fields(virsh("memtune", guest.name).stdout)
+    assert (mt["hard_limit"], mt["soft_limit"]) == (str(200 * 1024), str(150 * 1024)), mt
+    si = fields(virsh("schedinfo", guest.name).stdout)
+    assert si["vcpu_quota"] == "50000", si
+    with open("/run/hostlane/facts.txt", "a") as f:
+        f.write(f"cpu_shares=2048 set by cgctl: virsh schedinfo says cpu_shares={si.get('cpu_shares')}, "
+                f"the scope's cpu.weight is {read(os.path.join(guest.scope, 'cpu.weight'))}, "
+                f"libvirt/cpu.weight is {read(os.path.join(guest.cgroup, 'cpu.weight'))}\n")
+
+
+def test_verify_reports_and_repairs_what_daemon_reload_undid(guest):
+    set_live(guest)
+    weight = read(os.path.join(guest.scope, "cpu.weight"))
+    systemctl("daemon-reload")
+    if read(os.path.join(guest.scope, "cpu.weight")) == weight:   # the day cgctl sets it via systemd
+        assert cgctl("verify", guest.name, check=False).returncode == 0
+        return
+    p = cgctl("verify", guest.name, check=False)
+    assert p.returncode == 1 and "cpu_shares" in p.stdout, p.stdout + p.stderr
+    cgctl("verify", guest.name, "--repair")
+    assert read(os.path.join(guest.scope, "cpu.weight")) == weight
+    assert cgctl("verify", guest.name, check=False).returncode == 0
