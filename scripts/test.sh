@@ -33,7 +33,7 @@ else
 fi
 
 # The host lane: a Debian 12 systemd + cgroup v2 + libvirt host in a VM, cgctl installed per
-# README.md (tests/hostlane/README.md; 8-14 min, ~2.5 min more for the image build on a cold cache).
+# README.md (tests/hostlane/README.md; 8-14 min, ~4 min more to build its image on a cold cache).
 if [ "${CGCTL_SKIP_HOSTLANE:-0}" = 1 ]; then
     echo "test: host lane not run (CGCTL_SKIP_HOSTLANE=1)"
     exit 0

@@ -29,7 +29,7 @@ pytest_run() {   # pytest_run TAG ARGS...: runs pytest in the clone, sets rc
 }
 
 if [ -e "$STATE/rebooted" ]; then
-    echo "hostlane: after the reboot ($(journalctl --list-boots --no-pager | wc -l) boots in the journal)"
+    echo "hostlane: after the reboot ($(journalctl --list-boots --no-pager | grep -c '^ *-\?[0-9]') boots in the journal)"
     rc1=$(cat "$STATE/rc1")
     CGCTL_HOSTLANE_PHASE=after-reboot pytest_run -after-reboot tests/hostlane/inside/test_reboot.py -v
     [ "$rc1" = 0 ] || rc=$rc1
