@@ -135,7 +135,8 @@ def test_virsh_reports_what_cgctl_set(guest):
     with open("/run/hostlane/facts.txt", "a") as f:
         f.write(f"cpu_shares=2048 set by cgctl: virsh schedinfo says cpu_shares={si.get('cpu_shares')}, "
                 f"the scope's cpu.weight is {read(os.path.join(guest.scope, 'cpu.weight'))}, "
-                f"libvirt/cpu.weight is {read(os.path.join(guest.cgroup, 'cpu.weight'))}\n")
+                f"libvirt/cpu.weight is {read(os.path.join(guest.cgroup, 'cpu.weight'))}, systemd's "
+                f"idea of the scope: {unit_props(guest.scope_unit, 'CPUWeight')}\n")
 
 
 def test_verify_reports_and_repairs_what_daemon_reload_undid(guest):
