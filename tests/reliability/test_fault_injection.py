@@ -172,13 +172,17 @@ def test_group_removed_mid_apply_is_a_clean_failure(real_host, tmp_path, monkeyp
 def test_real_ebusy_limit_below_usage(seeded):
     """The kernel's own EBUSY: a hard limit below what the guest's process uses (no swap here)."""
     sg, journal = seeded
+    # the hog allocates only once it sits in the group: v1 does not move a charge with a process
     hog = subprocess.Popen([sys.executable, "-c",
-                            "import sys,time; b=bytearray(48<<20); b[::4096]=b'x'*len(b[::4096]);"
-                            "print('ready',flush=True); time.sleep(600)"],
-                           stdout=subprocess.PIPE, text=True)
+                            "import sys,time; sys.stdin.readline(); b=bytearray(48<<20); "
+                            "b[::4096]=b'x'*len(b[::4096]); print('ready',flush=True); "
+                            "time.sleep(600)"],
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         with open(sg.file("memory", "cgroup.procs"), "w") as f:
             f.write(str(hog.pid))
+        hog.stdin.write("go\n")
+        hog.stdin.flush()
         assert hog.stdout.readline().strip() == "ready"
         files, jsnap = _files(sg), snapshot_journal(journal)
         with pytest.raises(KernelRefused) as info:
