@@ -359,6 +359,36 @@ def from_text(name: str, device: str, text: str) -> Setting:
     return Setting(p, device, parse_value(p, text))
 
 
+# the unit of a value's number in --json (``number``): one per kind
+_NUMBER_UNITS = {BYTES: "bytes", SHARES: "shares", PERIOD: "microseconds",
+                 QUOTA: "microseconds", WEIGHT: "weight", CPU_WEIGHT: "cpu.weight",
+                 IO_WEIGHT: "io.weight", RATE: "bytes/s", IOPS: "IO/s", CPULIST: None}
+
+
+def number_unit(param: Param) -> Optional[str]:
+    """The unit of ``number``'s result for this parameter (None: a CPU list has none)."""
+    return _NUMBER_UNITS[param.kind]
+
+
+def number(param: Param, value) -> Optional[int]:
+    """A value as a plain number for --json (bytes, microseconds, weights, IO/s), beside its
+    display string; None where it has none: unlimited (the display says "unlimited"), a
+    CPU list, a quota given as a share of CPUs, or something unreadable."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return value if param.kind != CPULIST else None
+
+
+def number_of_text(name: str, device: str, text: Optional[str]) -> Optional[int]:
+    """``number`` of a journal's canonical text (a change's old/new)."""
+    if text is None or not name:
+        return None
+    try:
+        return number(lookup(name), from_text(name, device, text).value)
+    except UsageError:
+        return None
+
+
 def quota_us(value: Value, period: int) -> Number:
     """A quota in microseconds; a '150%' share is taken against ``period``."""
     if isinstance(value, str) and value.endswith("%"):
