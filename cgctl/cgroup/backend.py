@@ -6,7 +6,7 @@ import os
 from typing import Dict, List, Mapping, Optional
 
 from cgctl.model import params as P
-from cgctl.errors import CgctlError, Unsupported
+from cgctl.errors import CgctlError, Unsupported, UsageError
 from cgctl.cgroup import fs
 from cgctl.cgroup.groups import GuestGroups
 
@@ -50,6 +50,18 @@ def parse_device_file(content: str) -> Dict[str, str]:
         if head and head != "default" and ":" in head:
             out[head] = rest.strip()
     return out
+
+
+def check_weight_range(s: P.Setting, bfq: bool, filename: str, value: int) -> None:
+    """BFQ's files take 1..1000; CFQ's blkio.weight and a weight converted for io.weight
+    take 10..1000 (the catalogue's range is the widest; the file decides), io_weight on
+    io.weight 1..10000. Refused before anything is written, naming the file."""
+    if s.param.kind == P.IO_WEIGHT and not bfq:
+        return
+    lo, hi = (1, 1000) if bfq else (10, 1000)
+    if not lo <= value <= hi:
+        raise UsageError(f"{value} is out of range for {filename} on this host ({lo}..{hi})",
+                         param=s.param.name)
 
 
 class PlanContext:

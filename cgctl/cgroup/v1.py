@@ -13,7 +13,8 @@ from cgctl.host import devices
 from cgctl.model import params as P
 from cgctl.model import units
 from cgctl.cgroup import fs
-from cgctl.cgroup.backend import Backend, PlanContext, Write, parse_device_file
+from cgctl.cgroup.backend import (Backend, PlanContext, Write, check_weight_range,
+                                  parse_device_file)
 from cgctl.cgroup.groups import GuestGroups
 
 class V1Backend(Backend):
@@ -33,9 +34,14 @@ class V1Backend(Backend):
         path = self.require(groups, param, groups.dirs(param)[0], self.pick(groups, param))
         if param.per_device:
             return {dev: _int_or_unlimited(v) for dev, v in parse_device_file(fs.read(path)).items()}
-        if param.name == "weight":
-            return int(fs.read(path).split()[-1])
+        if param.name in ("weight", "io_weight"):
+            w = int(fs.read(path).split()[-1])
+            if param.name == "io_weight" and not self._is_bfq(path, param):
+                return convert.blkio_weight_to_io_weight(w)   # CFQ's 10..1000
+            return w
         text = fs.read(path)
+        if param.name == "cpu_weight":
+            return convert.shares_to_cpu_weight(int(text.strip()))
         if param.kind == P.BYTES:
             return convert.v1_memory_read(text)
         if param.kind == P.QUOTA:
@@ -50,12 +56,12 @@ class V1Backend(Backend):
         by_name = {s.param.name: s for s in settings if not s.param.per_device}
         writes: List[Write] = []
         writes += self._plan_memory(ctx, by_name)
-        for name in ("cpu_shares", "weight"):
+        for name in ("cpu_shares", "cpu_weight", "weight", "io_weight"):
             if name in by_name:
                 s = by_name[name]
                 path = self.require(ctx.groups, s.param, ctx.groups.dirs(s.param)[0],
                                     self.pick(ctx.groups, s.param))
-                writes.append(Write(name, path, str(s.value)))
+                writes.append(Write(name, path, str(self._kernel_weight(s, path))))
         for period, quota in P.BANDWIDTH:
             writes += self._plan_bandwidth(ctx, by_name, period, quota)
         for name in ("cpuset_cpus", "cpuset_mems"):
@@ -63,6 +69,29 @@ class V1Backend(Backend):
                 writes += self._plan_cpuset(ctx, by_name[name])
         writes += self.plan_devices(ctx, settings)
         return writes
+
+    @staticmethod
+    def _is_bfq(path: str, param: P.Param) -> bool:
+        return os.path.basename(path) == param.v1_files[0]
+
+    def _kernel_weight(self, s: P.Setting, path: str) -> int:
+        """What a weight row writes into its v1 file (docs/cgroup-v1-v2.md#formulas)."""
+        v = s.value
+        if s.param.name == "cpu_weight":
+            return convert.cpu_weight_to_shares(v)
+        if s.param.kind == P.WEIGHT or s.param.kind == P.IO_WEIGHT:
+            bfq = self._is_bfq(path, s.param)
+            if s.param.name == "io_weight" and not bfq:
+                return convert.io_weight_to_blkio_weight(v)
+            check_weight_range(s, bfq, os.path.basename(path), v)
+        return v
+
+    def normalize(self, param: P.Param, value, groups: GuestGroups = None):
+        # io_weight through CFQ's blkio.weight (10..1000) is many-to-one
+        if param.name == "io_weight" and isinstance(value, int) and groups is not None \
+                and not self._is_bfq(self.pick(groups, param), param):
+            return convert.blkio_weight_to_io_weight(convert.io_weight_to_blkio_weight(value))
+        return value
 
     def _plan_memory(self, ctx: PlanContext, by_name: Dict[str, P.Setting]) -> List[Write]:
         mem = [n for n in ("hard_limit", "swap_hard_limit") if n in by_name]
@@ -127,6 +156,7 @@ class V1Backend(Backend):
                     return None  # nothing to clear (and off-bfq the kernel refuses even that)
                 value = clear
             else:
+                check_weight_range(s, bfq, fname, s.value)
                 devices.check_scheduler(dev, "bfq" if bfq else "cfq", device=s.device,
                                         param=s.param.name, guest=ctx.groups.guest)
                 value = str(s.value)

@@ -15,10 +15,12 @@ from cgctl.model import params as P
 from cgctl.model import units
 from cgctl.errors import KernelRefused
 from cgctl.cgroup import fs
-from cgctl.cgroup.backend import Backend, PlanContext, Write, device_line, parse_device_file
+from cgctl.cgroup.backend import (Backend, PlanContext, Write, check_weight_range, device_line,
+                                  parse_device_file)
 from cgctl.cgroup.groups import GuestGroups
 
-_MEMORY = ("hard_limit", "soft_limit", "min_guarantee", "swap_soft_limit")  # one file each
+_MEMORY = ("hard_limit", "soft_limit", "min_guarantee", "memory_low",
+           "swap_soft_limit")  # one file each
 _IO_KEYS = {"device_read_bytes_sec": "rbps", "device_write_bytes_sec": "wbps",
             "device_read_iops_sec": "riops", "device_write_iops_sec": "wiops"}
 
@@ -76,16 +78,19 @@ class V2Backend(Backend):
             return convert.swap_max_to_memsw(swap, mem)
         if name == "cpu_shares":
             return convert.weight_to_shares(int(fs.read(self.require(groups, param, d))))
+        if name == "cpu_weight":   # native: as the kernel has it
+            return int(fs.read(self.require(groups, param, d)))
         if param.kind in (P.PERIOD, P.QUOTA):
             quota, period = convert.cpu_max_parse(fs.read(self.require(groups, param, d)))
             return period if param.kind == P.PERIOD else quota
         if param.kind == P.CPULIST:
             return fs.read(self.require(groups, param, d)).strip()
-        if name in ("weight", "device_weight"):
+        if name in ("weight", "device_weight", "io_weight"):
             bfq = self._has_bfq(groups)
             text = fs.read(self.require(groups, param, d, self._weight_file(groups, param, bfq)))
-            conv = (lambda w: w) if bfq else convert.io_weight_to_blkio_weight
-            if name == "weight":
+            conv = (lambda w: w) if bfq or name == "io_weight" \
+                else convert.io_weight_to_blkio_weight
+            if name in ("weight", "io_weight"):
                 for line in text.splitlines():
                     if line.startswith("default"):
                         return conv(int(line.split()[1]))
@@ -135,10 +140,12 @@ class V2Backend(Backend):
                 p = by_name[name].param
                 writes.append(Write(name, self.require(g, p, g.dirs(p)[0]),
                                     convert.v2_write(by_name[name].value)))
-        if "cpu_shares" in by_name:
-            s = by_name["cpu_shares"]
-            writes.append(Write(s.param.name, self.require(g, s.param, g.dirs(s.param)[0]),
-                                str(convert.shares_to_weight(s.value))))
+        for name in ("cpu_shares", "cpu_weight"):   # cpu_weight: native, as given
+            if name in by_name:
+                s = by_name[name]
+                value = convert.shares_to_weight(s.value) if name == "cpu_shares" else s.value
+                writes.append(Write(s.param.name, self.require(g, s.param, g.dirs(s.param)[0]),
+                                    str(value)))
         for pp, qp in P.BANDWIDTH:   # cpu.max holds both: "QUOTA PERIOD"
             if pp.name in by_name or qp.name in by_name:
                 period = int(ctx.new.get(pp.name, 100000))
@@ -151,13 +158,16 @@ class V2Backend(Backend):
             if name in by_name:
                 s = by_name[name]
                 writes.append(Write(name, self.require(g, s.param, g.dirs(s.param)[0]), s.value))
-        if "weight" in by_name:
-            s = by_name["weight"]
-            bfq = self._has_bfq(g)
-            value = s.value if bfq else convert.blkio_weight_to_io_weight(s.value)
-            writes.append(Write("weight", self.require(g, s.param, g.dirs(s.param)[0],
-                                                       self._weight_file(g, s.param, bfq)),
-                                f"default {value}"))
+        for name in ("weight", "io_weight"):
+            if name in by_name:
+                s = by_name[name]
+                bfq = self._has_bfq(g)
+                fname = self._weight_file(g, s.param, bfq)
+                check_weight_range(s, bfq, fname, s.value)
+                value = s.value if bfq or name == "io_weight" \
+                    else convert.blkio_weight_to_io_weight(s.value)
+                writes.append(Write(name, self.require(g, s.param, g.dirs(s.param)[0], fname),
+                                    f"default {value}"))
         writes += self.plan_devices(ctx, settings)
         return writes
 
@@ -193,6 +203,7 @@ class V2Backend(Backend):
                     return None  # nothing to clear
                 value = "default"
             else:
+                check_weight_range(s, bfq, fname, s.value)
                 value = str(s.value if bfq else convert.blkio_weight_to_io_weight(s.value))
             return Write(s.param.name, path, f"{dev} {value}",
                          device=dev, absent_restore=f"{dev} default")

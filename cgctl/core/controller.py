@@ -48,11 +48,19 @@ class Outcome:
         return {
             "guest": self.guest.name, "uuid": self.guest.uuid, "driver": self.guest.driver,
             "mode": self.mode,
-            "changes": [{"param": c.param, "device": c.device or None, "old": c.old, "new": c.new}
-                        for c in self.changes],
+            "changes": [change_dict(c) for c in self.changes],
             "errors": [e.to_dict() for e in self.errors],
             "warnings": list(self.warnings),
         }
+
+
+def change_dict(c) -> dict:
+    """One change for --json: the display texts and, beside them, plain numbers in ``unit``
+    (None: unlimited, a CPU list, a share of CPUs; params.number)."""
+    unit = P.number_unit(P.BY_NAME[c.param]) if c.param in P.BY_NAME else None
+    return {"param": c.param, "device": c.device or None, "old": c.old, "new": c.new,
+            "old_number": P.number_of_text(c.param, c.device or "", c.old),
+            "new_number": P.number_of_text(c.param, c.device or "", c.new), "unit": unit}
 
 
 def resolve_mode(mode: str, guest: Guest) -> str:
@@ -208,9 +216,12 @@ class Controller:
                         self._remember_devnums(guest, settings, devnums)
                     if mode in (CONFIG, BOTH):
                         # a per-device 0/unlimited clears the device's entry from the config
-                        tx.set_config(guest.uuid, guest.name, guest.driver,
-                                      {s.key: None if s.removes else s.text()
-                                       for s in settings.values()})
+                        config_changes = {s.key: None if s.removes else s.text()
+                                          for s in settings.values()}
+                        replaced = _same_file_in_config(settings, old_config)
+                        config_changes.update({k: None for k in replaced})
+                        tx.set_config(guest.uuid, guest.name, guest.driver, config_changes)
+                        changes += [Change(k[0], k[1], old_config[k], None) for k in replaced]
                     else:
                         tx.upsert_guest(guest.uuid, guest.name, guest.driver)
                     tx.add_history(guest.uuid, guest.name, command=command, source=source,
@@ -608,7 +619,30 @@ class Controller:
             if row is None:
                 raise GuestNotFound("the journal has no history for this guest", guest=ident)
             uuid = row.uuid
-        return [r._asdict() for r in j.history(uuid, limit=limit)]
+        return [_history_dict(r) for r in j.history(uuid, limit=limit)]
+
+
+def _history_dict(r) -> dict:
+    """One history row for --json: the journal's columns (``name`` kept), ``guest`` as in
+    every other command, and numbers beside the old/new texts."""
+    d = r._asdict()
+    unit = P.number_unit(P.BY_NAME[r.param]) if r.param in P.BY_NAME else None
+    d.update(guest=r.name, unit=unit,
+             old_number=P.number_of_text(r.param, r.device or "", r.old_value),
+             new_number=P.number_of_text(r.param, r.device or "", r.new_value))
+    return d
+
+
+def _same_file_in_config(settings, config) -> List[P.Key]:
+    """Config keys a new setting replaces: libvirt's v1-shaped parameter and the v2-native
+    one write one kernel file (cpu_shares/cpu_weight, weight/io_weight), so the config keeps
+    the one set last."""
+    out = []
+    for a, b in P.SAME_FILE:
+        for mine, other in ((a, b), (b, a)):
+            if (mine, "") in settings and (other, "") in config:
+                out.append((other, ""))
+    return out
 
 
 def systemd_notes(groups) -> List[str]:
@@ -650,7 +684,12 @@ def _show_row(p: P.Param, live_value, cfg: Dict[str, str], running: bool, normal
                                         (live_values or {}).get(p.period))
                 differs = None if held is None else not held
     row = {"param": p.name, "live": live_text, "config": config_text, "differs": differs,
-           "unsupported": str(live_value) if isinstance(live_value, CgctlError) else None}
+           "unsupported": str(live_value) if isinstance(live_value, CgctlError) else None,
+           # numbers beside the display texts (per-device: in "devices")
+           "live_number": None if p.per_device or not running else P.number(p, live_value),
+           "config_number": None if p.per_device or cfg.get("") is None else
+           P.number_of_text(p.name, "", cfg.get("")),
+           "unit": P.number_unit(p)}
     if devs is not None:
         row["devices"] = devs
     return row
@@ -667,12 +706,14 @@ def _device_rows(p: P.Param, live_value: Dict[str, object], cfg: Dict[str, str],
             seen.add(n)
             ctext = cfg.get(n) if n else None
             rows.append({"device": n, "majmin": majmin, "live": P.canonical_text(p, value),
-                         "config": ctext,
+                         "config": ctext, "live_number": P.number(p, value),
+                         "config_number": P.number_of_text(p.name, n or "", ctext),
                          "differs": None if ctext is None else
                          not compare.in_force(p, P.parse_value(p, ctext), value, normalize)})
     for n, ctext in sorted(cfg.items()):
         if n not in seen:
             majmin = next((mm for mm, ns in names.items() if n in ns), None)
             rows.append({"device": n, "majmin": majmin, "live": None, "config": ctext,
-                         "differs": True})
+                         "live_number": None,
+                         "config_number": P.number_of_text(p.name, n, ctext), "differs": True})
     return rows

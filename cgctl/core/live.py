@@ -14,11 +14,12 @@ from cgctl.cgroup import Router
 from cgctl.cgroup.apply import apply_writes, rollback
 from cgctl.cgroup.backend import PlanContext, Write
 from cgctl.cgroup.groups import GuestGroups
+from cgctl.core import compare
 from cgctl.errors import CgctlError, Unsupported
 
 # what else a change must know to be validated and converted: the memory limits checked
 # against each other (params.validate_merged), and the other half of a CPU bandwidth pair
-_RELATED = (("hard_limit", "swap_hard_limit", "soft_limit", "min_guarantee"),) + tuple(
+_RELATED = (("hard_limit", "swap_hard_limit", "soft_limit", "min_guarantee", "memory_low"),) + tuple(
     (period.name, quota.name) for period, quota in P.BANDWIDTH)
 
 
@@ -108,10 +109,18 @@ def undo(writes: List[Write], guest: str = None) -> None:
 
 
 def _change_olds(router, groups, settings, old, devnums) -> Dict[P.Key, Optional[str]]:
+    """What each setting replaced, in the operator's unit. A live value that already holds
+    the new one (after the backend's lossy conversion: cpu.weight 115 is cpu_shares 300,
+    which reads back as 295) is recorded as the new value: setting it twice changes nothing."""
     out = {}
+    normalize = compare.normalizer(router, groups)
     for s in settings.values():
         if not s.param.per_device:
             v = old.get(s.param.name)
+            if v is not None and compare.in_force(s.param, s.value, v, normalize,
+                                                  old.get(s.param.period)) is True:
+                out[s.key] = s.text()
+                continue
             out[s.key] = None if v is None else P.canonical_text(s.param, v)
             continue
         try:

@@ -12,7 +12,31 @@ from typing import Tuple
 from cgctl.errors import UsageError
 from cgctl.model.units import UNLIMITED, Number
 
-PAGE_COUNTER_MAX = 9223372036854771712  # bytes; v1 reads "unlimited" back as this
+from cgctl.model import units
+
+LONG_MAX = 2**63 - 1
+
+
+def page_counter_max(page_size: int = None) -> int:
+    """What v1 reads back for "no limit": the kernel's PAGE_COUNTER_MAX (LONG_MAX pages on
+    64-bit, capped so the byte count fits) is LONG_MAX rounded down to a whole page, so it
+    depends on the page size: 9223372036854771712 with 4 KiB pages, ...710272 with 64 KiB."""
+    ps = page_size or units.PAGE_SIZE
+    return LONG_MAX // ps * ps
+
+
+# with the running kernel's page size; bytes at or above it mean "no limit" everywhere
+PAGE_COUNTER_MAX = page_counter_max()
+
+#: libvirt's "unlimited" for memtune (VIR_DOMAIN_MEMORY_PARAM_UNLIMITED), in KiB: what
+#: `virsh memtune` prints and takes for no limit; read as unlimited.
+LIBVIRT_UNLIMITED_KIB = 9007199254740991
+
+
+def is_unlimited_bytes(v: int) -> bool:
+    """A byte count that means "no limit": the running kernel's PAGE_COUNTER_MAX (what v1
+    reads back after "-1") and above, libvirt's 2^53-1 KiB included."""
+    return v >= page_counter_max()
 
 
 def shares_to_weight(shares: int) -> int:
@@ -33,8 +57,12 @@ def weight_to_shares(weight: int) -> int:
 
     Used to show a v2 cpu.weight in the operator's cpu_shares unit; the
     round trip shares → weight → shares is exact for weights the formula
-    produces, and a hand-written weight reads as the nearest shares.
+    produces, and a hand-written weight reads as the nearest shares. The
+    kernel's default weight 100 reads as the default 1024 (which maps to 100),
+    never as the smallest shares with weight 100 (1012).
     """
+    if weight == CPU_WEIGHT_DEFAULT:
+        return CPU_SHARES_DEFAULT
     if weight <= 1:
         return 2
     if weight >= 10000:
@@ -49,13 +77,32 @@ def weight_to_shares(weight: int) -> int:
     return lo
 
 
+CPU_SHARES_DEFAULT, CPU_WEIGHT_DEFAULT, IO_WEIGHT_DEFAULT = 1024, 100, 100
+
+
+def cpu_weight_to_shares(weight: int) -> int:
+    """cpu_weight [1..10000] → v1 cpu.shares: systemd's mapping (CPUWeight= on a v1 host),
+    rounded: 100 → 1024 (both defaults), 1 → 10, 10000 → 102400. Injective, and
+    ``shares_to_cpu_weight`` gives every weight back exactly."""
+    return max(2, int(round(weight * CPU_SHARES_DEFAULT / CPU_WEIGHT_DEFAULT)))
+
+
+def shares_to_cpu_weight(shares: int) -> int:
+    """v1 cpu.shares → cpu_weight, the inverse of ``cpu_weight_to_shares`` (clamped)."""
+    return min(10000, max(1, int(round(shares * CPU_WEIGHT_DEFAULT / CPU_SHARES_DEFAULT))))
+
+
 def blkio_weight_to_io_weight(weight: int) -> int:
     """blkio weight [10..1000] → io.weight [1..10000] (only where io.bfq.weight is absent)."""
     return 1 + (weight - 10) * 9999 // 990
 
 
 def io_weight_to_blkio_weight(weight: int) -> int:
-    """Inverse of blkio_weight_to_io_weight, exact on its image."""
+    """Inverse of blkio_weight_to_io_weight, exact on its image. The kernel's default
+    io.weight 100 (not in the image: 19 → 91, 20 → 101) reads as the default weight 100,
+    as libvirt and BFQ show it, not as 20."""
+    if weight == IO_WEIGHT_DEFAULT:
+        return 100
     if weight <= 1:
         return 10
     w = 10 + ((weight - 1) * 990 + 9998) // 9999
@@ -90,7 +137,7 @@ def v1_memory_write(value: Number) -> str:
 
 def v1_memory_read(text: str) -> Number:
     v = int(text.strip())
-    return UNLIMITED if v >= PAGE_COUNTER_MAX or v < 0 else v
+    return UNLIMITED if v < 0 or is_unlimited_bytes(v) else v
 
 
 def v2_write(value: Number) -> str:

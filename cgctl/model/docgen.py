@@ -13,11 +13,15 @@ HEADER = """# Parameters
 
 Generated from `cgctl/model/params.py` by `python -m cgctl.model.docgen > docs/parameters.md`; a test keeps it
 current. Names are libvirt's (`virsh memtune`, `schedinfo`, `blkiotune`); `cgctl set` also takes the
-virsh spellings with dashes (`hard-limit`).
+virsh spellings with dashes (`hard-limit`). `cpu_weight`, `io_weight` and `memory_low` are cgroup v2's
+own knobs, written as given on v2 (no conversion, so cgctl, libvirt and systemd agree on the number);
+virsh has no option for them, so only `cgctl set` takes them.
 
 Values: memory sizes take `B`, `K`/`KiB`, `M`/`MiB`, `G`/`GiB`, `T`/`TiB` (binary), `KB`/`MB`/`GB`
 (decimal); a bare memory number is **KiB**, exactly as in virsh; `unlimited`, `-1` and `max` mean no
-limit. Memory is rounded down to whole 4 KiB pages, as the kernel does. Times take `us`, `ms`, `s`
+limit, and so do v1's read-back "no limit" (PAGE_COUNTER_MAX) and libvirt's `9007199254740991` (KiB).
+Memory is rounded down to whole pages of the running kernel (`getconf PAGESIZE`: 4 KiB, or 64 KiB
+on some arm64/ppc64le kernels), as the kernel does. Times take `us`, `ms`, `s`
 (bare: microseconds). A quota may be a share of CPUs: `150%` is 1.5 CPUs at the period in force.
 Per-device parameters take `DEVICE,VALUE[,DEVICE,VALUE...]`; a value of `0` (or `unlimited` for
 throttles) removes the device's entry. Where the parameter is written: **libvirt group** is the

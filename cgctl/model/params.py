@@ -10,6 +10,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Tuple, Union, NamedT
 
 from cgctl.model import units
 from cgctl.errors import UsageError
+from cgctl.model import convert
 from cgctl.model.convert import PAGE_COUNTER_MAX
 from cgctl.model.units import UNLIMITED, Number
 
@@ -19,7 +20,9 @@ SHARES = "shares"      # cpu.shares
 PERIOD = "period"      # microseconds
 QUOTA = "quota"        # microseconds, unlimited, or a share of CPUs ("150%")
 CPULIST = "cpulist"    # kernel list syntax
-WEIGHT = "weight"      # block-IO weight
+WEIGHT = "weight"      # block-IO weight (libvirt's, v1-shaped)
+CPU_WEIGHT = "cpu_weight"  # v2's cpu.weight, native
+IO_WEIGHT = "io_weight"    # v2's io.weight (io.bfq.weight), native
 RATE = "rate"          # per-device bytes/s; bare number = bytes
 IOPS = "iops"          # per-device IO/s
 
@@ -42,7 +45,8 @@ class Param(NamedTuple):
 
     name: str
     family: str              # virsh command family: memtune, schedinfo, cpuset, blkiotune
-    virsh: str               # its option under that command (``virsh memtune --hard-limit``)
+    virsh: str               # its option under that command (``virsh memtune --hard-limit``);
+    #                          "" when virsh has none (v2-native parameters: `cgctl set` only)
     controller: str          # v2 controller name (v1's blkio is "io" here)
     kind: str
     minimum: int
@@ -77,6 +81,7 @@ class Param(NamedTuple):
             BYTES: "bytes (bare number: KiB)", SHARES: "shares", PERIOD: "microseconds",
             QUOTA: "microseconds or % of one CPU", CPULIST: "CPU/node list",
             WEIGHT: "weight", RATE: "bytes/s", IOPS: "IO/s",
+            CPU_WEIGHT: "cpu.weight", IO_WEIGHT: "io.weight",
         }[self.kind]
 
     def range_text(self) -> str:
@@ -87,6 +92,7 @@ class Param(NamedTuple):
 
 
 _MEM_MAX = PAGE_COUNTER_MAX
+_IOPS_MAX = 2**32 - 2  # the kernel keeps IOPS limits in 32 bits (v1 truncates, v2: "max")
 _QUOTA_MAX = 17592186044415  # kernel: max_cfs_quota_period-bound quota (2^44 - 1 us)
 _V1_PERIOD, _V1_QUOTA, _V2_CPU_MAX = ("cpu.cfs_period_us",), ("cpu.cfs_quota_us",), ("cpu.max",)
 
@@ -105,6 +111,12 @@ CATALOGUE: Tuple[Param, ...] = (
     Param("min_guarantee", "memtune", "min-guarantee", "memory", BYTES, 0, _MEM_MAX, True, False,
           LIBVIRT, (), ("memory.min",),
           "RAM protected from reclaim.", v1_note="cgroup v1 has no memory guarantee."),
+    Param("memory_low", "memtune", "", "memory", BYTES, 0, _MEM_MAX, True, False,
+          LIBVIRT, (), ("memory.low",),
+          "RAM protected from reclaim while the host can reclaim elsewhere (best effort); "
+          "no virsh option.",
+          v1_note="cgroup v1 has no reclaim protection; soft_limit is a reclaim target, "
+                  "not a protection, so it is not used instead."),
     Param("swap_soft_limit", "memtune", "swap-soft-limit", "memory", BYTES, 0, _MEM_MAX, True,
           False, LIBVIRT, (), ("memory.swap.high",),
           "Swap use above which the guest is throttled.",
@@ -113,6 +125,10 @@ CATALOGUE: Tuple[Param, ...] = (
           MACHINE, ("cpu.shares",), ("cpu.weight",),
           "Relative CPU weight against other guests (1024 = default).",
           v2_note="converted to cpu.weight (1..10000) by the runc/crun formula."),
+    Param("cpu_weight", "schedinfo", "", "cpu", CPU_WEIGHT, 1, 10000, False, False,
+          MACHINE, ("cpu.shares",), ("cpu.weight",),
+          "cgroup v2's own CPU weight (100 = default), written as given; no virsh option.",
+          v1_note="written as cpu.shares = round(weight * 1024 / 100), systemd's mapping."),
     Param("global_period", "schedinfo", "global-period", "cpu", PERIOD, 1000, 1000000, False,
           False, LIBVIRT, _V1_PERIOD, _V2_CPU_MAX,
           "Bandwidth period of the whole guest, microseconds."),
@@ -137,26 +153,35 @@ CATALOGUE: Tuple[Param, ...] = (
     Param("cpuset_mems", "cpuset", "mems", "cpuset", CPULIST, 0, 0, False, False, LIBVIRT,
           ("cpuset.mems",), ("cpuset.mems",), "NUMA nodes the guest may allocate from."),
     # BFQ's files where the host has them, else the older CFQ (v1) / iocost (v2) ones
-    Param("weight", "blkiotune", "weight", "io", WEIGHT, 10, 1000, False, False, MACHINE,
+    Param("weight", "blkiotune", "weight", "io", WEIGHT, 1, 1000, False, False, MACHINE,
           ("blkio.bfq.weight", "blkio.weight"), ("io.bfq.weight", "io.weight"),
           "Relative block-IO weight against other guests.",
-          v2_note="io.weight takes it converted 1 + (w-10)*9999//990."),
-    Param("device_weight", "blkiotune", "device-weights", "io", WEIGHT, 10, 1000, False, True,
+          v1_note="BFQ's file takes 1..1000, CFQ's blkio.weight 10..1000.",
+          v2_note="io.bfq.weight takes 1..1000; io.weight takes it converted "
+                  "1 + (w-10)*9999//990, from 10."),
+    Param("io_weight", "blkiotune", "", "io", IO_WEIGHT, 1, 10000, False, False, MACHINE,
+          ("blkio.bfq.weight", "blkio.weight"), ("io.bfq.weight", "io.weight"),
+          "cgroup v2's own block-IO weight (100 = default), written as given; no virsh option.",
+          v1_note="blkio.bfq.weight as given (1..1000); CFQ's blkio.weight (10..1000) takes "
+                  "the smallest w with 1 + (w-10)*9999//990 >= io_weight.",
+          v2_note="io.bfq.weight as given (1..1000), else io.weight (1..10000)."),
+    Param("device_weight", "blkiotune", "device-weights", "io", WEIGHT, 1, 1000, False, True,
           MACHINE, ("blkio.bfq.weight_device", "blkio.weight_device"),
           ("io.bfq.weight", "io.weight"),
           "Block-IO weight on one disk: DEV,W (0 removes).",
-          v2_note="io.weight for a disk off BFQ, which needs io.cost.qos."),
+          v1_note="BFQ's file takes 1..1000, CFQ's blkio.weight_device 10..1000.",
+          v2_note="io.weight for a disk off BFQ, which needs io.cost.qos; there from 10."),
     Param("device_read_bytes_sec", "blkiotune", "device-read-bytes-sec", "io", RATE, 0,
           2**64 - 2, True, True, LIBVIRT, ("blkio.throttle.read_bps_device",), ("io.max",),
           "Read bytes/s on one disk: DEV,N."),
     Param("device_write_bytes_sec", "blkiotune", "device-write-bytes-sec", "io", RATE, 0,
           2**64 - 2, True, True, LIBVIRT, ("blkio.throttle.write_bps_device",), ("io.max",),
           "Write bytes/s on one disk: DEV,N."),
-    Param("device_read_iops_sec", "blkiotune", "device-read-iops-sec", "io", IOPS, 0, 2**64 - 2,
+    Param("device_read_iops_sec", "blkiotune", "device-read-iops-sec", "io", IOPS, 0, _IOPS_MAX,
           True, True, LIBVIRT, ("blkio.throttle.read_iops_device",), ("io.max",),
           "Read IO/s on one disk: DEV,N."),
     Param("device_write_iops_sec", "blkiotune", "device-write-iops-sec", "io", IOPS, 0,
-          2**64 - 2, True, True, LIBVIRT, ("blkio.throttle.write_iops_device",), ("io.max",),
+          _IOPS_MAX, True, True, LIBVIRT, ("blkio.throttle.write_iops_device",), ("io.max",),
           "Write IO/s on one disk: DEV,N."),
 )
 
@@ -170,7 +195,7 @@ BANDWIDTH: Tuple[Tuple[Param, Param], ...] = tuple(
 ALIASES = {
     "shares": "cpu_shares", "cpuset": "cpuset_cpus", "blkio_weight": "weight",
     "device-weight": "device_weight",
-    **{p.virsh: p.name for p in CATALOGUE},
+    **{p.virsh: p.name for p in CATALOGUE if p.virsh},
 }
 
 Value = Union[int, float, str]   # int/UNLIMITED for numbers, str for cpu lists and "150%"
@@ -234,15 +259,17 @@ def _parse_kind(param: Param, text: str) -> Value:
     if k == BYTES:
         v = units.parse_size(text, bare_unit=1024, allow_unlimited=param.unlimited,
                              what="memory size")
-        if v == PAGE_COUNTER_MAX:
-            # what v1 reads back for "no limit" means the same thing; above it is out of range
+        if v != UNLIMITED and convert.is_unlimited_bytes(v) \
+                and v <= convert.LIBVIRT_UNLIMITED_KIB * 1024:
+            # what v1 reads back for "no limit" (the running kernel's PAGE_COUNTER_MAX) and
+            # libvirt's 9007199254740991 KiB mean the same thing; above them: out of range
             return UNLIMITED
         # the kernel counts whole pages and rounds down; so do we, so that the
         # journal and the live value compare equal
         return v if v == UNLIMITED else (v // units.PAGE_SIZE) * units.PAGE_SIZE
     if k == RATE:
         return units.parse_size(text, bare_unit=1, allow_unlimited=True, what="byte rate")
-    if k in (SHARES, WEIGHT, IOPS):
+    if k in (SHARES, WEIGHT, IOPS, CPU_WEIGHT, IO_WEIGHT):
         return units.parse_int(text, what=param.unit(), allow_unlimited=param.unlimited)
     if k == PERIOD:
         return units.parse_time_us(text, what="period")
@@ -306,6 +333,10 @@ def parse_assignment(text: str) -> List[Setting]:
     return [Setting(param, "", parse_value(param, raw))]
 
 
+# libvirt's v1-shaped parameter and the v2-native one that write the same file
+SAME_FILE = (("cpu_shares", "cpu_weight"), ("weight", "io_weight"))
+
+
 def parse_assignments(items: Iterable[str]) -> Dict[Key, Setting]:
     out: Dict[Key, Setting] = {}
     for item in items:
@@ -315,6 +346,10 @@ def parse_assignments(items: Iterable[str]) -> Dict[Key, Setting]:
             out[s.key] = s
     if not out:
         raise UsageError("no parameter given (PARAM=VALUE ...)")
+    for a, b in SAME_FILE:
+        if (a, "") in out and (b, "") in out:
+            raise UsageError(f"{a} and {b} set the same kernel file: give one of them",
+                             param=b)
     return out
 
 
@@ -322,6 +357,36 @@ def from_text(name: str, device: str, text: str) -> Setting:
     """Rebuild a setting from the journal's canonical text."""
     p = lookup(name)
     return Setting(p, device, parse_value(p, text))
+
+
+# the unit of a value's number in --json (``number``): one per kind
+_NUMBER_UNITS = {BYTES: "bytes", SHARES: "shares", PERIOD: "microseconds",
+                 QUOTA: "microseconds", WEIGHT: "weight", CPU_WEIGHT: "cpu.weight",
+                 IO_WEIGHT: "io.weight", RATE: "bytes/s", IOPS: "IO/s", CPULIST: None}
+
+
+def number_unit(param: Param) -> Optional[str]:
+    """The unit of ``number``'s result for this parameter (None: a CPU list has none)."""
+    return _NUMBER_UNITS[param.kind]
+
+
+def number(param: Param, value) -> Optional[int]:
+    """A value as a plain number for --json (bytes, microseconds, weights, IO/s), beside its
+    display string; None where it has none: unlimited (the display says "unlimited"), a
+    CPU list, a quota given as a share of CPUs, or something unreadable."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return value if param.kind != CPULIST else None
+
+
+def number_of_text(name: str, device: str, text: Optional[str]) -> Optional[int]:
+    """``number`` of a journal's canonical text (a change's old/new)."""
+    if text is None or not name:
+        return None
+    try:
+        return number(lookup(name), from_text(name, device, text).value)
+    except UsageError:
+        return None
 
 
 def quota_us(value: Value, period: int) -> Number:
@@ -353,6 +418,7 @@ def validate_merged(values: Mapping[str, Value], changed: Iterable[str], guest: 
          unlimited_counts=True)
     rule("soft_limit", "hard_limit", "a soft limit above the hard limit never acts")
     rule("min_guarantee", "hard_limit", "a guarantee cannot exceed the hard limit")
+    rule("memory_low", "hard_limit", "a protection cannot exceed the hard limit")
 
 
 def family(name: str) -> List[Param]:
@@ -361,4 +427,4 @@ def family(name: str) -> List[Param]:
 
 def virsh_options() -> Dict[str, List[str]]:
     """virsh command → its options, in catalogue order (``cgctl memtune GUEST --hard-limit``)."""
-    return {fam: [p.virsh for p in family(fam)] for fam in FAMILIES}
+    return {fam: [p.virsh for p in family(fam) if p.virsh] for fam in FAMILIES}

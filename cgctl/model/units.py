@@ -20,7 +20,11 @@ UNLIMITED = math.inf
 
 Number = Union[int, float]  # an int, or UNLIMITED
 
-PAGE_SIZE = 4096
+import os as _os
+
+#: The running kernel's page size (64 KiB pages exist: arm64, ppc64le): memory limits
+#: are rounded down to whole pages, and v1's "no limit" depends on it (convert.py).
+PAGE_SIZE = _os.sysconf("SC_PAGE_SIZE") if hasattr(_os, "sysconf") else 4096
 
 _BINARY = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40, "p": 2**50, "e": 2**60}
 _DECIMAL = {"k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "p": 10**15, "e": 10**18}

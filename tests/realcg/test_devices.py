@@ -303,6 +303,7 @@ def test_throttle_follows_a_renumbered_device(blkio_v1, real_host, loops, tmp_pa
                     names=ctl.device_names(guest, [link]))
     assert row["live"] == f"{link} ({new})=2M" and row["differs"] is False
     assert row["devices"] == [{"device": link, "majmin": new, "live": "2M", "config": "2M",
+                               "live_number": 2 * MiB, "config_number": 2 * MiB,
                                "differs": False}]
     ctl.close()
 

@@ -159,3 +159,25 @@ def test_cpuset_refusal_rolls_back(scratch_guest, router):
     assert "does not have" in str(ei.value)
     assert scratch_guest.read("cpuset", "cpuset.cpus") == before
     assert scratch_guest.read("cpu", "cpu.shares") == "1024"
+
+
+def test_native_v2_parameters_on_the_real_v1_kernel(scratch_guest, router):
+    """cpu_weight through systemd's mapping into cpu.shares; memory_low refused with the reason;
+    "no limit" as this kernel reads it back (its page size's PAGE_COUNTER_MAX)."""
+    _v1_only(scratch_guest.host, "cpu")
+    gg = groups(scratch_guest)
+    live.set_live(router, gg, settings("cpu_weight=100"))
+    assert scratch_guest.read("cpu", "cpu.shares") == "1024"
+    live.set_live(router, gg, settings("cpu_weight=39"))
+    assert scratch_guest.read("cpu", "cpu.shares") == "399"
+    assert live.read_value(router, gg, P.BY_NAME["cpu_weight"]) == 39
+    changes, _ = live.set_live(router, gg, settings("cpu_weight=39"))
+    assert (changes[0].old, changes[0].new) == ("39", "39")
+    with pytest.raises(Unsupported, match="no reclaim protection"):
+        live.set_live(router, gg, settings("memory_low=64M"))
+    if scratch_guest.host.owner("memory").version == 1:
+        live.set_live(router, gg, settings("hard_limit=-1"))
+        raw = int(scratch_guest.read("memory", "memory.limit_in_bytes"))
+        from cgctl.model import convert
+        assert raw == convert.page_counter_max(os.sysconf("SC_PAGE_SIZE"))
+        assert live.read_value(router, gg, P.BY_NAME["hard_limit"]) == float("inf")

@@ -23,7 +23,8 @@ from tests.fakekernel import FakeKernel
 
 DISK = "8:16"
 SAMPLE = {P.BYTES: "1G", P.SHARES: "512", P.PERIOD: "50000", P.QUOTA: "20000",
-          P.CPULIST: "0", P.WEIGHT: "300", P.RATE: "10M", P.IOPS: "100"}
+          P.CPULIST: "0", P.WEIGHT: "300", P.RATE: "10M", P.IOPS: "100",
+          P.CPU_WEIGHT: "200", P.IO_WEIGHT: "300"}
 SAMPLE_OF = {"swap_hard_limit": "unlimited"}   # alone: at least hard_limit (unlimited)
 # (cgroup version, the host has the first of a row's files (BFQ's) or only the alternative)
 HOSTS = [(1, True), (1, False), (2, True), (2, False)]
@@ -88,7 +89,7 @@ def test_a_set_writes_the_rows_file_or_is_refused_with_its_reason(fs, monkeypatc
 
 def test_every_row_is_complete():
     for p in P.CATALOGUE:
-        assert p.family in P.FAMILIES and P.lookup(p.virsh) is p
+        assert p.family in P.FAMILIES and (not p.virsh or P.lookup(p.virsh) is p)
         for version in (1, 2):
             assert p.files(version) or p.note(version), (p.name, version)
         if p.period:   # a quota names its period, with the same groups and files
@@ -100,6 +101,10 @@ def test_every_row_is_complete():
 
 def test_the_virsh_commands_are_the_catalogues():
     from cgctl.cli import main
-    assert main._VIRSH == {fam: [p.virsh for p in P.family(fam)] for fam in P.FAMILIES}
+    assert main._VIRSH == {fam: [p.virsh for p in P.family(fam) if p.virsh]
+                           for fam in P.FAMILIES}
     assert sorted(o for opts in main._VIRSH.values() for o in opts) == \
-        sorted(p.virsh for p in P.CATALOGUE)
+        sorted(p.virsh for p in P.CATALOGUE if p.virsh)
+    # virsh has no option for the v2-native parameters: `cgctl set` only
+    assert {p.name for p in P.CATALOGUE if not p.virsh} == {"cpu_weight", "io_weight",
+                                                            "memory_low"}

@@ -9,6 +9,8 @@ import os
 
 import pytest
 
+from cgctl.cgroup import usage  # noqa: F401 - show imports it lazily: load it with the real os,
+#                                 not under one test's pyfakefs (a later test would find it dead)
 from cgctl.cli import main as cli
 from cgctl.core.controller import Controller
 from cgctl.core.journal import Journal
@@ -65,9 +67,11 @@ def test_set_json_shape(run, vm, fake_host):
     assert d == {"guest": "web1", "uuid": UUID, "driver": "qemu", "mode": "live+config",
                  "errors": [], "warnings": [],
                  "changes": [{"param": "hard_limit", "device": None, "old": "unlimited",
-                              "new": "1G"},
+                              "new": "1G", "old_number": None, "new_number": 2**30,
+                              "unit": "bytes"},
                              {"param": "cpu_shares", "device": None, "old": "1024",
-                              "new": "512"}]}
+                              "new": "512", "old_number": 1024, "new_number": 512,
+                              "unit": "shares"}]}
     assert sorted(history(fake_host)) == [("set", "live+config", "cpu_shares", "512", "ok"),
                                           ("set", "live+config", "hard_limit", "1G", "ok")]
 
@@ -88,7 +92,8 @@ def test_show_json_shape(run, vm):
         {"guest": "web1", "uuid": UUID, "driver": "qemu", "running": True, "persistent": True}
     by = {r["param"]: r for r in d["params"]}
     assert by["hard_limit"] == {"param": "hard_limit", "live": "1G", "config": "1G",
-                                "differs": False, "unsupported": None, "from_profile": False}
+                                "differs": False, "unsupported": None, "from_profile": False,
+                                "live_number": 2**30, "config_number": 2**30, "unit": "bytes"}
     assert d["profile"] is None and d["profile_reference"] is None
     assert by["min_guarantee"]["unsupported"]          # v1 has no memory.min
     assert set(d["groups"]) and d["notes"] == []
@@ -205,3 +210,53 @@ def test_verify_exit_codes(run, vm, fake_host):
     rc, out, _ = run("verify", "web1", "--repair", "--json")
     assert rc == 0 and json.loads(out)[0]["repaired"] is True
     assert read(os.path.join(vm.machine["cpu"], "cpu.shares")) == "512"
+
+
+# --------------------------------------------------------------------------- --json numbers
+
+def test_json_numbers_beside_display_strings(run, vm):
+    """show/set/history --json: plain numbers (bytes, microseconds, weights, IO/s) beside the
+    display strings; unlimited and CPU lists have none; ``guest`` names the guest everywhere."""
+    rc, out, _ = run("set", "web1", "global_period=50ms", "global_quota=unlimited",
+                     "cpuset_cpus=0", "--perm", "--json")
+    assert rc == 0
+    by = {c["param"]: c for c in json.loads(out)["changes"]}
+    assert (by["global_period"]["new"], by["global_period"]["new_number"],
+            by["global_period"]["unit"]) == ("50000", 50000, "microseconds")
+    assert (by["global_quota"]["new"], by["global_quota"]["new_number"]) == ("unlimited", None)
+    assert (by["cpuset_cpus"]["new_number"], by["cpuset_cpus"]["unit"]) == (None, None)
+    rc, out, _ = run("show", "web1", "--json")
+    rows = {r["param"]: r for r in json.loads(out)["params"]}
+    assert (rows["global_period"]["live_number"], rows["global_period"]["config_number"]) == \
+        (50000, 50000)
+    assert (rows["cpu_shares"]["live_number"], rows["cpu_shares"]["unit"]) == (1024, "shares")
+    rc, out, _ = run("history", "web1", "--json")
+    hist = json.loads(out)
+    assert all(r["guest"] == r["name"] == "web1" for r in hist)
+    period = next(r for r in hist if r["param"] == "global_period")
+    assert (period["new_value"], period["new_number"], period["unit"]) == \
+        ("50000", 50000, "microseconds")
+    rc, out, _ = run("list", "--json")
+    assert json.loads(out)[0]["guest"] == "web1"
+
+
+def test_json_numbers_per_device(run, vm):
+    rc, out, _ = run("set", "web1", "device_read_iops_sec=/dev/sdb,300", "--config", "--json")
+    assert rc == 0
+    c = json.loads(out)["changes"][0]
+    assert (c["device"], c["new"], c["new_number"], c["unit"]) == ("/dev/sdb", "300", 300, "IO/s")
+    rows = {r["param"]: r for r in json.loads(run("show", "web1", "--json")[1])["params"]}
+    d = rows["device_read_iops_sec"]["devices"][0]
+    assert (d["device"], d["live_number"], d["config_number"]) == ("/dev/sdb", None, 300)
+
+
+def test_a_native_parameter_replaces_its_v1_shaped_twin_in_the_config(run, vm, fake_host):
+    assert run("set", "web1", "cpu_shares=2048", "--config")[0] == 0
+    rc, out, _ = run("set", "web1", "cpu_weight=200", "--config", "--json")
+    assert rc == 0
+    changes = {c["param"]: c for c in json.loads(out)["changes"]}
+    assert (changes["cpu_shares"]["old"], changes["cpu_shares"]["new"]) == ("2048", None)
+    with Journal(fake_host.journal_path, create=False) as j:
+        assert j.get_config(UUID) == {("cpu_weight", ""): "200"}
+    rc, _, err = run("set", "web1", "cpu_shares=2048", "cpu_weight=200", "--config")
+    assert rc == 2 and "same kernel file" in one_line_error(err)

@@ -51,7 +51,7 @@ def test_other_values(name, text, expected):
 
 @pytest.mark.parametrize("name,text", [
     ("cpu_shares", "1"), ("cpu_shares", "262145"), ("cpu_shares", "-1"), ("global_period", "999"),
-    ("global_period", "2s"), ("global_quota", "999"), ("global_quota", "0%"), ("weight", "5"),
+    ("global_period", "2s"), ("global_quota", "999"), ("global_quota", "0%"), ("weight", "0"), ("weight", "1001"),
     ("weight", "1001"), ("cpuset_cpus", "3-1"), ("cpuset_cpus", ""), ("cpuset_cpus", "a"),
     ("global_quota", "abc%"),
 ])
@@ -142,7 +142,8 @@ def test_catalogue_complete():
             "cpu_shares", "global_period", "global_quota", "vcpu_period", "vcpu_quota",
             "emulator_period", "emulator_quota", "cpuset_cpus", "cpuset_mems", "weight",
             "device_weight", "device_read_bytes_sec", "device_write_bytes_sec",
-            "device_read_iops_sec", "device_write_iops_sec"} == names
+            "device_read_iops_sec", "device_write_iops_sec",
+            "cpu_weight", "io_weight", "memory_low"} == names
     for p in P.CATALOGUE:
         assert p.doc and (p.v1_file or p.v1_note) and (p.v2_file or p.v2_note)
         assert not math.isnan(p.maximum)
