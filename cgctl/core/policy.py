@@ -16,7 +16,6 @@ import os
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
 from cgctl.core import profiles
-from cgctl.model import params as P
 from cgctl.errors import CgctlError, GuestNotFound, UsageError
 
 SCHEMA = "cgctl-policy"

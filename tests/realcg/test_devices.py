@@ -19,7 +19,8 @@ import pytest
 from cgctl.host import devices, udevwatch
 from cgctl.core import live
 from cgctl.model import params as P
-from cgctl.core.controller import Controller, _show_row
+from cgctl.core.controller import Controller
+from cgctl.core.reading import _show_row
 from cgctl.errors import Unsupported, UsageError
 from cgctl.cgroup.placement import groups_for_pid
 from cgctl.host.runfiles import Guest

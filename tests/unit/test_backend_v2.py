@@ -207,7 +207,7 @@ def test_iocost_stays_attached_after_enable_0(v2):
 
 
 def test_systemd_scope_is_noted(v2, fs):
-    from cgctl.core.controller import systemd_notes
+    from cgctl.core.reading import systemd_notes
     m, router, groups, _ = v2
     assert "daemon-reload" in systemd_notes(groups)[0]
     fakecg.make_v1_host(fs, root="/v1", proc_root="/proc9")

@@ -1,0 +1,158 @@
+"""What ``show``, ``list`` and ``history`` report: live beside config (cgctl/core/compare.py
+decides "in force"), usage beside limits, the journal's rows; reads only."""
+
+from __future__ import annotations
+
+import os
+from typing import Dict, List, Optional
+
+from cgctl.core import compare, live
+from cgctl.errors import CgctlError, GuestNotFound
+from cgctl.host import devices, runfiles
+from cgctl.model import params as P
+
+
+def show(ctl, ident: str) -> dict:
+    guest = ctl.find_guest(ident)
+    eff = ctl.effective(guest.uuid)
+    config = eff.config
+    live_values: Dict[str, object] = {}
+    groups = None
+    names: Dict[str, List[str]] = {}
+    if guest.running:
+        groups = ctl.groups(guest)
+        live_values = live.read_all(ctl.router, groups)
+        names = ctl.device_names(guest, [d for (_, d) in config])
+    normalize = compare.normalizer(ctl.router, groups) if guest.running else None
+    rows = []
+    for p in P.CATALOGUE:
+        cfg = {d: v for (n, d), v in config.items() if n == p.name}
+        lv = live_values.get(p.name)
+        rows.append(_show_row(p, lv, cfg, guest.running, normalize, names, live_values))
+        rows[-1]["from_profile"] = any(eff.from_profile(k) for k in config if k[0] == p.name)
+    notes = systemd_notes(groups) if groups is not None else []
+    if eff.problem:
+        notes.append(eff.problem + ("; the values its metadata carried apply"
+                                    if eff.origin == "carried" else ""))
+    return {"guest": guest.name, "uuid": guest.uuid, "driver": guest.driver,
+            "running": guest.running, "persistent": guest.persistent,
+            "groups": groups.to_dict() if groups is not None else {}, "notes": notes,
+            "profile": eff.profile, "profile_origin": eff.origin or None,
+            "profile_reference": eff.reference, "params": rows,
+            "usage": _usage(ctl, groups, names)}
+
+def _usage(ctl, groups, names) -> Optional[dict]:
+    """What the guest uses, beside its limits (cgctl/cgroup/usage.py); None if stopped."""
+    from cgctl.cgroup import usage
+    return None if groups is None else usage.read(
+        groups, ctl.host, lambda mm: (names.get(mm) or [devices.kernel_name(mm)])[0])
+
+def list_guests(ctl) -> List[dict]:
+    out = []
+    try:
+        alive = runfiles.all_running(ctl.run_dir)
+    except CgctlError:
+        alive = {}
+    for g in ctl.journal(create=False).guests():
+        if g.deleted:
+            continue
+        running = g.uuid in alive
+        out.append({"guest": g.name, "uuid": g.uuid, "driver": g.driver,
+                    "state": "running" if running else "shut off",
+                    "settings": g.settings, "last_change": g.last_change})
+    return out
+
+def history(ctl, ident: Optional[str] = None, limit: Optional[int] = None) -> List[dict]:
+    j = ctl.journal(create=False)
+    uuid = None
+    if ident:
+        row = j.find_guest(ident)
+        if row is None:
+            raise GuestNotFound("the journal has no history for this guest", guest=ident)
+        uuid = row.uuid
+    return [_history_dict(r) for r in j.history(uuid, limit=limit)]
+
+
+def _history_dict(r) -> dict:
+    """One history row for --json: the journal's columns (``name`` kept), ``guest`` as in
+    every other command, and numbers beside the old/new texts."""
+    d = r._asdict()
+    unit = P.number_unit(P.BY_NAME[r.param]) if r.param in P.BY_NAME else None
+    d.update(guest=r.name, unit=unit,
+             old_number=P.number_of_text(r.param, r.device or "", r.old_value),
+             new_number=P.number_of_text(r.param, r.device or "", r.new_value))
+    return d
+
+
+def systemd_notes(groups) -> List[str]:
+    """What an operator should know about a guest whose machine group is a systemd scope."""
+    if any(os.path.basename(d).endswith(".scope") for _, d in groups.machine.values()):
+        # systemd rewrites a scope's own files (weights) on daemon-reload (systemd#17938)
+        return ["the guest's machine group is a systemd scope: systemd may rewrite "
+                "cpu_shares/weight there on 'systemctl daemon-reload'; the service's drift "
+                "repair puts cgctl's values back ('cgctl verify --repair' by hand)"]
+    return []
+
+
+def _show_row(p: P.Param, live_value, cfg: Dict[str, str], running: bool, normalize=None,
+              names: Dict[str, List[str]] = None, live_values=None) -> dict:
+    """One parameter of ``show``: live beside config, and whether they differ (None: no
+    config, not running, or not to be told; cgctl/core/compare.py decides)."""
+    devs = None
+    if p.per_device:
+        live_text = live.format_value(p, live_value) if running else None
+        config_text = ", ".join(f"{d}={v}" for d, v in sorted(cfg.items())) or None
+        differs = None
+        if running and isinstance(live_value, dict):
+            devs = _device_rows(p, live_value, cfg, names or {}, normalize)
+            live_text = ", ".join(
+                f"{r['device']} ({r['majmin']})={r['live']}" if r["device"] else
+                f"{r['majmin']}={r['live']}" for r in devs if r["live"] is not None) or "-"
+            if cfg:
+                differs = any(r["differs"] for r in devs if r["config"] is not None)
+    else:
+        live_text = live.format_value(p, live_value) if running else None
+        config_value = cfg.get("")
+        config_text = None
+        differs = None
+        if config_value is not None:
+            pv = P.parse_value(p, config_value)
+            config_text = live.format_value(p, pv)
+            if running and not isinstance(live_value, CgctlError) and live_value is not None:
+                held = compare.in_force(p, pv, live_value, normalize,
+                                        (live_values or {}).get(p.period))
+                differs = None if held is None else not held
+    row = {"param": p.name, "live": live_text, "config": config_text, "differs": differs,
+           "unsupported": str(live_value) if isinstance(live_value, CgctlError) else None,
+           # numbers beside the display texts (per-device: in "devices")
+           "live_number": None if p.per_device or not running else P.number(p, live_value),
+           "config_number": None if p.per_device or cfg.get("") is None else
+           P.number_of_text(p.name, "", cfg.get("")),
+           "unit": P.number_unit(p)}
+    if devs is not None:
+        row["devices"] = devs
+    return row
+
+
+def _device_rows(p: P.Param, live_value: Dict[str, object], cfg: Dict[str, str],
+                 names: Dict[str, List[str]], normalize=None) -> List[dict]:
+    """One row per device: the operator's name (where the config names it) beside MAJ:MIN;
+    a configured device with no live entry, or that resolves to nothing now, differs."""
+    rows = []
+    seen = set()
+    for majmin, value in sorted(live_value.items()):
+        for n in [n for n in names.get(majmin, []) if n in cfg] or [None]:
+            seen.add(n)
+            ctext = cfg.get(n) if n else None
+            rows.append({"device": n, "majmin": majmin, "live": P.canonical_text(p, value),
+                         "config": ctext, "live_number": P.number(p, value),
+                         "config_number": P.number_of_text(p.name, n or "", ctext),
+                         "differs": None if ctext is None else
+                         not compare.in_force(p, P.parse_value(p, ctext), value, normalize)})
+    for n, ctext in sorted(cfg.items()):
+        if n not in seen:
+            majmin = next((mm for mm, ns in names.items() if n in ns), None)
+            rows.append({"device": n, "majmin": majmin, "live": None, "config": ctext,
+                         "live_number": None,
+                         "config_number": P.number_of_text(p.name, n, ctext), "differs": True})
+    return rows
