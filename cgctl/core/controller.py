@@ -18,62 +18,20 @@ from typing import Dict, Iterable, List, Optional, Tuple
 
 from cgctl import consts, log
 from cgctl.host import devices, runfiles
-from cgctl.core import guestlock, live, profiles, reading
+from cgctl.core import guestlock, live, profileops, profiles, reading
 from cgctl.cgroup import hierarchy, placement
 from cgctl.model import params as P
 from cgctl.model import units
 from cgctl.cgroup import Router
-from cgctl.errors import CgctlError, GuestNotRunning, GuestTransient, UsageError
+from cgctl.errors import CgctlError, GuestNotRunning, UsageError
 from cgctl.core.journal import Journal, current_user, now
 from cgctl.core.live import Change
 from cgctl.host.runfiles import Guest
+from cgctl.core.outcome import (BOTH, CONFIG, CURRENT, LIVE, Outcome, change_dict,  # noqa: F401
+                                 log_changes, resolve_mode)
 
 
-LIVE, CONFIG, BOTH, CURRENT = "live", "config", "live+config", "current"
 STALE = "stale:"   # device of a clear for a renumbered device's old MAJ:MIN ("stale:7:0")
-
-
-class Outcome:
-    """What one change or apply did to one guest."""
-
-    def __init__(self, guest: Guest, mode: str, changes: Optional[List[Change]] = None,
-                 errors: Optional[List[CgctlError]] = None):
-        self.guest = guest
-        self.mode = mode
-        self.changes: List[Change] = changes or []
-        self.errors: List[CgctlError] = errors or []  # per-parameter failures (apply)
-        self.warnings: List[str] = []  # done, but something beside it was not (metadata)
-
-    def to_dict(self) -> dict:
-        return {
-            "guest": self.guest.name, "uuid": self.guest.uuid, "driver": self.guest.driver,
-            "mode": self.mode,
-            "changes": [change_dict(c) for c in self.changes],
-            "errors": [e.to_dict() for e in self.errors],
-            "warnings": list(self.warnings),
-        }
-
-
-def change_dict(c) -> dict:
-    """One change for --json: the display texts and, beside them, plain numbers in ``unit``
-    (None: unlimited, a CPU list, a share of CPUs; params.number)."""
-    unit = P.number_unit(P.BY_NAME[c.param]) if c.param in P.BY_NAME else None
-    return {"param": c.param, "device": c.device or None, "old": c.old, "new": c.new,
-            "old_number": P.number_of_text(c.param, c.device or "", c.old),
-            "new_number": P.number_of_text(c.param, c.device or "", c.new), "unit": unit}
-
-
-def resolve_mode(mode: str, guest: Guest) -> str:
-    """--current → live or config; refuse what libvirt would refuse."""
-    if mode == CURRENT:
-        return LIVE if guest.running else CONFIG
-    if mode in (LIVE, BOTH) and not guest.running:
-        raise GuestNotRunning("domain is not running (use --config to change its next start)",
-                              guest=guest.name)
-    if mode in (CONFIG, BOTH) and not guest.persistent:
-        raise GuestTransient("cannot change the persistent config of a transient domain "
-                             "(use --live)", guest=guest.name)
-    return mode
 
 
 TEST_WINDOW_ENV = "CGCTL_TEST_APPLY_WINDOW"
@@ -92,14 +50,6 @@ def _test_window() -> None:
             time.sleep(min(max(float(v), 0.0), 10.0))
         except ValueError:
             pass
-
-
-def log_changes(guest: Guest, changes: Iterable[Change], source: str, mode: str) -> None:
-    for c in changes:
-        dev = f"[{c.device}]" if c.device else ""
-        log.info("guest=%s param=%s%s %s -> %s mode=%s source=%s", guest.name, c.param, dev,
-                 c.old if c.old is not None else "-", c.new if c.new is not None else "-",
-                 mode, source)
 
 
 class Controller:
@@ -413,148 +363,17 @@ class Controller:
                 out[(s.param.name, pseudo)] = P.Setting(s.param, pseudo, 0)
         return out
 
-    # -- profiles (cgctl/core/profiles.py, docs/fleet.md#profiles) -----------------
+    # -- profiles (cgctl/core/profiles.py; the operations: cgctl/core/profileops.py) --
     def effective(self, uuid: str, journal: Optional[Journal] = None) -> "profiles.Effective":
         """The guest's effective config: THE rule, in cgctl/core/profiles.py."""
         return profiles.effective(journal or self.journal(create=False), uuid)
 
-    def _write_effective(self, guest: Guest, config) -> Tuple[List[Change], list]:
-        """Write ``config`` live, all or nothing; returns (what changed, the writes to undo)."""
-        settings = {k: P.from_text(k[0], k[1], v) for k, v in config.items()}
-        if not settings:
-            return [], []
-        groups = self.groups(guest)
-        devnums = self.device_numbers(guest, settings.values())
-        changes, writes = live.set_live(self.router, groups, settings, devnums)
-        self._remember_devnums(guest, settings, devnums)
-        return [c for c in changes if c.old != c.new], writes
-
     def use_profile(self, ident: str, profile: str, assignments: Iterable[str] = (),
-                    mode: str = CURRENT, *, source: str = "cli",
-                    command: str = "set") -> Outcome:
-        """Give the guest ``profile`` (``profiles.NONE``: no profile, not even the default),
-        and maybe settings of its own, as one change. A profile is config: ``--current`` is
-        --perm on a running guest, --config on a stopped one; with --perm the new effective
-        config is in force at once, all or nothing."""
-        settings = P.parse_assignments(assignments) if assignments else {}
-        guest = self.find_guest(ident)
-        if mode == LIVE:
-            raise UsageError("a guest's profile is config: use --config, or --perm to put it "
-                             "in force now as well", guest=guest.name)
-        mode = resolve_mode(BOTH if guest.running else CONFIG, guest) if mode == CURRENT \
-            else resolve_mode(mode, guest)
-        journal = self.journal()
-        catalog = profiles.Catalog(journal)
-        values = dict(catalog.require(profile).settings) if profile else {}
-        at, user = now(), current_user()
-        writes, live_changes = [], []
-        with self.locked(guest):
-            try:
-                with journal.transaction() as tx:
-                    own = tx.get_config(guest.uuid)
-                    new_own = dict(own)
-                    new_own.update({s.key: s.text() for s in settings.values()})
-                    for s in settings.values():
-                        if s.removes:
-                            new_own.pop(s.key, None)
-                    eff = profiles.effective(tx, guest.uuid, catalog, own=new_own,
-                                             reference=profile, carried=values)
-                    profiles.check_rules(eff.config, f"guest {guest.name} with profile "
-                                         f"{profile or '(none)'}", guest.name)
-                    before = tx.set_guest_profile(guest.uuid, guest.name, guest.driver,
-                                                  profile, values)
-                    changes = [Change(profiles.HISTORY_PARAM, "", before.profile, profile)]
-                    if settings:
-                        tx.set_config(guest.uuid, guest.name, guest.driver,
-                                      {s.key: None if s.removes else s.text()
-                                       for s in settings.values()})
-                        changes += [Change(s.param.name, s.device, own.get(s.key), s.text())
-                                    for s in settings.values()]
-                    tx.add_history(guest.uuid, guest.name, command=command, source=source,
-                                   mode=CONFIG, changes=changes, at=at, user=user)
-                    if mode == BOTH:
-                        live_changes, writes = self._write_effective(guest, eff.config)
-                        if live_changes:
-                            tx.add_history(guest.uuid, guest.name, command=command,
-                                           source=source, mode=LIVE, changes=live_changes,
-                                           at=at, user=user)
-            except BaseException:
-                if writes:
-                    live.undo(writes, guest.name)
-                raise
-        log_changes(guest, changes + live_changes, source, mode)
-        outcome = Outcome(guest, mode, changes + live_changes)
-        from cgctl.core import travel
-        for w in (travel.publish_profile(guest, mode, profile, values, at=at, user=user),
-                  travel.publish(guest, mode if mode != LIVE else CONFIG,
-                                 {s.key: None if s.removes else s.text()
-                                  for s in settings.values()}, at=at, user=user)
-                  if settings else None):
-            if w:
-                outcome.warnings.append(w)
-        return outcome
+                    mode: str = CURRENT, **kw) -> Outcome:
+        return profileops.use_profile(self, ident, profile, assignments, mode, **kw)
 
-    def push_profile(self, name: str, mode: str, *, source: str = "cli",
-                     command: str = "profile") -> List[Outcome]:
-        """Put profile ``name`` as this host defines it now in force on every guest using it,
-        as the mode says: live on running guests (each all or nothing: a guest whose kernel
-        refuses one value keeps all its old ones, and the others go on); with --config/--perm
-        also the values each guest carries (journal and domain metadata)."""
-        journal = self.journal()
-        catalog = profiles.Catalog(journal)
-        d = catalog.require(name)
-        running = runfiles.all_running(self.run_dir)
-        uuids, _ = profiles.users(journal, name, running)
-        outcomes = []
-        for uuid in uuids:
-            guest = running.get(uuid)
-            try:
-                if guest is None:
-                    if mode == LIVE:
-                        continue
-                    guest = self.find_guest(uuid)
-                outcomes.append(self._push_one(guest, name, d.settings, mode, catalog,
-                                               source=source, command=command))
-            except CgctlError as exc:
-                row = journal.get_guest(uuid)
-                g = guest or Guest(name=row.name if row else uuid, uuid=uuid,
-                                   driver=row.driver if row else "qemu", uri="", running=False,
-                                   persistent=False, pid=None)
-                outcomes.append(Outcome(g, mode, errors=[exc]))
-        return outcomes
-
-    def _push_one(self, guest: Guest, name: str, values, mode: str, catalog, *, source: str,
-                  command: str) -> Outcome:
-        journal = self.journal()
-        at, user = now(), current_user()
-        outcome = Outcome(guest, mode)
-        with self.locked(guest):
-            eff = profiles.effective(journal, guest.uuid, catalog)
-            if eff.profile != name:
-                return outcome  # changed its profile meanwhile
-            writes = []
-            try:
-                with journal.transaction() as tx:
-                    if mode in (CONFIG, BOTH) and eff.reference:
-                        tx.set_guest_profile(guest.uuid, guest.name, guest.driver,
-                                             eff.reference, values)
-                    if mode in (LIVE, BOTH) and guest.running:
-                        outcome.changes, writes = self._write_effective(guest, eff.config)
-                        if outcome.changes:
-                            tx.add_history(guest.uuid, guest.name, command=command,
-                                           source=source, mode=LIVE, changes=outcome.changes,
-                                           at=at, user=user)
-            except BaseException:
-                if writes:
-                    live.undo(writes, guest.name)
-                raise
-        log_changes(guest, outcome.changes, source, LIVE)
-        if eff.reference:
-            from cgctl.core import travel
-            w = travel.publish_profile(guest, mode, eff.reference, values, at=at, user=user)
-            if w:
-                outcome.warnings.append(w)
-        return outcome
+    def push_profile(self, name: str, mode: str, **kw) -> List["Outcome"]:
+        return profileops.push_profile(self, name, mode, **kw)
 
     def forget(self, uuid: str, *, source: str = "cli", command: str = "undefine") -> dict:
         with self.journal().transaction() as tx:
