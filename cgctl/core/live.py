@@ -14,8 +14,10 @@ from cgctl.cgroup import Router
 from cgctl.cgroup.apply import apply_writes, rollback
 from cgctl.cgroup.backend import PlanContext, Write
 from cgctl.cgroup.groups import GuestGroups
+from cgctl.cgroup import fs
 from cgctl.core import compare
 from cgctl.errors import CgctlError, Unsupported
+from cgctl.host import systemd
 
 # what else a change must know to be validated and converted: the memory limits checked
 # against each other (params.validate_merged), and the other half of a CPU bandwidth pair
@@ -100,12 +102,15 @@ def set_live(router: Router, groups: GuestGroups, settings: Mapping[P.Key, P.Set
     mem = router.backend("memory") if groups.machine.get("memory") else None
     apply_writes(writes, guest=groups.guest,
                  usage=(lambda: mem.usage(groups)) if mem else (lambda: "unknown"))
+    # weights in a systemd scope: tell systemd too, or daemon-reload undoes them
+    systemd.tell([w.path for w in writes], fs.read, groups.guest)
     return ([Change(s.param.name, s.device, olds.get(s.key), s.text())
              for s in settings.values()], writes)
 
 
 def undo(writes: List[Write], guest: str = None) -> None:
     rollback(writes, guest)
+    systemd.tell([w.path for w in writes], fs.read, guest)  # systemd learns the old values
 
 
 def _change_olds(router, groups, settings, old, devnums) -> Dict[P.Key, Optional[str]]:

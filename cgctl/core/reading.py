@@ -87,10 +87,12 @@ def _history_dict(r) -> dict:
 def systemd_notes(groups) -> List[str]:
     """What an operator should know about a guest whose machine group is a systemd scope."""
     if any(os.path.basename(d).endswith(".scope") for _, d in groups.machine.values()):
-        # systemd rewrites a scope's own files (weights) on daemon-reload (systemd#17938)
-        return ["the guest's machine group is a systemd scope: systemd may rewrite "
-                "cpu_shares/weight there on 'systemctl daemon-reload'; the service's drift "
-                "repair puts cgctl's values back ('cgctl verify --repair' by hand)"]
+        # systemd rewrites a scope's own files on daemon-reload (systemd#17938); cgctl tells
+        # systemd the weights it writes there (cgctl/host/systemd.py), all but BFQ's
+        return ["the guest's machine group is a systemd scope: cgctl tells systemd the "
+                "weights it writes there, so 'systemctl daemon-reload' keeps them; a BFQ weight "
+                "(io.bfq.weight), or one systemd could not be told (a warning says so), is put "
+                "back by drift repair ('cgctl verify --repair' by hand)"]
     return []
 
 
