@@ -14,6 +14,9 @@ from cgctl.errors import CgctlError
 log = logging.getLogger("cgctl")
 
 
+EVENT_JOBS = ("started", "undefined", "defined")  # run before the rest of a reconcile
+
+
 def job_kind(ev) -> Optional[str]:
     """The worker job an event asks for, or None (nothing to do)."""
     if ev.event == "started":
