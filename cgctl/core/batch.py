@@ -4,7 +4,7 @@ An apply writes the guest's cgroups, then records its history rows and its insta
 time) in the journal; every transaction is a ``synchronous=FULL`` commit (an fsync, ~1 ms or
 more), which made a 1,000-guest reconcile cost one fsync per guest. A ``Batch`` collects the
 records of up to ``max_guests`` applies, or those made within ``max_age`` seconds, and commits
-them in one transaction (docs/performance.md, section 3 C).
+them in one transaction (docs/performance.md, section 3 D).
 
 Locks: each guest's lock (``guestlock``) is taken before its config is read and **held until
 the batch has committed**, as for a single apply (one writer from config read to record), so no

@@ -21,7 +21,7 @@ def reconcile(w, job) -> bool:
 
     The applies are recorded in batches (cgctl/core/batch.py: one journal commit for up to
     MAX_GUESTS guests or MAX_AGE_S); lifecycle events queued meanwhile run between two guests,
-    after the batch so far is committed (docs/performance.md, section 3 C)."""
+    after the batch so far is committed (docs/performance.md, section 3 D)."""
     t0 = time.monotonic()
     try:
         with w.calling_libvirt(job.uri, "list guests"):
@@ -29,8 +29,12 @@ def reconcile(w, job) -> bool:
     except CgctlError as e:
         log.error("reconcile %s: cannot list guests: %s", job.uri, e)
         return False  # the connection is going away: its close starts a new round
+    try:
+        batch = Batch(w.ctl.journal())
+    except CgctlError as e:  # as before batches: every guest failed, the round is done
+        log.error("reconcile %s: %d running, all failed: %s", job.uri, len(guests), e)
+        return True
     counts = {"applied": 0, "unchanged": 0, "without config": 0, "failed": 0}
-    batch = Batch(w.ctl.journal())
     for guest in guests:
         w.progress()
         urgent = w.take_events()
