@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Set
 
 from cgctl.core import guestlock
+from cgctl.core.journal import current_user
 
 MAX_GUESTS = 100  # guests per commit
 MAX_AGE_S = 0.05  # s from a batch's first lock to its commit, at most (plus one guest's apply)
@@ -44,7 +45,9 @@ class Batch:
         self._records: List[Callable] = []  # fn(tx), in apply order
         self._after: List[Callable] = []    # fn() once committed (the log lines)
         self.guests: List[str] = []         # names of the guests locked in this batch
+        self.uuids: Set[str] = set()
         self._since = 0.0
+        self.user = current_user()  # the history's "who": the same for every apply here
 
     def lock(self, uuid: str, name: str, wait: float) -> None:
         """Take the guest's lock for this batch (held until ``commit``)."""
@@ -56,6 +59,7 @@ class Batch:
         if not self.guests:
             self._since = time.monotonic()
         self.guests.append(name)
+        self.uuids.add(uuid)
 
     def add(self, record: Callable, after: Callable) -> None:
         self._records.append(record)
@@ -74,7 +78,7 @@ class Batch:
         """One transaction for every record, then the guests' locks are let go. On a journal
         error (raised) nothing of the batch is recorded and the locks are let go too."""
         records, after = self._records, self._after
-        self._records, self._after, self.guests = [], [], []
+        self._records, self._after, self.guests, self.uuids = [], [], [], set()
         try:
             if records:
                 with self.journal.transaction() as tx:

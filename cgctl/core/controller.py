@@ -354,15 +354,16 @@ class Controller:
                         except CgctlError as exc:
                             outcome.errors.append(exc)
             at = now()  # when written, also if recorded later by a batch
+            user = batch.user if batch is not None else None
 
             def record(tx):
                 if outcome.changes:
                     tx.add_history(guest.uuid, guest.name, command=command, source=source,
-                                   mode=LIVE, changes=outcome.changes, at=at)
+                                   mode=LIVE, changes=outcome.changes, at=at, user=user)
                 for exc in outcome.errors:
                     tx.add_history(guest.uuid, guest.name, command=command, source=source,
                                    mode=LIVE, changes=[(exc.param or "", "", None, None)],
-                                   outcome=str(exc), at=at)
+                                   outcome=str(exc), at=at, user=user)
                 if record_instance:
                     tx.set_instance(guest.uuid, pid, start, applied_at=at)
 

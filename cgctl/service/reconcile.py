@@ -21,7 +21,8 @@ def reconcile(w, job) -> bool:
 
     The applies are recorded in batches (cgctl/core/batch.py: one journal commit for up to
     MAX_GUESTS guests or MAX_AGE_S); lifecycle events queued meanwhile run between two guests,
-    after the batch so far is committed (docs/performance.md, section 3 D)."""
+    after the batch so far is committed if it holds one of their guests (docs/performance.md,
+    section 3 D)."""
     t0 = time.monotonic()
     try:
         with w.calling_libvirt(job.uri, "list guests"):
@@ -39,7 +40,8 @@ def reconcile(w, job) -> bool:
         w.progress()
         urgent = w.take_events()
         if urgent:
-            _commit(batch, counts)
+            if any(j.event is None or j.event.uuid in batch.uuids for j in urgent):
+                _commit(batch, counts)  # that guest's records first: they are older
             for ev_job in urgent:
                 w.run(ev_job)
         try:

@@ -168,3 +168,48 @@ def test_take_events_takes_lifecycle_jobs_and_leaves_the_others_in_order():
     assert rest[:3] == [jobs[0], jobs[2], jobs[4]] and rest[3] is W._STOP  # noqa: SLF001
     assert rest[4].uri == "late"
     assert w.take_events() == []
+
+
+class _EventConn:
+    """What a STARTED job asks its connection: the guest and its XML (no metadata)."""
+
+    def __init__(self, guests):
+        self.by_uuid = {g.uuid: g for g in guests}
+
+    def guest(self, uuid):
+        return self.by_uuid[uuid]
+
+    def domain_xml(self, uuid, inactive=False):
+        return "<domain/>"
+
+
+def test_an_event_for_a_guest_of_the_batch_comes_after_its_records(fake_host, ctl, guests,
+                                                                   monkeypatch):
+    """vm1 is applied (batch pending), then its STARTED event arrives: the batch commits before
+    the event runs, so the journal has the reconcile's rows, then the event's. vm3's event (vm2
+    pending), for a guest not in the batch, runs without a commit in front of it."""
+    from cgctl.virt import LifecycleEvent
+    monkeypatch.setattr(B, "MAX_AGE_S", 3600.0)
+    gs = [g for g, _ in guests]
+    w = _worker(ctl, fake_host.journal_path)
+    conn = _EventConn(gs)
+    commits = _count_commits(monkeypatch, ctl.journal())
+    apply_config = ctl.apply_config
+    order = []
+
+    def apply_and_queue(guest, **kw):
+        out = apply_config(guest, **kw)
+        order.append((guest.name, kw["source"], len(commits)))
+        if kw["source"] == "reconcile" and guest.name in ("vm1", "vm2"):
+            g = gs[0] if guest.name == "vm1" else gs[2]  # vm1's own event; then vm3's
+            ev = LifecycleEvent("test:///default", g.name, g.uuid, "started", "booted")
+            w.put(W.Job("started", "test:///default", conn, 1, event=ev))
+        return out
+    monkeypatch.setattr(ctl, "apply_config", apply_and_queue)
+    assert reconcile.reconcile(w, W.Job("reconcile", "test:///default", _Lister(gs), 1))
+    j = ctl.journal()
+    assert [r.source for r in j.history(gs[0].uuid)] == ["reconcile", "event"]
+    # commits seen after each apply: vm1's batch committed (1) before vm1's event (2); vm3's
+    # event, queued with vm2 pending, commits without a batch commit in front of it (3)
+    assert order[:4] == [("vm1", "reconcile", 0), ("vm1", "event", 2), ("vm2", "reconcile", 2),
+                         ("vm3", "event", 3)]
