@@ -1,6 +1,6 @@
 """The service's reconcile over N simulated running guests, in a process of its own (so that its
-memory figures are this N's alone): ``python -m bench.reconcile_sim N PARENT`` prints one JSON
-object. Run by bench/scale.py (part C), which also removes ``PARENT`` if this process dies.
+memory figures are this N's alone): ``python -m bench.reconcile_sim N PARENT [E]`` prints one JSON
+object; with E, E more guests get a STARTED event during the first pass (``EventInjector``). Run by bench/scale.py (part C), which also removes ``PARENT`` if this process dies.
 
 What is real and what is simulated:
 
@@ -148,8 +148,70 @@ class TestDriverLister:
         return [g._replace(driver="qemu", pid=self.pids[g.name])
                 for g in self.econn.running_guests() if g.name in self.pids]
 
+    def guest(self, uuid):  # what a STARTED job looks its guest up with
+        g = self.econn.guest(uuid)
+        return g._replace(driver="qemu", pid=self.pids[g.name])
 
-def main(n: int, parent_name: str) -> dict:
+    def domain_xml(self, uuid, inactive=False):
+        return self.econn.domain_xml(uuid, inactive=inactive)
+
+
+class EventInjector:
+    """STARTED events of guests *not* in the reconcile's list, queued to the worker from a
+    thread of their own while the first pass runs: the k-th of E when the reconcile has begun
+    guest (k+1)·N/(E+1), plus a random 0–3 ms (an event lands anywhere inside one guest's
+    apply). Each one's time is from ``worker.put`` (``Job.queued``) to the end of its
+    ``events.apply_started`` (cgroups written, journal committed): what the service's log
+    line "applied source=event ... N ms after the event" measures, to the microsecond."""
+
+    def __init__(self, worker, conn, guests, n, uri):
+        import random
+        import threading
+        from cgctl.service import events
+        self.worker, self.conn, self.guests, self.uri = worker, conn, guests, uri
+        self.at = [(k + 1) * n // (len(guests) + 1) for k in range(len(guests))]
+        self.done = 0  # guests the reconcile has begun (worker.progress calls)
+        self.latency_ms = {}
+        self._rand = random.Random()
+        self._tick = threading.Event()
+        orig_progress = worker.progress
+
+        def progress():
+            self.done += 1
+            self._tick.set()
+            orig_progress()
+        worker.progress = progress
+        orig_apply = events.apply_started
+
+        def timed(w, job):
+            orig_apply(w, job)
+            self.latency_ms[job.event.name] = (time.monotonic() - job.queued) * 1000
+        events.apply_started = timed
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self):
+        self._thread.start()
+
+    def _run(self):
+        from cgctl.service import worker as W
+        from cgctl.virt import LifecycleEvent
+        for at, (name, uuid) in zip(self.at, self.guests):
+            while self.done < at:
+                self._tick.wait(0.05)
+                self._tick.clear()
+            time.sleep(self._rand.uniform(0, 0.003))
+            ev = LifecycleEvent(self.uri, name, uuid, "started", "booted")
+            self.worker.put(W.Job("started", self.uri, self.conn, 1, event=ev))
+
+    def finish(self):
+        """What the service's worker does after the reconcile: the jobs still queued."""
+        self._thread.join(30)
+        q = self.worker._jobs
+        while not q.empty():
+            self.worker._do(q.get_nowait())
+
+
+def main(n: int, parent_name: str, n_events: int = 0) -> dict:
     import libvirt
 
     from cgctl.config import Config
@@ -160,7 +222,7 @@ def main(n: int, parent_name: str) -> dict:
     from cgctl.core.journal import Journal
 
     host = hierarchy.detect()
-    sim = SimGuests(host, parent_name, n)
+    sim = SimGuests(host, parent_name, n + n_events)  # the last n_events: started meanwhile
     out = {"guests": n, "parameters_per_guest": len(CONFIG)}
     tmp = tempfile.mkdtemp(prefix="cgctl-bench-rec-")
     journal = os.path.join(tmp, "journal.db")
@@ -186,7 +248,8 @@ def main(n: int, parent_name: str) -> dict:
                           "<memory>65536</memory><os><type>hvm</type></os></domain>", 0)
         econn = virt.EventConnection("test:///default", on_event=lambda ev: None,
                                      on_close=lambda r: None).open()
-        lister = TestDriverLister(econn, {nm: p.pid for nm, p in zip(sim.names, sim.procs)})
+        pids = {nm: p.pid for nm, p in zip(sim.names, sim.procs)}
+        lister = TestDriverLister(econn, dict(list(pids.items())[:n]))
         t0 = time.perf_counter()
         listed = lister.running_guests()
         out["list_ms"] = round((time.perf_counter() - t0) * 1000, 1)
@@ -202,9 +265,19 @@ def main(n: int, parent_name: str) -> dict:
         job = worker.Job("reconcile", "test:///default", lister, 1)
 
         out["rss_before_kib"] = _status_kib("VmRSS")
+        injector = None
+        if n_events:
+            injector = EventInjector(daemon.worker, TestDriverLister(econn, pids),
+                                     list(zip(sim.names, sim.uuids))[n:], n, "test:///default")
         for label in ("first", "second"):
+            if injector is not None and label == "first":
+                injector.start()
             t0 = time.perf_counter()
             reconcile.reconcile(daemon.worker, job)
+            if injector is not None and label == "first":
+                injector.finish()  # (after the pass's time: the service's next jobs)
+                out["event_ms"] = [round(injector.latency_ms.get(nm, -1), 2)
+                                   for nm in sim.names[n:]]
             out[f"{label}_pass_s"] = round(time.perf_counter() - t0, 3)
             out[f"rss_after_{label}_kib"] = _status_kib("VmRSS")
         out["hwm_kib"] = _status_kib("VmHWM")
@@ -218,7 +291,7 @@ def main(n: int, parent_name: str) -> dict:
         mem = next(i for i, (_, c) in enumerate(sim.hier) if "memory" in c)
         cpu = next(i for i, (_, c) in enumerate(sim.hier) if "cpu" in c)
         bad = 0
-        for i in range(n):
+        for i in range(n + n_events):
             with open(sim.file(i, mem, "memory.limit_in_bytes")) as f:
                 a = f.read().strip()
             with open(sim.file(i, cpu, "vcpu0", "cpu.cfs_quota_us")) as f:
@@ -240,4 +313,5 @@ def main(n: int, parent_name: str) -> dict:
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(int(sys.argv[1]), sys.argv[2])))
+    print(json.dumps(main(int(sys.argv[1]), sys.argv[2],
+                          int(sys.argv[3]) if len(sys.argv) > 3 else 0)))

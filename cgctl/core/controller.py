@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Tuple
 
 from cgctl import consts, log
 from cgctl.host import devices, runfiles
@@ -29,6 +29,9 @@ from cgctl.core.live import Change
 from cgctl.host.runfiles import Guest
 from cgctl.core.outcome import (BOTH, CONFIG, CURRENT, LIVE, Outcome, change_dict,  # noqa: F401
                                  log_changes, resolve_mode)
+
+if TYPE_CHECKING:
+    from cgctl.core.batch import Batch  # noqa: F401
 
 
 STALE = "stale:"   # device of a clear for a renumbered device's old MAJ:MIN ("stale:7:0")
@@ -234,7 +237,8 @@ class Controller:
 
     def apply_config(self, guest: Guest, *, source: str = "cli", command: str = "apply",
                      journal: Journal = None, once: bool = False,
-                     overlay: Optional[Dict[P.Key, str]] = None) -> Optional[Outcome]:
+                     overlay: Optional[Dict[P.Key, str]] = None,
+                     batch: Optional["Batch"] = None) -> Optional[Outcome]:
         """Write the guest's journal config into its live cgroups and record the instance.
 
         All at once when possible; if that is refused, parameter by parameter, so
@@ -244,9 +248,11 @@ class Controller:
         guest's lock, so a ``--live`` change made after that apply is kept.
         ``overlay``: key -> text put in force on top of the config (the ``<live>`` settings a
         migrated guest carries in its metadata, docs/fleet.md); not written to the config.
+        ``batch`` (cgctl/core/batch.py): the guest's lock is taken for the batch and its records
+        go into the batch's one transaction (the log lines follow that commit).
         """
         return self._apply_journal(guest, source=source, command=command, journal=journal,
-                                   once=once, overlay=overlay)
+                                   once=once, overlay=overlay, batch=batch)
 
     def apply_devices(self, guest: Guest, *, source: str = "event", command: str = "device",
                       journal: Journal = None) -> Outcome:
@@ -259,8 +265,11 @@ class Controller:
     def _apply_journal(self, guest: Guest, *, source: str, command: str,
                        journal: Optional[Journal], devices_only: bool = False,
                        once: bool = False,
-                       overlay: Optional[Dict[P.Key, str]] = None) -> Optional[Outcome]:
+                       overlay: Optional[Dict[P.Key, str]] = None,
+                       batch: Optional["Batch"] = None) -> Optional[Outcome]:
         journal = journal or self.journal()
+        if batch is not None:  # held by the batch until it commits; re-entered just below
+            batch.lock(guest.uuid, guest.name, self.lock_wait)
         with self.locked(guest):  # from reading the config to recording what was written
             if once and runfiles.same_instance(journal.get_instance(guest.uuid),
                                       runfiles.instance_of(guest.pid)):
@@ -279,12 +288,13 @@ class Controller:
                     bad.append(exc)
             return self.apply_settings(guest, settings, source=source, command=command,
                                        journal=journal, record_instance=not devices_only,
-                                       errors=bad)
+                                       errors=bad, batch=batch)
 
     def apply_settings(self, guest: Guest, settings: Dict[P.Key, P.Setting], *, source: str,
                        command: str, journal: Optional[Journal] = None,
                        record_instance: bool = False,
-                       errors: Optional[List[CgctlError]] = None) -> Outcome:
+                       errors: Optional[List[CgctlError]] = None,
+                       batch: Optional["Batch"] = None) -> Outcome:
         """Write ``settings`` live and record them in the history (one transaction).
 
         All at once when possible; if that is refused, parameter by parameter, so one bad
@@ -304,19 +314,31 @@ class Controller:
                             outcome.changes += self._apply_set(guest, groups, {key: s})
                         except CgctlError as exc:
                             outcome.errors.append(exc)
-            with journal.transaction() as tx:
+            at = now()  # when written, also if recorded later by a batch
+            user = batch.user if batch is not None else None
+
+            def record(tx):
                 if outcome.changes:
                     tx.add_history(guest.uuid, guest.name, command=command, source=source,
-                                   mode=LIVE, changes=outcome.changes)
+                                   mode=LIVE, changes=outcome.changes, at=at, user=user)
                 for exc in outcome.errors:
                     tx.add_history(guest.uuid, guest.name, command=command, source=source,
                                    mode=LIVE, changes=[(exc.param or "", "", None, None)],
-                                   outcome=str(exc))
+                                   outcome=str(exc), at=at, user=user)
                 if record_instance:
-                    tx.set_instance(guest.uuid, pid, start)
-        log_changes(guest, outcome.changes, source, LIVE)
-        for exc in outcome.errors:
-            log.error("guest=%s apply failed source=%s: %s", guest.name, source, exc)
+                    tx.set_instance(guest.uuid, pid, start, applied_at=at)
+
+            def report():
+                log_changes(guest, outcome.changes, source, LIVE)
+                for exc in outcome.errors:
+                    log.error("guest=%s apply failed source=%s: %s", guest.name, source, exc)
+
+            if batch is not None:
+                batch.add(record, report)
+                return outcome
+            with journal.transaction() as tx:
+                record(tx)
+        report()
         return outcome
 
     def _apply_set(self, guest, groups, settings) -> List[Change]:

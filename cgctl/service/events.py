@@ -10,8 +10,12 @@ import time
 from typing import Optional
 
 from cgctl.errors import CgctlError
+from cgctl.host import runfiles
 
 log = logging.getLogger("cgctl")
+
+
+EVENT_JOBS = ("started", "undefined", "defined")  # run before the rest of a reconcile
 
 
 def job_kind(ev) -> Optional[str]:
@@ -25,13 +29,15 @@ def job_kind(ev) -> Optional[str]:
     return None
 
 
-def receive_metadata(w, job, inactive: bool = False) -> dict:
+def receive_metadata(w, job, inactive: bool = False, xml: Optional[str] = None) -> dict:
     """Merge the metadata of the guest's live (or persistent) XML into the journal; returns
-    the <live> overlay. Never raises: the journal config still applies."""
+    the <live> overlay. Never raises: the journal config still applies. ``xml``: the live XML
+    when the caller has it already (libvirt's status file)."""
     from cgctl.core import travel
     ev = job.event
     try:
-        xml = job.conn.domain_xml(ev.uuid, inactive=inactive)
+        if xml is None:
+            xml = job.conn.domain_xml(ev.uuid, inactive=inactive)
         driver = "lxc" if job.uri.startswith("lxc") else "qemu"
         overlay, decisions = travel.receive(w.ctl.journal(), ev.uuid, ev.name, driver,
                                             xml, source="event", live=not inactive)
@@ -45,15 +51,37 @@ def receive_metadata(w, job, inactive: bool = False) -> dict:
     return overlay
 
 
+def from_run_files(job):
+    """(guest, live XML) of the STARTED guest from libvirt's run files (what the hook reads:
+    the pid file, checked against /proc, and the status file, which holds the live XML with its
+    metadata), or (None, None) when they are not this guest's or the URI is not the system one
+    whose files they are. Asking libvirtd instead waits, right after a start, until libvirtd
+    has finished the start job: the largest cost of event → applied (docs/performance.md,
+    section 2 A)."""
+    ev = job.event
+    driver = "lxc" if job.uri.startswith("lxc") else "qemu"
+    if runfiles.SYSTEM_URIS.get(driver) != job.uri:
+        return None, None
+    try:
+        guest = runfiles.find_running(ev.name, drivers=(driver,))
+    except CgctlError:
+        return None, None
+    if guest is None or guest.uuid != ev.uuid:
+        return None, None
+    return guest, runfiles.status_domain_xml(driver, ev.name)
+
+
 def apply_started(w, job) -> None:
     ev = job.event
-    overlay = receive_metadata(w, job)
+    guest, xml = from_run_files(job)
+    overlay = receive_metadata(w, job, xml=xml)
     if not overlay and not w.has_config(ev.uuid):
         log.debug("guest=%s has no config: nothing to apply", ev.name)
         return
     try:
-        with w.calling_libvirt(job.uri, "lookup"):
-            guest = job.conn.guest(ev.uuid)
+        if guest is None:
+            with w.calling_libvirt(job.uri, "lookup"):
+                guest = job.conn.guest(ev.uuid)
         if not guest.running:
             log.info("guest=%s stopped before its config was applied", ev.name)
             return

@@ -65,6 +65,31 @@ class Worker:
         """One step of a long job (a guest of a reconcile) is done: not stuck."""
         self.busy_since = time.monotonic()
 
+    def take_events(self) -> List[Job]:
+        """The lifecycle-event jobs queued now (before any stop), taken out of the queue in
+        their order; every other job keeps its place. A long job (a reconcile) runs them
+        between two of its steps: a guest that starts meanwhile does not wait behind it."""
+        q = self._jobs
+        if not q.qsize():
+            return []
+        with q.mutex:  # queue.Queue's own lock over its deque: taken and rest in one step
+            taken, rest = [], []
+            for i, job in enumerate(q.queue):
+                if job is _STOP:
+                    rest.extend(list(q.queue)[i:])
+                    break
+                (taken if job.kind in events.EVENT_JOBS else rest).append(job)
+            if taken:
+                q.queue.clear()
+                q.queue.extend(rest)
+        return taken
+
+    def run(self, job: Job) -> None:
+        """Run one job now, inside a long one (see take_events); a failure is one log line."""
+        busy = self.busy_since
+        self._run(job)
+        self.busy_since = busy
+
     def has_config(self, uuid: str) -> bool:
         return bool(self.ctl.effective(uuid, self.ctl.journal()).config)  # profile + own
 
@@ -127,18 +152,21 @@ class Worker:
                 job = self._jobs.get()
                 if job is _STOP:
                     return
-                self.busy_since = time.monotonic()
-                try:
-                    self._do(job)
-                except Exception as e:  # a bug must not end the worker: one line, go on
-                    log.error("internal error in %s job: %s: %s", job.kind, type(e).__name__, e,
-                              exc_info=log.isEnabledFor(logging.DEBUG))
-                finally:
-                    self.busy_since = None
+                self._run(job)
         finally:
             ctl, self.ctl = self.ctl, None
             if ctl is not None:
                 ctl.close()
+
+    def _run(self, job: Job) -> None:
+        self.busy_since = time.monotonic()
+        try:
+            self._do(job)
+        except Exception as e:  # a bug must not end the worker: one line, go on
+            log.error("internal error in %s job: %s: %s", job.kind, type(e).__name__, e,
+                      exc_info=log.isEnabledFor(logging.DEBUG))
+        finally:
+            self.busy_since = None
 
     def _do(self, job: Job) -> None:
         if job.kind == "started":

@@ -192,3 +192,42 @@ def test_watch_devices_false_starts_no_watcher(rec, conn, monkeypatch):
     with in_process(d):
         pass
     assert d._stop_watcher is None
+
+
+def test_a_started_event_during_a_reconcile_runs_between_two_guests(rec, conn):
+    """Events go first: a STARTED job queued while a reconcile works through its guests is run
+    after the guest in progress, not after the whole reconcile (cgctl/service/worker.py)."""
+    from cgctl import virt
+    from cgctl.service import worker as W
+    doms = [conn(start=True) for _ in range(3)]
+    for d in doms:
+        rec.set_config(d.UUIDString(), d.name(), {"cpu_shares": "512"})
+    late = conn(start=True)
+    rec.set_config(late.UUIDString(), late.name(), {"cpu_shares": "256"})
+    virt.start_event_loop()
+    econn = virt.EventConnection(TEST_URI, on_event=lambda ev: None,
+                                 on_close=lambda r: None).open()
+    d = _same_instance_daemon(rec, None)
+    ctl = d.worker.ctl
+    apply_config = ctl.apply_config
+
+    def first_apply_brings_an_event(guest, **kw):
+        if kw.get("source") == "reconcile" and not rec.calls:
+            ev = virt.LifecycleEvent(TEST_URI, late.name(), late.UUIDString(), "started",
+                                     "booted")
+            d.worker.put(W.Job("started", TEST_URI, econn, 1, event=ev))
+        return apply_config(guest, **kw)
+    ctl.apply_config = first_apply_brings_an_event
+
+    class Ours:  # the reconcile's list: our three guests (the test driver holds others' too)
+        def running_guests(self):
+            return [g for g in econn.running_guests()
+                    if g.uuid in {x.UUIDString() for x in doms}]
+    try:
+        assert reconcile.reconcile(d.worker, W.Job("reconcile", TEST_URI, Ours(), 1))
+    finally:
+        ctl.close()
+        econn.close()
+    assert [(c.name, c.source) for c in rec.calls][1] == (late.name(), "event")
+    assert sorted(c.name for c in rec.calls if c.source == "reconcile") == \
+        sorted(x.name() for x in doms)
