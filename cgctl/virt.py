@@ -404,27 +404,22 @@ class EventConnection:
                     out.append(g)
         return out
 
+    def _domain(self, uuid: str):
+        libvirt = _libvirt()
+        if self._conn is None:
+            raise errors.LibvirtError(f"libvirt ({self.uri}): not connected")
+        try:
+            return self._conn.lookupByUUIDString(uuid)
+        except libvirt.libvirtError as e:
+            raise translate_error(e, guest=uuid, uri=self.uri) from e
+
     def guest(self, uuid: str) -> Guest:
         """The guest with this UUID now (GuestNotFound if it is gone)."""
-        libvirt = _libvirt()
-        if self._conn is None:
-            raise errors.LibvirtError(f"libvirt ({self.uri}): not connected")
-        try:
-            dom = self._conn.lookupByUUIDString(uuid)
-        except libvirt.libvirtError as e:
-            raise translate_error(e, guest=uuid, uri=self.uri) from e
-        return guest_from_domain(dom, self.uri, self._conn)
+        return guest_from_domain(self._domain(uuid), self.uri, self._conn)
 
     def domain_xml(self, uuid: str, *, inactive: bool = False) -> str:
-        """The domain's live (or persistent) XML, with cgctl's metadata (cgctl.incoming)."""
-        libvirt = _libvirt()
-        if self._conn is None:
-            raise errors.LibvirtError(f"libvirt ({self.uri}): not connected")
-        try:
-            dom = self._conn.lookupByUUIDString(uuid)
-        except libvirt.libvirtError as e:
-            raise translate_error(e, guest=uuid, uri=self.uri) from e
-        return domain_xml(dom, inactive=inactive)
+        """The domain's live (or persistent) XML, with cgctl's metadata (cgctl/core/travel.py)."""
+        return domain_xml(self._domain(uuid), inactive=inactive)
 
     def close(self) -> None:
         """Deregister and close; never fails (the other end may be gone already)."""
