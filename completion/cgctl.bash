@@ -35,7 +35,7 @@ _cgctl() {
         forget) opts="$common  --help" ;;
         prune) opts="$common --keep-days --keep-rows --help" ;;
         memtune) opts="$common --hard-limit --soft-limit --swap-hard-limit --min-guarantee --swap-soft-limit --live --dynamic --config --static --perm --permanent --current --help" ;;
-        schedinfo) opts="$common --cpu-shares --global-period --global-quota --vcpu-period --vcpu-quota --emulator-period --emulator-quota --live --dynamic --config --static --perm --permanent --current --help" ;;
+        schedinfo) opts="$common --cpu-shares --global-period --global-quota --vcpu-period --vcpu-quota --emulator-period --emulator-quota --set --live --dynamic --config --static --perm --permanent --current --help" ;;
         cpuset) opts="$common --cpus --mems --live --dynamic --config --static --perm --permanent --current --help" ;;
         blkiotune) opts="$common --weight --device-weights --device-read-bytes-sec --device-write-bytes-sec --device-read-iops-sec --device-write-iops-sec --live --dynamic --config --static --perm --permanent --current --help" ;;
         export) opts="$common --format -o --output --help" ;;

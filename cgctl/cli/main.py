@@ -8,6 +8,7 @@ parameter, impossible combination). No traceback reaches an operator.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from typing import List, Optional
 
@@ -79,12 +80,23 @@ def cmd_set(args, ctl) -> int:
     return 0
 
 
+_NEGATIVE = re.compile(r"-\d+")
+
+
 def cmd_virsh(args, ctl) -> int:
     assignments = []
     for o in _VIRSH[args.command]:
         v = getattr(args, o.replace("-", "_"))
         if v is not None:
+            if args.command == "memtune" and _NEGATIVE.fullmatch(v.strip()):
+                v = "unlimited"  # virsh memtune: any negative value is "unlimited"
             assignments.append(f"{o}={v}")
+    for a in list(getattr(args, "assignments", [])) + list(getattr(args, "set_", [])):
+        name = a.partition("=")[0].strip()
+        if "=" not in a or P.lookup(name).family != args.command:
+            raise UsageError(f"{a!r}: {args.command} takes PARAM=VALUE with one of its own "
+                             f"parameters ({', '.join(p.name for p in P.family(args.command))})")
+        assignments.append(a)
     if not assignments:
         return cmd_show(args, ctl, only=[P.lookup(o).name for o in _VIRSH[args.command]])
     o = ctl.set(args.guest, assignments, _mode(args), command=args.command)

@@ -202,10 +202,14 @@ for _cmd in _VIRSH:
                   f"virsh's {_cmd} spelling: with no option, shows the {_cmd} parameters; with "
                   "options, changes them as 'cgctl set' does.", [])
 HELP["memtune"][2].extend(["cgctl memtune web1 --hard-limit 4G --perm",
+                           "cgctl memtune web1 --hard-limit -1   # any negative: unlimited (virsh)",
                            "cgctl memtune web1 --soft-limit 2097152   # KiB: 2G"])
-HELP["schedinfo"][2].extend(["cgctl schedinfo web1 --cpu-shares 2048 --live"])
+HELP["schedinfo"][2].extend(["cgctl schedinfo web1 --cpu-shares 2048 --live",
+                             "cgctl schedinfo web1 --set cpu_shares=2048 --live",
+                             "cgctl schedinfo web1 vcpu_quota=50000 --config"])
 HELP["blkiotune"][2].extend(["cgctl blkiotune web1 --device-read-bytes-sec /dev/vdb,50M"])
-HELP["cpuset"][2].extend(["cgctl cpuset web1 --cpus 0-3 --config"])
+HELP["cpuset"][2].extend(["cgctl cpuset web1 --cpus 0-3 --config",
+                          "cgctl cpuset web1 --cpus 0-7,^3   # libvirt's exclusion: not CPU 3"])
 
 
 def _option_help(param) -> str:
@@ -315,6 +319,11 @@ def build_parser() -> argparse.ArgumentParser:
         for o in opts:
             p.add_argument(f"--{o}", dest=o.replace("-", "_"), metavar="VALUE",
                            help=_option_help(P.lookup(o)))
+        if cmd == "schedinfo":  # virsh's own forms: `--set cpu_shares=N` and a bare `cpu_shares=N`
+            p.add_argument("assignments", nargs="*", metavar="PARAM=VALUE",
+                           help="schedinfo parameters as virsh names them, e.g. cpu_shares=2048")
+            p.add_argument("--set", dest="set_", action="append", default=[],
+                           metavar="PARAM=VALUE", help="the same, virsh's --set spelling")
         _add_mode(p)
     # --- policy files (cgctl/core/policy.py) ---
     p = _command(sub, "export", common)

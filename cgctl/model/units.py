@@ -112,22 +112,28 @@ def parse_time_us(text: str, *, allow_unlimited: bool = False, what: str = "time
 
 
 def parse_cpulist(text: str, *, what: str = "CPU list") -> str:
-    """Validate a kernel list ("0-3,5,7-8") and return it in canonical form."""
+    """Validate a list ("0-3,5,7-8") and return it in the kernel's canonical form.
+
+    libvirt's exclusions are taken too: ``0-7,^3`` is 0-2,4-7 (every ``^N``/``^N-M`` is taken
+    out of what the other parts name, wherever it stands)."""
     text = str(text).strip()
     if not text:
         raise UsageError(f"an empty {what} would leave the guest nowhere to run")
-    items = set()
+    items, excluded = set(), set()
     for part in text.split(","):
-        m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part, re.ASCII)
+        m = re.fullmatch(r"\s*(\^)?\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part, re.ASCII)
         if not m:
-            raise UsageError(f"{text!r} is not a {what} (expected e.g. 0-3,6)")
-        lo = int(m.group(1))
-        hi = int(m.group(2)) if m.group(2) is not None else lo
+            raise UsageError(f"{text!r} is not a {what} (expected e.g. 0-3,6 or 0-7,^3)")
+        lo = int(m.group(2))
+        hi = int(m.group(3)) if m.group(3) is not None else lo
         if hi < lo:
             raise UsageError(f"{text!r}: range {lo}-{hi} runs backwards")
         if hi > 65535:
             raise UsageError(f"{text!r}: {hi} is beyond any CPU or node number")
-        items.update(range(lo, hi + 1))
+        (excluded if m.group(1) else items).update(range(lo, hi + 1))
+    items -= excluded
+    if not items:
+        raise UsageError(f"{text!r} leaves an empty {what}: the guest would have nowhere to run")
     return format_cpulist(items)
 
 

@@ -21,6 +21,11 @@ from cgctl.host import runfiles
 from cgctl.errors import GuestNotFound
 from cgctl.host.runfiles import Guest
 from tests import fakecg
+# modules the code under test imports lazily, loaded here with the real os: one first imported
+# inside a test, under pyfakefs, keeps that test's fake os after it ends (the next test fails)
+from cgctl.cgroup import usage  # noqa: E402,F401
+from cgctl.cli import main as _cli  # noqa: E402,F401
+from cgctl.core import controller as _controller  # noqa: E402,F401
 
 STATUS = """<domstatus state='running' reason='booted' pid='{pid}'>
   <domain type='kvm' id='{id}'>
