@@ -21,7 +21,8 @@ from cgctl.host.runfiles import Guest  # noqa: F401  (the public home of Guest i
 
 __all__ = ["Guest", "lookup", "list_guests", "open_connection", "translate_error", "guest_from_domain",
            "start_event_loop", "event_loop_alive", "add_timer", "remove_timer", "LifecycleEvent",
-           "EventConnection", "get_metadata", "set_metadata", "update_metadata", "domain_xml"]
+           "EventConnection", "get_metadata", "set_metadata", "update_metadata", "domain_xml",
+           "guest_xml"]
 
 log = logging.getLogger("cgctl")
 
@@ -224,6 +225,21 @@ def domain_xml(dom, *, inactive: bool = False) -> str:
         return dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE if inactive else 0)
     except libvirt.libvirtError as e:
         raise translate_error(e, guest=dom.name()) from e
+
+
+def guest_xml(guest: Guest, *, inactive: bool = False) -> str:
+    """The running (or ``inactive``: persistent) domain XML of ``guest``, read-only."""
+    libvirt = _libvirt()
+    conn = open_connection(guest.uri)
+    try:
+        try:
+            dom = conn.lookupByUUIDString(guest.uuid)
+        except libvirt.libvirtError as e:
+            raise translate_error(e, guest=guest.name, uri=guest.uri) from e
+        return domain_xml(dom, inactive=inactive)
+    finally:
+        with contextlib.suppress(Exception):
+            conn.close()
 
 
 # --------------------------------------------------------------------------- the service's side

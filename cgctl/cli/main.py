@@ -140,6 +140,10 @@ def cmd_show(args, ctl, only=None) -> int:
         _table(rows, head)
         for line in usagefmt.lines(use):
             _print(line)
+        tun = d.get("libvirt_tunables")
+        if tun:
+            _print("libvirt's own tunables (applied by libvirt at start, before cgctl): "
+                   + ", ".join(f"{k}={v}" for k, v in tun.items()))
         for note in d.get("notes", []):
             _print(f"note: {note}")
     _out(args, d, human)

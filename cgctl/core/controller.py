@@ -128,6 +128,31 @@ class Controller:
             return runfiles.status_domain_xml(guest.driver, guest.name, self.run_dir)
         return None
 
+    def libvirt_tunables(self, guest: Guest, *, persistent: bool) -> Dict[P.Key, str]:
+        """libvirt's own <memtune>/<cputune>/<blkiotune> (cgctl/model/tunables.py): of the
+        persistent XML (what the next start applies), else of the running guest's (libvirt's
+        status file, libvirt when it has none). Never fails: no XML, no tunables."""
+        from cgctl.model import tunables
+        try:
+            return tunables.parse(self.tunables_xml(guest, persistent=persistent))
+        except Exception as exc:  # noqa: BLE001 - a report beside the command, never its failure
+            log.debug("guest=%s libvirt tunables not read: %s", guest.name, exc)
+            return {}
+
+    def tunables_xml(self, guest: Guest, *, persistent: bool) -> Optional[str]:
+        """The domain XML ``libvirt_tunables`` reads; None when there is none to be had."""
+        if persistent and not guest.persistent:
+            return None
+        if not persistent and guest.running:
+            xml = runfiles.status_domain_xml(guest.driver, guest.name, self.run_dir)
+            if xml:
+                return xml
+        from cgctl import virt  # only now: the persistent XML needs libvirt
+        try:
+            return virt.guest_xml(guest, inactive=persistent or not guest.running)
+        except CgctlError:
+            return None
+
     def device_names(self, guest: Guest, names) -> Dict[str, List[str]]:
         """MAJ:MIN → the operator's names resolving to it now (unresolvable names left out)."""
         names = sorted(set(n for n in names if n))
@@ -192,7 +217,19 @@ class Controller:
             live_changes={s.key: s.text() for s in settings.values()}, at=at, user=user)
         if warning:
             outcome.warnings.append(warning)
+        if mode in (CONFIG, BOTH):
+            outcome.warnings += self._tunable_warnings(guest, settings.values())
         return outcome
+
+    def _tunable_warnings(self, guest: Guest, settings) -> List[str]:
+        """Where the persistent XML's own tunables will meet this config at the next start
+        (docs/usage.md#libvirts-own-tunables): one warning each, saying who wins and when."""
+        from cgctl.model import tunables
+        keys = [s.key for s in settings if not s.removes]
+        if not keys:
+            return []
+        found = tunables.conflicts(self.libvirt_tunables(guest, persistent=True), keys)
+        return [tunables.warning(k, text) for k, text in dict(found.values()).items()]
 
     def _validate_config(self, guest: Guest, config, settings) -> None:
         merged: Dict[str, P.Value] = {}

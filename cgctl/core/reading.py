@@ -39,7 +39,15 @@ def show(ctl, ident: str) -> dict:
             "groups": groups.to_dict() if groups is not None else {}, "notes": notes,
             "profile": eff.profile, "profile_origin": eff.origin or None,
             "profile_reference": eff.reference, "params": rows,
+            "libvirt_tunables": _libvirt_tunables(ctl, guest),
             "usage": _usage(ctl, groups, names)}
+
+def _libvirt_tunables(ctl, guest) -> Dict[str, str]:
+    """{param: text} of libvirt's own <memtune>/<cputune>/<blkiotune> (cgctl/model/tunables.py):
+    the running guest's XML, else the persistent one; {} when none can be read."""
+    from cgctl.model import tunables
+    return tunables.by_param(ctl.libvirt_tunables(guest, persistent=not guest.running))
+
 
 def _usage(ctl, groups, names) -> Optional[dict]:
     """What the guest uses, beside its limits (cgctl/cgroup/usage.py); None if stopped."""

@@ -18,7 +18,7 @@ from pyfakefs.fake_filesystem_unittest import Patcher
 from cgctl import consts
 from cgctl.cgroup import hierarchy
 from cgctl.host import runfiles
-from cgctl.errors import GuestNotFound
+from cgctl.errors import GuestNotFound, LibvirtError
 from cgctl.host.runfiles import Guest
 from tests import fakecg
 # modules the code under test imports lazily, loaded here with the real os: one first imported
@@ -57,6 +57,10 @@ class FakeHost:
         monkeypatch.setattr(runfiles, "instance_of", lambda pid: (pid, 1_000_000.0 + pid))
         import cgctl.virt as virt
         monkeypatch.setattr(virt, "lookup", self._lookup)
+        # the persistent domain XML libvirt would give (cgctl/model/tunables.py): what a test
+        # puts in ``persistent_xml``; else libvirt is "down" (never a real libvirtd here)
+        self.persistent_xml: Dict[str, str] = {}
+        monkeypatch.setattr(virt, "guest_xml", self._guest_xml)
         # these guests are not libvirt's: no domain metadata to write (cgctl/core/travel.py)
         monkeypatch.setenv("CGCTL_METADATA", "0")
 
@@ -119,6 +123,11 @@ class FakeHost:
             if ident in (g.name, g.uuid):
                 return g
         raise GuestNotFound("no such guest on " + ", ".join(uris), guest=ident)
+
+    def _guest_xml(self, guest, *, inactive=False):
+        if guest.name not in self.persistent_xml:
+            raise LibvirtError("cannot connect to libvirt (faked host)")
+        return self.persistent_xml[guest.name]
 
     def host(self):
         return hierarchy.detect(consts.PROC_ROOT)
