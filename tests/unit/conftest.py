@@ -156,3 +156,35 @@ def fake_host_v2(fakefs_journal_real, monkeypatch, tmp_path):
 def read(path: str) -> str:
     with open(path) as f:
         return f.read().strip()
+
+
+@pytest.fixture
+def ctl(fake_host):
+    """A Controller on the faked host's journal and hierarchies."""
+    from cgctl.core.controller import Controller
+    c = Controller(journal_path=fake_host.journal_path, host=fake_host.host())
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def run(fake_host):
+    """The CLI in this process on the faked host's journal: ``run(*argv)`` -> (rc, out, err)."""
+    from cgctl.cli import main as cli
+
+    def run(*argv):
+        return cli.run_captured(["--journal", fake_host.journal_path, *argv])
+    return run
+
+
+def shares(m) -> str:
+    """The machine group's cpu.shares of a faked v1 guest."""
+    return read(os.path.join(m.machine["cpu"], "cpu.shares"))
+
+
+def one_line_error(err: str) -> str:
+    """The one line an operator gets for an error (no traceback); returns it."""
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cgctl: error: "), err
+    return lines[0]

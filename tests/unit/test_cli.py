@@ -9,13 +9,11 @@ import os
 
 import pytest
 
-from cgctl.cgroup import usage  # noqa: F401 - show imports it lazily: load it with the real os,
-#                                 not under one test's pyfakefs (a later test would find it dead)
 from cgctl.cli import main as cli
 from cgctl.core.controller import Controller
 from cgctl.core.journal import Journal
 from tests.fakekernel import FakeKernel
-from tests.unit.conftest import read
+from tests.unit.conftest import one_line_error, read
 
 UUID = "d30eb5b3-72ba-4af9-8591-0ef552da6d8c"
 OFF_UUID = "2a29237e-15bb-4467-a36f-07f04fc1adcf"
@@ -27,13 +25,6 @@ def vm(fake_host):
     return fake_host.running("web1", UUID)
 
 
-@pytest.fixture
-def run(fake_host):
-    def run(*argv):
-        return cli.run_captured(["--journal", fake_host.journal_path, *argv])
-    return run
-
-
 def mem(m):
     return read(os.path.join(m.libvirt["memory"], "memory.limit_in_bytes"))
 
@@ -42,13 +33,6 @@ def history(fake_host, uuid=UUID):
     """The journal's rows for ``uuid`` (none when there is no journal file)."""
     with Journal(fake_host.journal_path, create=False) as j:
         return [(r.command, r.mode, r.param, r.new_value, r.outcome) for r in j.history(uuid)]
-
-
-def one_line_error(err: str) -> str:
-    assert "Traceback" not in err
-    lines = err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("cgctl: error: "), err
-    return lines[0]
 
 
 # --------------------------------------------------------------------------- done: 0

@@ -17,7 +17,7 @@ from cgctl.errors import (GuestNotFound, GuestNotRunning, GuestTransient, Journa
                           KernelRefused, Unsupported, UsageError)
 from cgctl.core.journal import Journal, Transaction
 from tests.fakekernel import FakeKernel
-from tests.unit.conftest import read
+from tests.unit.conftest import read, shares
 
 UUID = "d30eb5b3-72ba-4af9-8591-0ef552da6d8c"
 OFF_UUID = "2a29237e-15bb-4467-a36f-07f04fc1adcf"
@@ -30,19 +30,8 @@ def vm(fake_host):
     return fake_host.running("web1", UUID)
 
 
-@pytest.fixture
-def ctl(fake_host):
-    c = Controller(journal_path=fake_host.journal_path, host=fake_host.host())
-    yield c
-    c.close()
-
-
 def mem(m, name="memory.limit_in_bytes"):
     return read(os.path.join(m.libvirt["memory"], name))
-
-
-def shares(m):
-    return read(os.path.join(m.machine["cpu"], "cpu.shares"))
 
 
 def rows(ctl, uuid=UUID):

@@ -12,12 +12,11 @@ import os
 import pytest
 
 from cgctl.cgroup import fs as cgfs
-from cgctl.cli import main as cli
 from cgctl.core import profiles
-from cgctl.core.controller import BOTH, CONFIG, Controller
+from cgctl.core.controller import BOTH, CONFIG
 from cgctl.core.journal import Journal
 from cgctl.errors import UsageError
-from tests.unit.conftest import read
+from tests.unit.conftest import one_line_error, read, shares
 
 UUIDS = ["d30eb5b3-72ba-4af9-8591-0ef552da6d8c", "2a29237e-15bb-4467-a36f-07f04fc1adcf",
          "8b1d4c4e-2f1a-4f7e-9d55-3c1f0c2e9a10"]
@@ -32,20 +31,6 @@ def vms(fake_host):
 
 
 @pytest.fixture
-def ctl(fake_host):
-    c = Controller(journal_path=fake_host.journal_path, host=fake_host.host())
-    yield c
-    c.close()
-
-
-@pytest.fixture
-def run(fake_host):
-    def run(*argv):
-        return cli.run_captured(["--journal", fake_host.journal_path, *argv])
-    return run
-
-
-@pytest.fixture
 def pdir(fake_host, monkeypatch):
     d = "/etc/cgctl-test/profiles.d"
     fake_host.fs.create_dir(d)
@@ -55,17 +40,6 @@ def pdir(fake_host, monkeypatch):
 
 def mem(m):
     return read(os.path.join(m.libvirt["memory"], "memory.limit_in_bytes"))
-
-
-def shares(m):
-    return read(os.path.join(m.machine["cpu"], "cpu.shares"))
-
-
-def one_line_error(err: str) -> str:
-    assert "Traceback" not in err
-    lines = err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("cgctl: error: "), err
-    return lines[0]
 
 
 # --------------------------------------------------------------------------- the rule

@@ -12,20 +12,12 @@ import pytest
 
 from cgctl.config import Config
 from cgctl.core import batch as B, guestlock
-from cgctl.core.controller import Controller
 from cgctl.host.runfiles import Guest
 from cgctl.service import daemon as D, reconcile, worker as W
 from tests.unit.conftest import read
 
 UUIDS = [f"5e1f0000-0000-4000-8000-{i:012d}" for i in range(1, 6)]
 HARD = str(300 << 20)
-
-
-@pytest.fixture
-def ctl(fake_host):
-    c = Controller(journal_path=fake_host.journal_path, host=fake_host.host())
-    yield c
-    c.close()
 
 
 @pytest.fixture

@@ -113,12 +113,6 @@ def test_by_param_joins_devices():
 
 # --------------------------------------------------------------------------- the controller
 
-@pytest.fixture
-def ctl(fake_host):
-    c = Controller(journal_path=fake_host.journal_path, host=fake_host.host())
-    yield c
-    c.close()
-
 
 def warnings_of(outcome):
     return [w for w in outcome.warnings if w.startswith("libvirt also sets")]

@@ -8,10 +8,9 @@ import os
 
 import pytest
 
-from cgctl.cli import main as cli
 from cgctl.errors import UsageError
 from cgctl.model import units
-from tests.unit.conftest import read
+from tests.unit.conftest import read, shares
 
 UUID = "5c1f3f8e-39a2-4a2e-9a7e-3f0b1d2c4e6a"
 V1_UNLIMITED = "9223372036854771712"
@@ -20,17 +19,6 @@ V1_UNLIMITED = "9223372036854771712"
 @pytest.fixture
 def vm(fake_host):
     return fake_host.running("web1", UUID)
-
-
-@pytest.fixture
-def run(fake_host):
-    def run(*argv):
-        return cli.run_captured(["--journal", fake_host.journal_path, *argv])
-    return run
-
-
-def shares(m):
-    return read(os.path.join(m.machine["cpu"], "cpu.shares"))
 
 
 @pytest.mark.parametrize("form", [["--set", "cpu_shares=512"], ["cpu_shares=512"],
