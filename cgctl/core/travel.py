@@ -46,28 +46,16 @@ def publish(guest, mode: str, changes: Dict[Tuple[str, str], Optional[str]], *, 
     live copy's ``<config>`` gets ``changes`` and its ``<live>`` entries for them go)."""
     if not enabled() or not (changes or live_changes):
         return None
-    host = metadata.hostname()
-    kw = dict(at=at, host=host, user=user)
-    try:
-        from cgctl import virt
-        if mode == "live":
-            virt.update_metadata(guest, lambda d: metadata.record(d, live_changes or {},
-                                                                  section="live", **kw),
-                                 live=True, config=False)
-        elif mode == "config":
-            virt.update_metadata(guest, lambda d: metadata.record(d, changes, section="config",
-                                                                  **kw),
-                                 live=False, config=True)
-        else:
-            virt.update_metadata(guest, lambda d: metadata.record(d, changes, section="config",
-                                                                  drop_live=True, **kw),
-                                 live=guest.running, config=guest.persistent)
-    except (CgctlError, metadata.MetadataError) as exc:
-        msg = (f"the change is in force and in the journal, but not in the domain's metadata "
-               f"(it will not travel with the guest): {exc}")
-        log.warning("guest=%s %s", guest.name, msg)
-        return msg
-    return None
+    kw = dict(at=at, host=metadata.hostname(), user=user)
+    if mode == "live":
+        return _update(guest, "change", lambda d: metadata.record(
+            d, live_changes or {}, section="live", **kw), live=True, config=False)
+    if mode == "config":
+        return _update(guest, "change", lambda d: metadata.record(
+            d, changes, section="config", **kw), live=False, config=True)
+    return _update(guest, "change", lambda d: metadata.record(
+        d, changes, section="config", drop_live=True, **kw),
+        live=guest.running, config=guest.persistent)
 
 
 def publish_profile(guest, mode: str, name: Optional[str], values: Dict[Tuple[str, str], str], *,
@@ -80,13 +68,18 @@ def publish_profile(guest, mode: str, name: Optional[str], values: Dict[Tuple[st
     # None: the guest follows the host's default, which is each host's own: no <profile>
     entry = None if name is None else \
         metadata.ProfileEntry(name, dict(values), at, metadata.hostname(), user)
+    return _update(guest, "profile", lambda d: metadata.record_profile(d, entry),
+                   live=guest.running and mode != "config",
+                   config=guest.persistent and mode != "live")
+
+
+def _update(guest, what: str, edit, *, live: bool, config: bool) -> Optional[str]:
+    """``virt.update_metadata``, never fatal: a failure is one warning (returned and logged)."""
     try:
         from cgctl import virt
-        virt.update_metadata(guest, lambda d: metadata.record_profile(d, entry),
-                             live=guest.running and mode != "config",
-                             config=guest.persistent and mode != "live")
+        virt.update_metadata(guest, edit, live=live, config=config)
     except (CgctlError, metadata.MetadataError) as exc:
-        msg = (f"the profile is in force and in the journal, but not in the domain's metadata "
+        msg = (f"the {what} is in force and in the journal, but not in the domain's metadata "
                f"(it will not travel with the guest): {exc}")
         log.warning("guest=%s %s", guest.name, msg)
         return msg
