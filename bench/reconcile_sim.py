@@ -43,6 +43,17 @@ CONFIG = {"hard_limit": "512M", "soft_limit": "256M", "cpu_shares": "512",
           "global_quota": "50000", "vcpu_quota": "25000", "weight": "200"}  # as typed
 WANT_HARD, WANT_VCPU_QUOTA = str(512 << 20), "25000"  # what the kernel files then hold
 PR_SET_PDEATHSIG = 1
+PROFILE_ENV = "CGCTL_BENCH_PROFILE"  # a path: cProfile of the first pass written there
+
+
+def _profiler(label: str):
+    """cProfile of the first pass when ``CGCTL_BENCH_PROFILE`` names a file (docs/performance.md)."""
+    if label != "first" or not os.environ.get(PROFILE_ENV):
+        return None
+    import cProfile
+    prof = cProfile.Profile()
+    prof.enable()
+    return prof
 
 
 def _die_with_parent():  # in the sleep's child, before exec: never outlive this process
@@ -272,8 +283,12 @@ def main(n: int, parent_name: str, n_events: int = 0) -> dict:
         for label in ("first", "second"):
             if injector is not None and label == "first":
                 injector.start()
+            prof = _profiler(label)
             t0 = time.perf_counter()
             reconcile.reconcile(daemon.worker, job)
+            if prof is not None:
+                prof.disable()
+                prof.dump_stats(os.environ[PROFILE_ENV])
             if injector is not None and label == "first":
                 injector.finish()  # (after the pass's time: the service's next jobs)
                 out["event_ms"] = [round(injector.latency_ms.get(nm, -1), 2)

@@ -24,6 +24,10 @@ class Router:
     def __init__(self, host):
         self.host = host
         self._cache: Dict[int, Backend] = {1: V1Backend(), 2: V2Backend()}
+        self._by_controller: Dict[str, Backend] = {}  # the host's mounts do not change
 
     def backend(self, controller: str) -> Backend:
-        return self._cache[owner(self.host, controller).version]
+        b = self._by_controller.get(controller)
+        if b is None:
+            b = self._by_controller[controller] = self._cache[owner(self.host, controller).version]
+        return b

@@ -52,17 +52,23 @@ def hint_for(write: Write, err: int, usage: Callable[[], str]) -> str:
 
 def apply_writes(writes: List[Write], *, guest: Optional[str] = None,
                  usage: Callable[[], str] = lambda: "unknown") -> None:
-    for w in writes:  # read every touched file first: fail before writing anything
+    # read every touched file first: fail before writing anything; what it holds is what
+    # undoes the write (a file written twice here: undone to what the first write put in)
+    held = {}
+    for w in writes:
+        if w.path in held:
+            continue
         try:
-            fs.read(w.path)
+            held[w.path] = fs.read(w.path)
         except FileNotFoundError:
             raise CgroupNotFound(f"{w.path} vanished (did the guest just stop?)",
                                  guest=guest, param=w.param, path=w.path) from None
     done: List[Write] = []
     for w in writes:
         try:
-            w.restore = w.compute_restore(fs.read(w.path))
+            w.restore = w.compute_restore(held[w.path])
             fs.write(w.path, w.data)
+            held[w.path] = _after(w, held[w.path])
         except OSError as exc:
             rollback(done, guest)
             if exc.errno == E.ENOENT:
@@ -73,6 +79,15 @@ def apply_writes(writes: List[Write], *, guest: Optional[str] = None,
                                              guest=guest,
                                              hint=hint_for(w, exc.errno, usage)) from None
         done.append(w)
+
+
+def _after(w: Write, before: str) -> str:
+    """What the file holds for the next write's undo once ``w`` is in (per-device files keep
+    the other devices' lines)."""
+    if w.device is None:
+        return w.data
+    lines = [ln for ln in before.splitlines() if ln.split(" ", 1)[0] != w.device]
+    return "\n".join(lines + [w.data])
 
 
 def rollback(done: List[Write], guest: Optional[str]) -> None:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Tuple
 from cgctl import consts, log
 from cgctl.host import devices, runfiles
 from cgctl.core import guestlock, live, profileops, profiles, reading
-from cgctl.cgroup import hierarchy, placement
+from cgctl.cgroup import fs, hierarchy, placement
 from cgctl.model import params as P
 from cgctl.model import units
 from cgctl.cgroup import Router
@@ -61,6 +61,7 @@ class Controller:
         self.journal_path = journal_path
         self.uris = tuple(uris)
         self._host = host
+        self._router: Optional[Router] = None
         self._journal: Optional[Journal] = None
         self.run_dir = run_dir or consts.LIBVIRT_RUN_DIR
         # (uuid, param, device name) -> (MAJ:MIN, value text) this process last wrote
@@ -80,7 +81,9 @@ class Controller:
 
     @property
     def router(self) -> Router:
-        return Router(self.host)
+        if self._router is None or self._router.host is not self.host:
+            self._router = Router(self.host)
+        return self._router
 
     def journal(self, create: bool = True) -> Journal:
         if self._journal is None or (create and self._journal.missing):
@@ -339,7 +342,7 @@ class Controller:
         lock: a caller that derived ``settings`` from the journal holds it already."""
         journal = journal or self.journal()
         outcome = Outcome(guest, LIVE, errors=list(errors or []))
-        with self.locked(guest):
+        with self.locked(guest), fs.one_pass():  # each group directory checked once
             groups = self.groups(guest)
             pid, start = runfiles.instance_of(guest.pid)
             if settings:

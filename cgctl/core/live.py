@@ -64,7 +64,7 @@ def _related(settings: Iterable[P.Setting]) -> List[str]:
 
 def _old_values(router: Router, groups: GuestGroups, names: Iterable[str]) -> Dict[str, P.Value]:
     old = {}
-    for n in names:
+    for n in dict.fromkeys(names):  # each once (the related set holds the settings too)
         try:
             old[n] = read_value(router, groups, P.BY_NAME[n])
         except Unsupported:
@@ -80,7 +80,11 @@ def set_live(router: Router, groups: GuestGroups, settings: Mapping[P.Key, P.Set
     reverses (used when the journal cannot record the change). Raises a
     CgctlError, with every file as it was, when anything is refused.
     """
-    devnums = dict(devnums or {})
+    with fs.one_pass():  # each directory checked once for this set (cgctl/cgroup/fs.py)
+        return _set_live(router, groups, settings, dict(devnums or {}))
+
+
+def _set_live(router, groups, settings, devnums):
     plain = [s for s in settings.values() if not s.param.per_device]
     old = _old_values(router, groups, _related(plain) + [s.param.name for s in plain])
     new = dict(old)

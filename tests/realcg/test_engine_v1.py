@@ -181,3 +181,21 @@ def test_native_v2_parameters_on_the_real_v1_kernel(scratch_guest, router):
         from cgctl.model import convert
         assert raw == convert.page_counter_max(os.sysconf("SC_PAGE_SIZE"))
         assert live.read_value(router, gg, P.BY_NAME["hard_limit"]) == float("inf")
+
+
+def test_one_set_checks_each_directory_once(scratch_guest, router, monkeypatch):
+    """docs/performance.md, section 3 E: a set of six parameters (~20 files in three
+    hierarchies) walks each directory on the way once, and every value is in force."""
+    _v1_only(scratch_guest.host, "cpu")
+    gg = groups(scratch_guest)
+    calls = []
+    real = os.lstat
+    monkeypatch.setattr(os, "lstat", lambda p, *a, **k: calls.append(p) or real(p, *a, **k))
+    live.set_live(router, gg, settings("hard_limit=512M", "soft_limit=256M", "cpu_shares=512",
+                                       "global_quota=50000", "vcpu_quota=25000", "weight=200"))
+    monkeypatch.undo()
+    dirs = [p for p in calls if os.path.isdir(p)]
+    assert dirs and len(dirs) == len(set(dirs))
+    assert scratch_guest.read("memory", "memory.limit_in_bytes") == str(512 << 20)
+    assert scratch_guest.read("cpu", "cpu.cfs_quota_us", "vcpu0") == "25000"
+    assert scratch_guest.read("cpu", "cpu.cfs_quota_us") == "50000"

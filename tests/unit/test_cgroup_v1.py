@@ -249,3 +249,25 @@ def test_no_weight_file_says_load_bfq(fs, monkeypatch):
         setl(router, groups, "weight=300")
     assert "blkio.bfq.weight does not exist" in str(exc.value) and "BFQ" in str(exc.value)
     assert kernel.writes == []
+
+
+def test_a_file_written_twice_is_restored_to_what_it_held_before_the_set(fs, monkeypatch):
+    """cgctl/cgroup/apply.py reads each file once, before the first write: the machine group's
+    cpuset.cpus is written twice (widened, then narrowed); a refusal after both puts back what
+    it held before the set, not the widened value."""
+    m, router, groups, kernel = v1(fs, monkeypatch, cpus="0-3")
+    setl(router, groups, "cpuset_cpus=0-1")
+    top = f"{m.libvirt['cpuset']}/cpuset.cpus"
+    real = kernel.write
+    seen = []
+
+    def refuse_the_narrowing(path, data):
+        seen.append(path)
+        if path == top and seen.count(top) == 2:  # widen 0-3 passes, narrow to 2-3 refused
+            raise OSError(errno.EINVAL, "Invalid argument", path)
+        real(path, data)
+    monkeypatch.setattr(cgfs, "write", refuse_the_narrowing)
+    with pytest.raises(KernelRefused):
+        setl(router, groups, "cpuset_cpus=2-3")
+    assert read(top) == "0-1"
+    assert [read(f"{k}/cpuset.cpus") for k in m.vcpus["cpuset"]] == ["0-1"] * len(m.vcpus["cpuset"])
