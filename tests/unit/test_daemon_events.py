@@ -231,3 +231,17 @@ def test_a_started_event_during_a_reconcile_runs_between_two_guests(rec, conn):
     assert [(c.name, c.source) for c in rec.calls][1] == (late.name(), "event")
     assert sorted(c.name for c in rec.calls if c.source == "reconcile") == \
         sorted(x.name() for x in doms)
+
+
+def test_ready_freezes_what_the_start_left_out_of_the_collector(rec):
+    """cgctl/service/daemon.py ``settle_memory``: at ready the service's start-up objects go
+    to the permanent generation, so a full collection on the worker (between an event and its
+    writes) no longer walks them (docs/performance.md, section 2 A)."""
+    import gc
+    gc.unfreeze()
+    try:
+        with in_process(make(rec)) as d:
+            assert d.ready
+            assert gc.get_freeze_count() > 1000
+    finally:
+        gc.unfreeze()
