@@ -10,7 +10,9 @@ Three ways of applying the config at start (one tiny TCG guest, config ``hard_li
 
 - ``service``: ``cgctl daemon`` alone (no hook), reacting to libvirt's STARTED event;
 - ``started``: the hook at ``started begin`` only (``--no-early-apply``);
-- ``early``: the hook with its early applier (launched at ``prepare begin``).
+- ``early``: the hook with its early applier (launched at ``prepare begin``);
+- ``handoff``: the hook with ``cgctl daemon`` running: the script hands the start to the
+  service, whose applier applies early (cgctl/hook/handoff.py).
 
 Clocks. *Resume*: QEMU's own timestamp of its ``RESUME`` QMP event, which QEMU emits in
 ``vm_prepare_start()`` right before it resumes the vCPU threads on libvirt's ``cont``; we read it
@@ -139,7 +141,7 @@ class Events:
 
 def start_daemon(journal: str, log_path: str):
     """``cgctl daemon`` on the sandbox, or None (with why) if it cannot run yet."""
-    if not os.path.exists(os.path.join(REPO, "cgctl", "daemon.py")):
+    if not os.path.exists(os.path.join(REPO, "cgctl", "service", "daemon.py")):
         return None, "cgctl/service/daemon.py does not exist yet"
     log = open(log_path, "w")
     p = subprocess.Popen([PY, "-m", "cgctl.cli", "--journal", journal, "daemon",
@@ -170,7 +172,7 @@ def stop_daemon(p):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=7)
-    ap.add_argument("--modes", default="service,started,early")
+    ap.add_argument("--modes", default="service,started,early,handoff")
     ap.add_argument("--hooks-dir", default="/etc/libvirt/hooks")
     ap.add_argument("--workdir", default="/tmp/cgctl-exposure")
     ap.add_argument("--json", action="store_true")
@@ -198,7 +200,8 @@ def main(argv=None) -> int:
         events = Events()  # after the restart: its connection must last the whole run
         n_resumes = 0
         for mode in modes:
-            want_hook = {"service": None, "started": ["--no-early-apply"], "early": []}[mode]
+            want_hook = {"service": None, "started": ["--no-early-apply"], "early": [],
+                         "handoff": []}[mode]
             if want_hook is None:
                 cgctl(journal, "hook", "uninstall", "--hooks-dir", a.hooks_dir)
                 daemon, why = start_daemon(journal, os.path.join(a.workdir, "daemon.log"))
@@ -207,6 +210,11 @@ def main(argv=None) -> int:
                     continue
             else:
                 cgctl(journal, "hook", "install", "--hooks-dir", a.hooks_dir, *want_hook)
+                if mode == "handoff":
+                    daemon, why = start_daemon(journal, os.path.join(a.workdir, "daemon.log"))
+                    if daemon is None:
+                        pending[mode] = why
+                        continue
             for _ in range(a.runs):
                 poller = Poller(guest.name)
                 poller.start()

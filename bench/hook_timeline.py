@@ -1,7 +1,13 @@
 """Where a ``virsh start`` spends its time when the cgctl hook is installed, from libvirt itself.
 
     .venv/bin/python -m bench.hook_timeline [--runs 6] [--no-early-apply] [--settings P=V ...]
-    (root; RESTARTS libvirtd)
+        [--service]    (root; RESTARTS libvirtd)
+
+``--service``: every start is done twice, interleaved: once with ``cgctl daemon`` running (the
+script hands the start to it, cgctl/hook/handoff.py) and once without (the hook alone); the
+service is started and stopped between the two. The hook's added time of a start is the sum of
+its three calls (prepare, start, started begin) as the stamps see them (an over-estimate by the
+stamp script's own start, ~1 ms).
 
 Two tiny extra hook scripts, ``00-ts`` and ``zz-ts``, sit beside cgctl's in
 /etc/libvirt/hooks/qemu.d: libvirt runs a directory's scripts in name order for each call, so
@@ -44,8 +50,8 @@ def _parse(log: str):
         for line in f:
             t, *what = line.split()
             t, what = float(t), " ".join(what)
-            if what == "VIRSH-START":
-                cur = {"t0": t}
+            if what.startswith("VIRSH-START"):
+                cur = {"t0": t, "mode": what.split()[1] if " " in what else "hook"}
                 starts.append(cur)
             elif cur is not None:
                 cur.setdefault(what, t)
@@ -59,13 +65,48 @@ def _parse(log: str):
                 "started_ms": (s["out started begin"] - s["in started begin"]) * 1000,
                 "launch_gap_ms": (s["in started begin"] - s["out start begin"]) * 1000,
                 "virsh_start_ms": (s["VIRSH-DONE"] - t0) * 1000,
+                "mode": s.get("mode", "hook"),
             })
+            r = out[-1]
+            r["hook_added_ms"] = r["prepare_ms"] + r["start_ms"] + r["started_ms"]
         except KeyError:
             continue  # a start the stamps did not fully see
     return out
 
 
-def run(runs: int = 6, early: bool = True, settings=None) -> dict:
+def _daemon(journal: str, log: str):
+    import signal
+    p = subprocess.Popen([sys.executable, "-m", "cgctl.cli", "--journal", journal, "daemon",
+                          "--config-file", "/nonexistent"], stdin=subprocess.DEVNULL,
+                         stdout=open(log, "a"), stderr=subprocess.STDOUT, env=bench_env())
+    end = time.monotonic() + 60
+    while time.monotonic() < end:
+        with open(log) as f:
+            if f.read().count("ready:") > _daemon.n:
+                _daemon.n += 1
+                return p
+        if p.poll() is not None:
+            raise RuntimeError(f"cgctl daemon exited: see {log}")
+        time.sleep(0.05)
+    p.send_signal(signal.SIGTERM)
+    raise RuntimeError(f"cgctl daemon not ready: see {log}")
+
+
+_daemon.n = 0
+
+
+def _stop(p) -> None:
+    import signal
+    if p is not None and p.poll() is None:
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def run(runs: int = 6, early: bool = True, settings=None, service: bool = False) -> dict:
     settings = list(settings or SETTINGS)
     need_root()
     compile_repo()
@@ -81,15 +122,22 @@ def run(runs: int = 6, early: bool = True, settings=None) -> dict:
                            capture_output=True, env=env)
             _stamps(log)
             sb.restart_libvirtd()
+            daemon = None
             for _ in range(runs):
-                sb.destroy(guest.name)
-                with open(log, "a") as f:
-                    f.write(f"{time.time():.6f} VIRSH-START\n")
-                sb.start_guest(guest.name)
-                with open(log, "a") as f:
-                    f.write(f"{time.time():.6f} VIRSH-DONE\n")
+                for mode in (("alone", "service") if service else ("hook",)):
+                    if mode == "service":
+                        daemon = _daemon(journal, os.path.join(wd, "daemon.log"))
+                    sb.destroy(guest.name)
+                    with open(log, "a") as f:
+                        f.write(f"{time.time():.6f} VIRSH-START {mode}\n")
+                    sb.start_guest(guest.name)
+                    with open(log, "a") as f:
+                        f.write(f"{time.time():.6f} VIRSH-DONE\n")
+                    _stop(daemon)
+                    daemon = None
             rows = _parse(log)
         finally:
+            _stop(locals().get("daemon"))
             subprocess.run(cg + ["hook", "uninstall", "--drivers", "qemu"], capture_output=True,
                            env=env)
             for name in ("00-ts", "zz-ts"):
@@ -99,13 +147,20 @@ def run(runs: int = 6, early: bool = True, settings=None) -> dict:
                     pass
             sb.restart_libvirtd()
             sb.remove(guest.name)
-    med = {k: round(statistics.median(r[k] for r in rows), 1) for k in rows[0]} if rows else {}
+    from bench.common import pct
+    modes = sorted({r["mode"] for r in rows})
+    keys = [k for k in (rows[0] if rows else {}) if k != "mode"]
+    med = {m: {k: round(statistics.median(r[k] for r in rows if r["mode"] == m), 1)
+               for k in keys} for m in modes}
+    p99 = {m: {k: round(pct([r[k] for r in rows if r["mode"] == m], 99), 1) for k in keys}
+           for m in modes}
     data = {"early_applier": early, "settings": settings, "starts": len(rows), "median": med,
-            "runs": rows}
-    name = "hook_timeline" + ("" if early else "-no-early") + \
+            "p99": p99, "load": os.getloadavg(), "runs": rows}
+    name = "hook_timeline" + ("-service" if service else "") + ("" if early else "-no-early") + \
         ("" if settings == SETTINGS else "-" + "-".join(a.split("=")[0] for a in settings))
     path = write_result(name, data)
-    print(table([[k, v] for k, v in med.items()], ["median over starts", "ms"]))
+    print(table([[k] + [f"{med[m][k]} / {p99[m][k]}" for m in modes] for k in keys],
+                ["ms: median / p99"] + modes))
     print(f"early applier: {early}; starts: {len(rows)}\n(results: {path})")
     return data
 
@@ -114,7 +169,9 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=6)
     ap.add_argument("--no-early-apply", action="store_true")
+    ap.add_argument("--service", action="store_true",
+                    help="interleave starts with and without cgctl daemon running")
     ap.add_argument("--settings", nargs="+", metavar="PARAM=VALUE",
                     help=f"the guest's journal config (default: {' '.join(SETTINGS)})")
     a = ap.parse_args()
-    run(a.runs, early=not a.no_early_apply, settings=a.settings)
+    run(a.runs, early=not a.no_early_apply, settings=a.settings, service=a.service)

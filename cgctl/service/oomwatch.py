@@ -21,17 +21,16 @@ OOM: ``failcnt`` is read (and logged) at OOM time and shown by ``show``/``top``/
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import select
-import struct
 import threading
 import time
 from typing import Callable, Dict, Optional
 
 from cgctl import consts
 from cgctl.errors import CgctlError
+from cgctl.host.inotify import Inotify as _Inotify
 from cgctl.model.convert import PAGE_COUNTER_MAX
 
 log = logging.getLogger("cgctl")
@@ -42,46 +41,6 @@ IN_IGNORED, IN_NONBLOCK, IN_CLOEXEC = 0x8000, 0o4000, 0o2000000
 RUN_MASK = IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_CLOSE_WRITE
 RECHECK_S = (0.2, 1.0, 3.0)  # after a v1 OOM notification: read the counts again then
 MAX_LOG_EVERY_S = 60.0
-_EVENT = struct.Struct("iIII")
-
-
-class _Inotify:
-    def __init__(self):
-        self._libc = ctypes.CDLL(None, use_errno=True)
-        fd = self._libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
-        if fd < 0:
-            e = ctypes.get_errno()
-            raise OSError(e, f"inotify_init1: {os.strerror(e)}")
-        self.fd = fd
-
-    def add(self, path: str, mask: int) -> int:
-        wd = self._libc.inotify_add_watch(self.fd, os.fsencode(path), mask)
-        if wd < 0:
-            e = ctypes.get_errno()
-            raise OSError(e, os.strerror(e), path)
-        return wd
-
-    def remove(self, wd: int) -> None:
-        self._libc.inotify_rm_watch(self.fd, wd)
-
-    def read(self):
-        """[(wd, mask, name)] of the events queued now."""
-        out = []
-        while True:
-            try:
-                data = os.read(self.fd, 65536)
-            except BlockingIOError:
-                return out
-            i = 0
-            while i + _EVENT.size <= len(data):
-                wd, mask, _cookie, n = _EVENT.unpack_from(data, i)
-                name = data[i + _EVENT.size:i + _EVENT.size + n].rstrip(b"\0").decode(
-                    "utf-8", "replace")
-                out.append((wd, mask, name))
-                i += _EVENT.size + n
-
-    def close(self):
-        os.close(self.fd)
 
 
 class _Watched:

@@ -155,7 +155,7 @@ def test_limits_in_force_before_started_begin(extra_hooks, make_guest, tmp_path,
     finally:
         db.close()
     # nothing of the hook is left running
-    assert not os.path.exists(hookearly.lock_path(driver, guest.uuid))
+    assert not os.path.exists(hookearly.lock_path(driver, guest.name))
 
 
 @pytest.mark.parametrize("strict", [False, True])

@@ -212,7 +212,7 @@ def test_hard_time_bound(env, uuid, tmp_path):
 # --------------------------------------------------------------------------- stdio / the early applier
 
 def _applier_pid(env, uuid, timeout=5.0):
-    path = os.path.join(env["CGCTL_HOOK_RUN_DIR"], f"early-qemu-{uuid}.lock")
+    path = os.path.join(env["CGCTL_HOOK_RUN_DIR"], f"early-qemu-{NAME}.lock")
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         try:
@@ -259,7 +259,7 @@ def test_applier_gives_up_at_its_deadline(env, uuid):
     e = dict(env, CGCTL_HOOK_EARLY_TIMEOUT="0.3")
     r = call(e, "qemu", NAME, "prepare", "begin", "-", stdin=xml(uuid))
     assert r.returncode == 0
-    lock = os.path.join(env["CGCTL_HOOK_RUN_DIR"], f"early-qemu-{uuid}.lock")
+    lock = os.path.join(env["CGCTL_HOOK_RUN_DIR"], f"early-qemu-{NAME}.lock")
     end = time.monotonic() + 5
     while os.path.exists(lock) and time.monotonic() < end:
         time.sleep(0.05)
@@ -271,7 +271,7 @@ def test_no_applier_when_disabled_or_nothing_configured(env, uuid):
              stdin=xml(uuid))
     assert r.returncode == 0
     assert not os.path.exists(os.path.join(env["CGCTL_HOOK_RUN_DIR"],
-                                           f"early-qemu-{uuid}.lock"))
+                                           f"early-qemu-{NAME}.lock"))
 
 
 def test_a_bad_domain_xml_is_said_once_per_call(env, uuid):

@@ -27,7 +27,12 @@ FORBIDDEN = {
 # Known exceptions found when this test was written, owned elsewhere : each is
 # (importer, imported). Remove a line when its import goes; the test fails on a stale one.
 KNOWN_CYCLE_EDGES: Set[Tuple[str, str]] = set()
-KNOWN_LAYER_EDGES: Set[Tuple[str, str]] = set()
+KNOWN_LAYER_EDGES: Set[Tuple[str, str]] = {
+    # the service runs the hook's applier for a start handed to it (docs/hook.md, "The start
+    # without Python"); to go: move the applier (cgctl/hook/early.py's serve/take/release and
+    # cgctl/hook/handoff.py) into a lower layer both entry points import
+    ("cgctl.service.daemon", "cgctl.hook.handoff"),
+}
 
 
 def modules() -> Dict[str, str]:

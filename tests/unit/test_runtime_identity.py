@@ -142,6 +142,6 @@ def test_the_early_applier_uses_the_same_check(tmp_path, procs, monkeypatch):
         def apply_config(self, guest, **kw):
             applied.append(guest)
 
-    result = early.apply_when_ready(Ctl(), "qemu", NAME, UUID, 1, time.monotonic(), 0.5,
-                                    lambda *a, **k: None)
+    result = early.serve(Ctl(), "qemu", NAME, UUID, 1, time.monotonic() + 0.5,
+                         lambda *a, **k: None)
     assert result == "timed out" and applied == []

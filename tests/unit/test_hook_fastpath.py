@@ -1,0 +1,328 @@
+"""The start without Python (docs/hook.md, "The start without Python"): the installed script's
+fast paths, the applier's waits on inotify (cgctl/hook/early.py) and the service's side of the
+hand-off (cgctl/hook/handoff.py), on real files, real flock(2) locks and real inotify.
+
+The script is cgctl's real one (``hookinstall.install``) run with ``/bin/sh``, ``dash`` and
+``bash --posix`` as libvirt runs it, with a Python wrapper that records every call it is given:
+a fast path is one where the wrapper never ran. An "applier" here is the test holding the
+guest's lock file as the real one does (flock), or the real ``early.serve`` in a thread.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import uuid as uuidlib
+
+import pytest
+
+from cgctl import consts
+from cgctl.hook import early, handoff, install as hookinstall, options
+
+NAME = "cgt-fast"
+UUID = str(uuidlib.UUID(int=0x5EED))
+XML = (f"<domain type='qemu'><name>{NAME}</name><uuid>{UUID}</uuid><vcpu>1</vcpu>\n"
+       + "<!-- padding -->\n" * 200 + "</domain>\n")
+SHELLS = [["/bin/sh"]] + ([["dash"]] if shutil.which("dash") else []) + \
+    ([["bash", "--posix"]] if shutil.which("bash") else [])
+
+pytestmark = pytest.mark.skipif(not shutil.which("flock"), reason="no flock(1)")
+
+
+@pytest.fixture
+def hook(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    run.mkdir()
+    monkeypatch.setattr(consts, "HOOK_RUN_DIR", str(run))
+    ran = tmp_path / "ran"
+    wrapper = tmp_path / "python-recording"
+    wrapper.write_text(f"#!/bin/sh\necho \"$*\" >> {ran}\nexec {sys.executable} \"$@\"\n")
+    wrapper.chmod(0o755)
+    opts = options.Options()
+    opts.journal = str(tmp_path / "journal.db")
+    opts.config_file = str(tmp_path / "none.toml")
+    hookinstall.install(str(tmp_path / "hooks"), [str(wrapper), "-m", "cgctl.hook", *opts.argv()],
+                        drivers=("qemu",), opts=opts)
+    (tmp_path / "lvrun" / "qemu").mkdir(parents=True)
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "CGCTL_HOOK_RUN_DIR": str(run),
+           "CGCTL_LIBVIRT_RUN_DIR": str(tmp_path / "lvrun"),
+           "CGCTL_HOOK_EARLY_TIMEOUT": "1"}  # an applier Python launches here leaves soon
+
+    class Hook:
+        script = str(tmp_path / "hooks" / "qemu.d" / hookinstall.SCRIPT_NAME)
+        journal = opts.journal
+
+        def run(self, op, subop, shell=("/bin/sh",), name=NAME, stdin=XML, **extra):
+            return subprocess.run([*shell, self.script, name, op, subop, "-"], input=stdin,
+                                  capture_output=True, text=True, env=dict(env, **extra),
+                                  timeout=30)
+
+        def python_ran(self):
+            try:
+                return [" ".join(line.split()[-3:-1]) for line in ran.read_text().splitlines()]
+            except FileNotFoundError:
+                return []
+
+        def reset(self):
+            if ran.exists():
+                ran.unlink()
+    h = Hook()
+    h.run_dir = run
+    return h
+
+
+def hold(path):
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return fd
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=lambda s: s[0])
+def test_start_begin_while_an_applier_holds_the_lock_starts_no_python(hook, shell):
+    fd = hold(early.lock_path("qemu", NAME))
+    try:
+        for op in ("prepare", "start"):
+            r = hook.run(op, "begin", shell)
+            assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
+    finally:
+        os.close(fd)
+    assert hook.python_ran() == []
+    # the lock file still there but no one holds it (an applier that died): Python again
+    r = hook.run("start", "begin", shell)
+    assert r.returncode == 0 and hook.python_ran() == ["start begin"]
+
+
+def answer_with(path_result, text_for):
+    """An applier: holds the lock, waits for the go file, writes the result, lets go."""
+    fd = hold(early.lock_path("qemu", NAME))
+    ready = threading.Event()
+
+    def run():
+        try:
+            ready.set()
+            go = early.go_path("qemu", NAME)
+            end = time.monotonic() + 20
+            while not os.path.exists(go) and time.monotonic() < end:
+                time.sleep(0.005)
+            with open(go) as f:
+                token = f.read().strip()
+            with open(path_result, "w") as f:
+                f.write(text_for(token) + "\n")
+        finally:
+            os.unlink(early.lock_path("qemu", NAME))
+            os.close(fd)
+    t = threading.Thread(target=run)
+    t.start()
+    ready.wait()
+    return t
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=lambda s: s[0])
+def test_started_begin_answered_by_the_applier_starts_no_python(hook, shell):
+    t = answer_with(early.result_path("qemu", NAME), lambda token: f"ok {token}")
+    r = hook.run("started", "begin", shell)
+    t.join()
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
+    assert hook.python_ran() == []
+
+
+@pytest.mark.parametrize("answer", ["fail {token} 1 setting(s) not applied", "ok 1",
+                                   "ok", ""])
+def test_started_begin_without_an_ok_for_its_token_runs_python(hook, answer):
+    """A failure, another call's token, a stale result: the hook in Python decides, as always
+    (here: nothing configured, exit 0)."""
+    t = answer_with(early.result_path("qemu", NAME), lambda token: answer.format(token=token))
+    r = hook.run("started", "begin")
+    t.join()
+    assert r.returncode == 0 and hook.python_ran() == ["started begin"]
+
+
+def test_started_begin_with_a_stale_result_and_no_applier_runs_python(hook):
+    open(early.lock_path("qemu", NAME), "w").close()  # left by an applier killed by SIGKILL
+    with open(early.result_path("qemu", NAME), "w") as f:
+        f.write(f"ok {os.getpid()}\n")
+    r = hook.run("started", "begin")
+    assert r.returncode == 0 and hook.python_ran() == ["started begin"]
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=lambda s: s[0])
+def test_prepare_begin_hands_the_start_to_a_running_service(hook, shell):
+    r = hook.run("prepare", "begin", shell, CGCTL_HOOK_EARLY_APPLY="no")  # no service: Python
+    assert r.returncode == 0 and hook.python_ran() == ["prepare begin"]
+    hook.reset()
+    h = handoff.Handoff(str(hook.run_dir))
+    assert h.open()
+    try:
+        r = hook.run("prepare", "begin", shell)
+        assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
+        req = hook.run_dir / f"{options.REQUEST_PREFIX}qemu-{NAME}"
+        fields, xml = handoff.parse_request(req.read_bytes())
+        assert xml.decode() == XML  # every byte of the domain XML
+        assert fields["journal"] == hook.journal and fields["strict"] == ""
+        assert hook.python_ran() == []
+        # the service did not take it: `start begin` takes it back and runs the hook itself
+        r = hook.run("start", "begin", shell)
+        assert r.returncode == 0 and not req.exists()
+        assert hook.python_ran() == ["start begin"]
+    finally:
+        h.close()
+
+
+@pytest.mark.parametrize("name", ["../etc", "a/b", ".", ""])
+def test_names_that_are_paths_never_take_a_fast_path(hook, name):
+    h = handoff.Handoff(str(hook.run_dir))
+    assert h.open()
+    try:
+        r = hook.run("prepare", "begin", name=name)
+    finally:
+        h.close()
+    assert r.returncode == 0 and hook.python_ran() == ["prepare begin"]
+    assert [p for p in os.listdir(hook.run_dir) if p.startswith(options.REQUEST_PREFIX)] == []
+
+
+def test_noops_read_stdin_without_a_process(hook):
+    r = hook.run("release", "end", stdin="<domain>" + "x" * (1 << 20) + "</domain>")
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
+    text = open(hook.script).read()
+    noop = text[text.index('case "$2 $3" in'):text.index("esac")]
+    assert "cat" not in noop and "drain" in noop
+
+
+# --------------------------------------------------------------------------- the applier's waits
+
+class FakeCtl:
+    host = None
+    lock_wait = 5.0
+
+    def __init__(self, run_dir, config):
+        self.run_dir = run_dir
+        self.config = config
+        self.applied = []
+
+    def journal(self, create=True):
+        return None
+
+    def effective(self, uuid, journal=None):
+        class E:
+            config = self.config
+        return E()
+
+    def apply_config(self, guest, *, command, **kw):
+        self.applied.append(command)
+
+        class O:
+            changes, errors = [1], []
+        return O()
+
+
+@pytest.fixture
+def waiter(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    lv = tmp_path / "lvrun"
+    for d in (run, lv / "qemu"):
+        d.mkdir(parents=True)
+    monkeypatch.setattr(consts, "HOOK_RUN_DIR", str(run))
+    from cgctl.host import runfiles
+    guest = runfiles.Guest(name=NAME, uuid=UUID, driver="qemu", uri="qemu:///system",
+                           running=True, persistent=True, pid=os.getpid())
+    ready = lv / "qemu" / f"{NAME}.xml"
+    # the guest is "ready" once libvirt's status file is there (the real test: verified pid,
+    # groups, vcpuN; cgctl/host/runfiles.py); only the wake-ups are tested here
+    monkeypatch.setattr(early, "_ready", lambda *a: guest if ready.exists() else None)
+    monkeypatch.setattr(runfiles, "find_running", lambda *a, **k: guest)
+    return str(lv), ready
+
+
+def serve_in_thread(ctl, **kw):
+    out = {}
+    t = threading.Thread(target=lambda: out.setdefault("what", early.serve(
+        ctl, "qemu", NAME, UUID, 1, time.monotonic() + 20, lambda *a, **k: None,
+        recheck=3600, **kw)))
+    t.start()
+    return t, out
+
+
+def test_the_applier_is_woken_by_inotify_not_by_a_timer(waiter):
+    """With the re-check at an hour, only inotify can wake it: the run file's creation (early
+    apply), then the go file (the answer); a timer would end it at its deadline instead."""
+    lv, ready = waiter
+    ctl = FakeCtl(lv, {("cpu_shares", ""): "512"})
+    t, out = serve_in_thread(ctl)
+    time.sleep(0.2)
+    ready.write_text("<domstatus/>")
+    while "hook early" not in ctl.applied and t.is_alive():
+        time.sleep(0.01)
+    with open(early.go_path("qemu", NAME), "w") as f:
+        f.write("4242\n")
+    t.join(30)
+    assert ctl.applied == ["hook early", "hook started"]
+    assert "started: 1 setting(s) applied" in out["what"]
+    with open(early.result_path("qemu", NAME)) as f:
+        assert f.read() == "ok 4242\n"
+
+
+def test_nothing_configured_answers_ok_without_applying(waiter):
+    lv, _ready = waiter
+    ctl = FakeCtl(lv, {})
+    t, out = serve_in_thread(ctl)
+    with open(early.go_path("qemu", NAME), "w") as f:
+        f.write("7\n")
+    t.join(30)
+    assert ctl.applied == [] and out["what"] == "nothing in the journal"
+    with open(early.result_path("qemu", NAME)) as f:
+        assert f.read() == "ok 7\n"
+
+
+def test_take_removes_what_an_earlier_start_left(waiter):
+    for p in (early.go_path("qemu", NAME), early.result_path("qemu", NAME)):
+        with open(p, "w") as f:
+            f.write("ok 1\n")
+    fd = early.take("qemu", NAME)
+    try:
+        assert early.take("qemu", NAME) is None  # one applier per guest
+        assert not os.path.exists(early.go_path("qemu", NAME))
+        assert not os.path.exists(early.result_path("qemu", NAME))
+    finally:
+        early.release("qemu", NAME, fd)
+    assert not os.path.exists(early.lock_path("qemu", NAME))
+
+
+def test_the_service_takes_a_request_and_serves_it(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    monkeypatch.setattr(consts, "HOOK_RUN_DIR", str(run))
+    h = handoff.Handoff(str(run))
+    assert h.open()
+    assert not handoff.Handoff(str(run)).open()  # a second service: the lock is held
+    seen = {}
+
+    def fake_serve(ctl, driver, name, uuid, vcpus, deadline, log, overlay=None, early_on=True):
+        seen.update(driver=driver, name=name, uuid=uuid, early=early_on,
+                    locked=os.path.exists(early.lock_path(driver, name)),
+                    journal=ctl.journal_path)
+        return "served"
+    monkeypatch.setattr(early, "serve", fake_serve)
+    try:
+        req = run / f"{options.REQUEST_PREFIX}qemu-{NAME}"
+        req.write_text(f"journal={tmp_path / 'j.db'}\nconfig={tmp_path / 'none.toml'}\n"
+                       f"strict=\nearly=no\n\n{XML}")
+        threads = []
+        while not threads:
+            threads = h.poll_once(5)
+        for t in threads:
+            t.join(30)
+    finally:
+        h.close()
+    assert seen == {"driver": "qemu", "name": NAME, "uuid": UUID, "early": False,
+                    "locked": True, "journal": str(tmp_path / "j.db")}
+    assert not req.exists() and not os.path.exists(early.lock_path("qemu", NAME))
+
+
+@pytest.mark.parametrize("data", [b"", b"journal=x\n<domain/>", b"bogus=1\n\n<domain/>"])
+def test_a_bad_request_is_refused(data):
+    with pytest.raises(ValueError):
+        handoff.parse_request(data)
