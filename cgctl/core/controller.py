@@ -312,6 +312,8 @@ class Controller:
                                       runfiles.instance_of(guest.pid)):
                 return None
             config = dict(self.effective(guest.uuid, journal).config)
+            for key in _same_file_in_config(overlay or {}, config):
+                del config[key]   # a carried live value replaces its file's other parameter
             config.update(overlay or {})
             _test_window()
             if devices_only:
