@@ -47,9 +47,9 @@ def expected(journal, guest) -> Dict[P.Key, str]:
             out[(row.param, row.device)] = row.new_value
             # the other parameter of its kernel file (cpu_shares/cpu_weight, weight/io_weight)
             # is overwritten by this write: its older value is no reference any more
-            for a, b in P.SAME_FILE:
-                if row.param in (a, b) and not row.device:
-                    out.pop((b if row.param == a else a, ""), None)
+            other = P.same_file_partner((row.param, row.device))
+            if other is not None:
+                out.pop(other, None)
     return out
 
 

@@ -62,13 +62,10 @@ def _written(ctl, guest) -> Dict[P.Key, str]:
         return {}
 
 
-def _partners(name: str) -> List[str]:
-    """The parameter and those writing the same kernel file (params.SAME_FILE)."""
-    out = [name]
-    for a, b in P.SAME_FILE:
-        if name in (a, b):
-            out.append(b if name == a else a)
-    return out
+def _same_file_keys(key: P.Key) -> List[P.Key]:
+    """The key, and the other parameter's that writes the same kernel file or entry."""
+    other = P.same_file_partner(key)
+    return [key] + ([other] if other else [])
 
 
 def _holds_written(p: P.Param, text: str, live_value, normalize, live_values) -> Optional[bool]:
@@ -103,16 +100,20 @@ def _kernel_side(ctl, groups, p: P.Param, row: dict, written, live_values, norma
             if d["live"] is None:
                 d["set_by"] = None
                 continue
-            mine = [n for n in names.get(d["majmin"], []) if (p.name, n) in written]
-            held = [_holds_written(p, written[(p.name, n)], lv.get(d["majmin"]), normalize,
-                                   None) for n in mine]
+            mine = [k for n in names.get(d["majmin"], [])
+                    for k in _same_file_keys((p.name, n)) if k in written]
+            # the value read back in the parameter's own unit is compared in the writer's
+            held = [_holds_written(P.BY_NAME[k[0]], written[k],
+                                   (live_values.get(k[0]) or {}).get(d["majmin"])
+                                   if isinstance(live_values.get(k[0]), dict) else None,
+                                   normalize, None) for k in mine]
             d["set_by"] = CGCTL if any(held) else ELSEWHERE
         row["set_by"] = ELSEWHERE if any(d.get("set_by") == ELSEWHERE
                                          for d in row.get("devices", [])) else \
             (CGCTL if any(d.get("set_by") == CGCTL for d in row.get("devices", [])) else
              DEFAULT)
         return
-    for name in _partners(p.name):
+    for name, _ in _same_file_keys((p.name, "")):
         if (name, "") in written:
             q = P.BY_NAME[name]
             held = _holds_written(q, written[(name, "")], live_values.get(name), normalize,

@@ -247,12 +247,8 @@ def record(doc: Optional[Doc], changes: Dict[Key, Optional[str]], *, section: st
 
 
 def _same_file(key: Key) -> Optional[Key]:
-    from cgctl.model.params import SAME_FILE  # the catalogue's pairs (lazily: the hook parses XML)
-    name, device = key
-    for a, b in SAME_FILE:
-        if name in (a, b) and not device:
-            return (b if name == a else a, "")
-    return None
+    from cgctl.model.params import same_file_partner  # lazily: the hook parses XML first
+    return same_file_partner(key)
 
 
 def record_profile(doc: Optional[Doc], profile: Optional[ProfileEntry]) -> Doc:

@@ -348,6 +348,16 @@ SAME_FILE = (("cpu_shares", "cpu_weight"), ("weight", "io_weight"))
 SAME_DEVICE_ENTRY = (("device_weight", "device_io_weight"),)
 
 
+def same_file_partner(key: "Key") -> Optional["Key"]:
+    """The other parameter writing the same kernel file (or, per device, the same entry of
+    it) as ``key`` = (param, device): its key, or None. A write of one replaces the other."""
+    name, device = key
+    for a, b in (SAME_DEVICE_ENTRY if device else SAME_FILE):
+        if name in (a, b):
+            return (b if name == a else a, device)
+    return None
+
+
 def parse_assignments(items: Iterable[str]) -> Dict[Key, Setting]:
     out: Dict[Key, Setting] = {}
     for item in items:

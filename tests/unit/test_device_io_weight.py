@@ -59,3 +59,29 @@ def test_the_v1_shaped_and_the_native_name_for_one_entry_are_refused_together():
     with pytest.raises(UsageError, match="same entry of /dev/sdb"):
         P.parse_assignments(["device_weight=/dev/sdb,300", "device_io_weight=/dev/sdb,3000"])
     P.parse_assignments(["device_weight=/dev/sda,300", "device_io_weight=/dev/sdb,3000"])
+
+
+def test_one_entry_one_owner_in_config_metadata_and_libvirts_tunables():
+    from cgctl.model import metadata, tunables
+    assert P.same_file_partner(("device_io_weight", "/dev/sdb")) == ("device_weight", "/dev/sdb")
+    assert P.same_file_partner(("device_read_bytes_sec", "/dev/sdb")) is None
+    # libvirt's <device><weight> meets device_io_weight on the same path
+    found = tunables.conflicts({("device_weight", "/dev/sdb"): "400"},
+                               [("device_io_weight", "/dev/sdb")])
+    assert found == {("device_io_weight", "/dev/sdb"): (("device_weight", "/dev/sdb"), "400")}
+    kw = dict(at="2025-01-01T00:00:00", host="h", user="u")
+    doc = metadata.record(None, {("device_weight", "/dev/sdb"): "300"}, section="config", **kw)
+    doc = metadata.record(doc, {("device_io_weight", "/dev/sdb"): "3000"}, section="config", **kw)
+    assert {k: e.value for k, e in doc.config.items()} == {
+        ("device_weight", "/dev/sdb"): None, ("device_io_weight", "/dev/sdb"): "3000"}
+
+
+def test_a_config_change_drops_the_same_entrys_other_parameter(ctl, fake_host):
+    from cgctl.core.controller import CONFIG
+    fake_host.stopped_guest("web1", "5f0e5a1c-3c1f-4e8e-9b7e-3a9d1d2c4b6a")
+    ctl.set("web1", ["device_weight=/dev/sdb,300", "device_weight=/dev/sdc,200"], CONFIG)
+    o = ctl.set("web1", ["device_io_weight=/dev/sdb,3000"], CONFIG)
+    assert ctl.journal().get_config("5f0e5a1c-3c1f-4e8e-9b7e-3a9d1d2c4b6a") == {
+        ("device_io_weight", "/dev/sdb"): "3000", ("device_weight", "/dev/sdc"): "200"}
+    assert [(c.param, c.device, c.old, c.new) for c in o.changes][-1] == \
+        ("device_weight", "/dev/sdb", "300", None)
