@@ -47,7 +47,8 @@ def show(ctl, ident: str) -> dict:
             "libvirt_tunables": _libvirt_tunables(ctl, guest),
             "usage": _usage(ctl, groups, names)}
 
-# where the value in the kernel came from (``set_by``): docs/cgroup-v1-v2.md#what-show-reports
+# where the value in the kernel came from (``set_by``):
+# docs/cgroup-v1-v2.md#what-show-reports-beside-cgctls-values
 CGCTL, DEFAULT, ELSEWHERE = "cgctl", "default", "elsewhere"
 ELSEWHERE_TEXT = "set elsewhere (libvirt, systemd or by hand)"
 
@@ -81,7 +82,8 @@ def _kernel_side(ctl, groups, p: P.Param, row: dict, written, live_values, norma
                  names) -> None:
     """The kernel's native file and value beside cgctl's (``kernel``), and who put that value
     there (``set_by``): cgctl (what it last wrote to this run holds), the kernel's default,
-    or someone else (libvirt, systemd, a hand): docs/cgroup-v1-v2.md#what-show-reports."""
+    or someone else (libvirt, systemd, a hand):
+    docs/cgroup-v1-v2.md#what-show-reports-beside-cgctls-values."""
     row["kernel"] = None
     row["set_by"] = None
     lv = live_values.get(p.name)
