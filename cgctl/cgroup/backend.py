@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Mapping, Optional
+from typing import Dict, List, Mapping, NamedTuple, Optional
 
 from cgctl.model import params as P
 from cgctl.errors import CgctlError, Unsupported, UsageError
@@ -153,3 +153,35 @@ class Backend:
     def normalize(self, param: P.Param, value, groups: GuestGroups = None):
         """What reading ``value`` back after writing it gives (lossy conversions)."""
         return value
+
+    def native(self, param: P.Param, groups: GuestGroups) -> "Native":
+        """The kernel file ``read`` takes this parameter from, as the kernel has it (no
+        conversion): the file's name, its content, whether that is a fresh group's
+        (cgctl/model/kernelfiles.py; a cpuset: its parent's). Unsupported as ``read``."""
+        from cgctl.model import kernelfiles
+        d = groups.dirs(param)[0]
+        name = self.pick(groups, param)
+        path = self.require(groups, param, d, name)
+        raw = fs.read(path).strip()
+        if param.per_device:
+            return Native(name, raw, None)
+        raw = kernelfiles.main_line(raw)
+        default = kernelfiles.is_default(name, raw)
+        if param.kind == P.CPULIST:
+            try:   # a fresh group's cpuset is its parent's
+                parent = os.path.join(os.path.dirname(d), name)
+                default = " ".join(fs.read(parent).split()) == " ".join(raw.split())
+            except (OSError, CgctlError):
+                default = None
+        return Native(name, raw, default)
+
+
+class Native(NamedTuple):
+    file: str               # e.g. cpu.weight
+    raw: str                # its content, stripped (a weight file: its "default N" line)
+    default: Optional[bool]  # what a fresh group holds; None: cannot be told
+
+    def to_dict(self) -> dict:
+        from cgctl.model import kernelfiles
+        return {"file": self.file, "raw": self.raw, "unit": kernelfiles.unit(self.file),
+                "default": self.default}

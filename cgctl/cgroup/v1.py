@@ -33,7 +33,10 @@ class V1Backend(Backend):
         # the first of the row's files the group has (weights: BFQ's, else CFQ's)
         path = self.require(groups, param, groups.dirs(param)[0], self.pick(groups, param))
         if param.per_device:
-            return {dev: _int_or_unlimited(v) for dev, v in parse_device_file(fs.read(path)).items()}
+            out = {dev: _int_or_unlimited(v) for dev, v in parse_device_file(fs.read(path)).items()}
+            if param.name == "device_io_weight" and not self._is_bfq(path, param):
+                out = {d: convert.blkio_weight_to_io_weight(v) for d, v in out.items()}
+            return out
         if param.name in ("weight", "io_weight"):
             w = int(fs.read(path).split()[-1])
             if param.name == "io_weight" and not self._is_bfq(path, param):
@@ -88,7 +91,8 @@ class V1Backend(Backend):
 
     def normalize(self, param: P.Param, value, groups: GuestGroups = None):
         # io_weight through CFQ's blkio.weight (10..1000) is many-to-one
-        if param.name == "io_weight" and isinstance(value, int) and groups is not None \
+        if param.name in ("io_weight", "device_io_weight") and isinstance(value, int) \
+                and value and groups is not None \
                 and not self._is_bfq(self.pick(groups, param), param):
             return convert.blkio_weight_to_io_weight(convert.io_weight_to_blkio_weight(value))
         return value
@@ -148,7 +152,7 @@ class V1Backend(Backend):
         dev = ctx.devnums[s.device]
         fname = self.pick(ctx.groups, s.param)
         path = self.require(ctx.groups, s.param, ctx.groups.dirs(s.param)[0], fname)
-        if s.param.name == "device_weight":
+        if s.param.name in ("device_weight", "device_io_weight"):
             bfq = fname == s.param.v1_files[0]
             clear = "default" if bfq else "0"   # the kernel: bfq says ERANGE to "0"
             if s.removes:
@@ -156,10 +160,13 @@ class V1Backend(Backend):
                     return None  # nothing to clear (and off-bfq the kernel refuses even that)
                 value = clear
             else:
-                check_weight_range(s, bfq, fname, s.value)
+                w = s.value
+                if s.param.name == "device_io_weight" and not bfq:
+                    w = convert.io_weight_to_blkio_weight(w)  # CFQ's 10..1000 (formulas)
+                check_weight_range(s, bfq, fname, w)
                 devices.check_scheduler(dev, "bfq" if bfq else "cfq", device=s.device,
                                         param=s.param.name, guest=ctx.groups.guest)
-                value = str(s.value)
+                value = str(w)
         else:
             clear = "0"
             value = "0" if s.removes else str(int(s.value))

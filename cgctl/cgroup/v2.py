@@ -85,11 +85,11 @@ class V2Backend(Backend):
             return period if param.kind == P.PERIOD else quota
         if param.kind == P.CPULIST:
             return fs.read(self.require(groups, param, d)).strip()
-        if name in ("weight", "device_weight", "io_weight"):
+        if name in ("weight", "device_weight", "io_weight", "device_io_weight"):
             bfq = self._has_bfq(groups)
             text = fs.read(self.require(groups, param, d, self._weight_file(groups, param, bfq)))
-            conv = (lambda w: w) if bfq or name == "io_weight" \
-                else convert.io_weight_to_blkio_weight
+            native = name in ("io_weight", "device_io_weight")
+            conv = (lambda w: w) if bfq or native else convert.io_weight_to_blkio_weight
             if name in ("weight", "io_weight"):
                 for line in text.splitlines():
                     if line.startswith("default"):
@@ -100,7 +100,8 @@ class V2Backend(Backend):
             if bfq and fs.exists(iocost):
                 # disks off bfq take their weight from iocost's io.weight
                 for dev, v in parse_device_file(fs.read(iocost)).items():
-                    out.setdefault(dev, convert.io_weight_to_blkio_weight(int(v)))
+                    out.setdefault(dev, int(v) if native else
+                                   convert.io_weight_to_blkio_weight(int(v)))
             return out
         key = _IO_KEYS[name]
         out = {}
@@ -192,7 +193,7 @@ class V2Backend(Backend):
         g = ctx.groups
         dev = ctx.devnums[s.device]
         d = g.dirs(s.param)[0]
-        if s.param.name == "device_weight":
+        if s.param.name in ("device_weight", "device_io_weight"):
             # per disk: BFQ when the disk uses it, else iocost (io.weight, which the
             # kernel refuses with EOPNOTSUPP until io.cost.qos enables the disk)
             bfq = self._has_bfq(g) and devices.io_scheduler(dev)[0] in ("bfq", None)
@@ -204,7 +205,9 @@ class V2Backend(Backend):
                 value = "default"
             else:
                 check_weight_range(s, bfq, fname, s.value)
-                value = str(s.value if bfq else convert.blkio_weight_to_io_weight(s.value))
+                native = s.param.name == "device_io_weight"   # as given (io.weight 1..10000)
+                value = str(s.value if bfq or native
+                            else convert.blkio_weight_to_io_weight(s.value))
             return Write(s.param.name, path, f"{dev} {value}",
                          device=dev, absent_restore=f"{dev} default")
         value = "max" if s.removes else str(int(s.value))

@@ -128,8 +128,11 @@ def cmd_show(args, ctl, only=None) -> int:
             mark = "*" if r["differs"] else ""
             rows.append([r["param"], r["live"] if r["live"] is not None else "-",
                          r["config"] if r["config"] is not None else "-", mark]
+                        + ([_kernel_text(r), _SET_BY.get(r.get("set_by"), "")]
+                           if d["running"] else [])
                         + ([usagefmt.beside(r["param"], use)] if use else []))
-        head = ["PARAMETER", "LIVE", "CONFIG", "DIFFERS"] + (["USED"] if use else [])
+        head = ["PARAMETER", "LIVE", "CONFIG", "DIFFERS"] + \
+            (["KERNEL", "SET BY"] if d["running"] else []) + (["USED"] if use else [])
         if d.get("profile"):
             _print(f"profile: {d['profile']} ({_profile_origin(d)})")
             for row, r in zip(rows, [r for r in d["params"]
@@ -140,6 +143,9 @@ def cmd_show(args, ctl, only=None) -> int:
         _table(rows, head)
         for line in usagefmt.lines(use):
             _print(line)
+        if any(r.get("set_by") == "elsewhere" for r in d["params"]):
+            _print("set elsewhere: the kernel holds a value cgctl did not write to this run "
+                   "of the guest (libvirt, systemd or by hand)")
         tun = d.get("libvirt_tunables")
         if tun:
             _print("libvirt's own tunables (applied by libvirt at start, before cgctl): "
@@ -148,6 +154,22 @@ def cmd_show(args, ctl, only=None) -> int:
             _print(f"note: {note}")
     _out(args, d, human)
     return 0
+
+
+# show's SET BY column: who put the kernel's value there (cgctl/core/reading.py)
+_SET_BY = {"cgctl": "cgctl", "default": "default", "elsewhere": "set elsewhere"}
+
+
+def _kernel_text(r: dict) -> str:
+    """The kernel's own file and value beside cgctl's: ``cpu.weight 79`` (SET BY says whether
+    that is a fresh group's default); per-device files: the file only (values per device)."""
+    k = r.get("kernel")
+    if not k:
+        return "-"
+    if r.get("devices") is not None:
+        return k["file"]
+    raw = k["raw"] if k["raw"] else "''"   # an empty cpuset: its parent's
+    return f"{k['file']} {raw}"
 
 
 def _existing_journal(ctl):

@@ -315,6 +315,8 @@ class Controller:
                                       runfiles.instance_of(guest.pid)):
                 return None
             config = dict(self.effective(guest.uuid, journal).config)
+            for key in _same_file_in_config(overlay or {}, config):
+                del config[key]   # a carried live value replaces its file's other parameter
             config.update(overlay or {})
             _test_window()
             if devices_only:
@@ -457,8 +459,8 @@ def _same_file_in_config(settings, config) -> List[P.Key]:
     one write one kernel file (cpu_shares/cpu_weight, weight/io_weight), so the config keeps
     the one set last."""
     out = []
-    for a, b in P.SAME_FILE:
-        for mine, other in ((a, b), (b, a)):
-            if (mine, "") in settings and (other, "") in config:
-                out.append((other, ""))
+    for key in settings:
+        other = P.same_file_partner(key)
+        if other is not None and other in config:
+            out.append(other)
     return out

@@ -45,6 +45,11 @@ def expected(journal, guest) -> Dict[P.Key, str]:
             out.pop((row.param, row.device), None)
         else:
             out[(row.param, row.device)] = row.new_value
+            # the other parameter of its kernel file (cpu_shares/cpu_weight, weight/io_weight)
+            # is overwritten by this write: its older value is no reference any more
+            other = P.same_file_partner((row.param, row.device))
+            if other is not None:
+                out.pop(other, None)
     return out
 
 

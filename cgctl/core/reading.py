@@ -24,12 +24,17 @@ def show(ctl, ident: str) -> dict:
         live_values = live.read_all(ctl.router, groups)
         names = ctl.device_names(guest, [d for (_, d) in config])
     normalize = compare.normalizer(ctl.router, groups) if guest.running else None
+    written = _written(ctl, guest) if guest.running else {}
+    if written:   # the devices cgctl wrote this run, beside the config's
+        names = ctl.device_names(guest, [d for (_, d) in config] + [d for (_, d) in written])
     rows = []
     for p in P.CATALOGUE:
         cfg = {d: v for (n, d), v in config.items() if n == p.name}
         lv = live_values.get(p.name)
         rows.append(_show_row(p, lv, cfg, guest.running, normalize, names, live_values))
         rows[-1]["from_profile"] = any(eff.from_profile(k) for k in config if k[0] == p.name)
+        if guest.running:
+            _kernel_side(ctl, groups, p, rows[-1], written, live_values, normalize, names)
     notes = systemd_notes(groups) if groups is not None else []
     if eff.problem:
         notes.append(eff.problem + ("; the values its metadata carried apply"
@@ -41,6 +46,85 @@ def show(ctl, ident: str) -> dict:
             "profile_reference": eff.reference, "params": rows,
             "libvirt_tunables": _libvirt_tunables(ctl, guest),
             "usage": _usage(ctl, groups, names)}
+
+# where the value in the kernel came from (``set_by``):
+# docs/cgroup-v1-v2.md#what-show-reports-beside-cgctls-values
+CGCTL, DEFAULT, ELSEWHERE = "cgctl", "default", "elsewhere"
+ELSEWHERE_TEXT = "set elsewhere (libvirt, systemd or by hand)"
+
+
+def _written(ctl, guest) -> Dict[P.Key, str]:
+    """The last value cgctl wrote to this run of the guest, per (param, device): drift's
+    reference (cgctl/core/drift.py), so show and drift repair judge alike; {} if unreadable."""
+    from cgctl.core import drift
+    try:
+        return drift.expected(ctl.journal(create=False), guest)
+    except (CgctlError, OSError):
+        return {}
+
+
+def _same_file_keys(key: P.Key) -> List[P.Key]:
+    """The key, and the other parameter's that writes the same kernel file or entry."""
+    other = P.same_file_partner(key)
+    return [key] + ([other] if other else [])
+
+
+def _holds_written(p: P.Param, text: str, live_value, normalize, live_values) -> Optional[bool]:
+    try:
+        want = P.parse_value(p, text)
+    except CgctlError:
+        return None
+    return compare.in_force(p, want, live_value, normalize,
+                            (live_values or {}).get(p.period) if p.period else None)
+
+
+def _kernel_side(ctl, groups, p: P.Param, row: dict, written, live_values, normalize,
+                 names) -> None:
+    """The kernel's native file and value beside cgctl's (``kernel``), and who put that value
+    there (``set_by``): cgctl (what it last wrote to this run holds), the kernel's default,
+    or someone else (libvirt, systemd, a hand):
+    docs/cgroup-v1-v2.md#what-show-reports-beside-cgctls-values."""
+    row["kernel"] = None
+    row["set_by"] = None
+    lv = live_values.get(p.name)
+    if isinstance(lv, CgctlError) or lv is None:
+        return
+    try:
+        nat = ctl.router.backend(p.controller).native(p, groups)
+    except (CgctlError, OSError):
+        return
+    row["kernel"] = nat.to_dict()
+    if p.per_device:
+        from cgctl.cgroup.backend import parse_device_file
+        lines = parse_device_file(nat.raw)
+        for d in row.get("devices", []):
+            d["kernel_raw"] = lines.get(d["majmin"]) if d["majmin"] else None
+            if d["live"] is None:
+                d["set_by"] = None
+                continue
+            mine = [k for n in names.get(d["majmin"], [])
+                    for k in _same_file_keys((p.name, n)) if k in written]
+            # the value read back in the parameter's own unit is compared in the writer's
+            held = [_holds_written(P.BY_NAME[k[0]], written[k],
+                                   (live_values.get(k[0]) or {}).get(d["majmin"])
+                                   if isinstance(live_values.get(k[0]), dict) else None,
+                                   normalize, None) for k in mine]
+            d["set_by"] = CGCTL if any(held) else ELSEWHERE
+        row["set_by"] = ELSEWHERE if any(d.get("set_by") == ELSEWHERE
+                                         for d in row.get("devices", [])) else \
+            (CGCTL if any(d.get("set_by") == CGCTL for d in row.get("devices", [])) else
+             DEFAULT)
+        return
+    for name, _ in _same_file_keys((p.name, "")):
+        if (name, "") in written:
+            q = P.BY_NAME[name]
+            held = _holds_written(q, written[(name, "")], live_values.get(name), normalize,
+                                  live_values)
+            if held is not None:
+                row["set_by"] = CGCTL if held else ELSEWHERE
+                return
+    row["set_by"] = {True: DEFAULT, False: ELSEWHERE, None: None}[nat.default]
+
 
 def _libvirt_tunables(ctl, guest) -> Dict[str, str]:
     """{param: text} of libvirt's own <memtune>/<cputune>/<blkiotune> (cgctl/model/tunables.py):
@@ -138,7 +222,9 @@ def _show_row(p: P.Param, live_value, cfg: Dict[str, str], running: bool, normal
            "live_number": None if p.per_device or not running else P.number(p, live_value),
            "config_number": None if p.per_device or cfg.get("") is None else
            P.number_of_text(p.name, "", cfg.get("")),
-           "unit": P.number_unit(p)}
+           "unit": P.number_unit(p),
+           # the kernel's own file and value, and who put it there (_kernel_side)
+           "kernel": None, "set_by": None}
     if devs is not None:
         row["devices"] = devs
     return row

@@ -234,7 +234,21 @@ def record(doc: Optional[Doc], changes: Dict[Key, Optional[str]], *, section: st
         target[key] = Entry(value, at, host, user)
         if drop_live:
             out.live.pop(key, None)
+        other = _same_file(key) if value is not None else None
+        if other is None:
+            continue
+        # the other parameter of one kernel file (cpu_shares/cpu_weight, weight/io_weight)
+        # is replaced, as in the journal's config (cgctl/core/controller.py): a tombstone in
+        # <config> so a receiving host drops it too; out of <live>, which holds what is in force
+        out.live.pop(other, None)
+        if section == "config" and out.config.get(other, Entry(None, "", "", "")).value is not None:
+            out.config[other] = Entry(None, at, host, user)
     return out
+
+
+def _same_file(key: Key) -> Optional[Key]:
+    from cgctl.model.params import same_file_partner  # lazily: the hook parses XML first
+    return same_file_partner(key)
 
 
 def record_profile(doc: Optional[Doc], profile: Optional[ProfileEntry]) -> Doc:

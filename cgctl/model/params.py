@@ -171,6 +171,15 @@ CATALOGUE: Tuple[Param, ...] = (
           "Block-IO weight on one disk: DEV,W (0 removes).",
           v1_note="BFQ's file takes 1..1000, CFQ's blkio.weight_device 10..1000.",
           v2_note="io.weight for a disk off BFQ, which needs io.cost.qos; there from 10."),
+    Param("device_io_weight", "blkiotune", "", "io", IO_WEIGHT, 1, 10000, False, True,
+          MACHINE, ("blkio.bfq.weight_device", "blkio.weight_device"),
+          ("io.bfq.weight", "io.weight"),
+          "cgroup v2's own block-IO weight on one disk: DEV,W (0 removes), written as given; "
+          "no virsh option.",
+          v1_note="blkio.bfq.weight_device as given (1..1000); CFQ's blkio.weight_device "
+                  "(10..1000) takes the smallest w with 1 + (w-10)*9999//990 >= W.",
+          v2_note="io.bfq.weight 'MAJ:MIN W' as given (1..1000) for a disk on BFQ, else "
+                  "io.weight 'MAJ:MIN W' (1..10000), which needs io.cost.qos."),
     Param("device_read_bytes_sec", "blkiotune", "device-read-bytes-sec", "io", RATE, 0,
           2**64 - 2, True, True, LIBVIRT, ("blkio.throttle.read_bps_device",), ("io.max",),
           "Read bytes/s on one disk: DEV,N."),
@@ -335,6 +344,18 @@ def parse_assignment(text: str) -> List[Setting]:
 
 # libvirt's v1-shaped parameter and the v2-native one that write the same file
 SAME_FILE = (("cpu_shares", "cpu_weight"), ("weight", "io_weight"))
+# the same, per device: one entry of one file for each disk
+SAME_DEVICE_ENTRY = (("device_weight", "device_io_weight"),)
+
+
+def same_file_partner(key: "Key") -> Optional["Key"]:
+    """The other parameter writing the same kernel file (or, per device, the same entry of
+    it) as ``key`` = (param, device): its key, or None. A write of one replaces the other."""
+    name, device = key
+    for a, b in (SAME_DEVICE_ENTRY if device else SAME_FILE):
+        if name in (a, b):
+            return (b if name == a else a, device)
+    return None
 
 
 def parse_assignments(items: Iterable[str]) -> Dict[Key, Setting]:
@@ -350,6 +371,11 @@ def parse_assignments(items: Iterable[str]) -> Dict[Key, Setting]:
         if (a, "") in out and (b, "") in out:
             raise UsageError(f"{a} and {b} set the same kernel file: give one of them",
                              param=b)
+    for a, b in SAME_DEVICE_ENTRY:
+        both = {d for (n, d) in out if n == a} & {d for (n, d) in out if n == b}
+        if both:
+            raise UsageError(f"{a} and {b} set the same entry of {sorted(both)[0]}: give one "
+                             "of them", param=b)
     return out
 
 

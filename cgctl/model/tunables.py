@@ -114,11 +114,7 @@ def conflicts(tunables: Dict[Key, str], keys: Iterable[Key]) -> Dict[Key, Tuple[
 
 
 def _same_file(key: Key) -> Optional[Key]:
-    name, device = key
-    for a, b in P.SAME_FILE:
-        if name in (a, b) and not device:
-            return (b if name == a else a, "")
-    return None
+    return P.same_file_partner(key)
 
 
 def warning(key: Key, text: str) -> str:

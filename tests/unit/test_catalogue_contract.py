@@ -106,5 +106,5 @@ def test_the_virsh_commands_are_the_catalogues():
     assert sorted(o for opts in main._VIRSH.values() for o in opts) == \
         sorted(p.virsh for p in P.CATALOGUE if p.virsh)
     # virsh has no option for the v2-native parameters: `cgctl set` only
-    assert {p.name for p in P.CATALOGUE if not p.virsh} == {"cpu_weight", "io_weight",
+    assert {p.name for p in P.CATALOGUE if not p.virsh} == {"cpu_weight", "io_weight", "device_io_weight",
                                                             "memory_low"}

@@ -77,7 +77,10 @@ def test_show_json_shape(run, vm):
     by = {r["param"]: r for r in d["params"]}
     assert by["hard_limit"] == {"param": "hard_limit", "live": "1G", "config": "1G",
                                 "differs": False, "unsupported": None, "from_profile": False,
-                                "live_number": 2**30, "config_number": 2**30, "unit": "bytes"}
+                                "live_number": 2**30, "config_number": 2**30, "unit": "bytes",
+                                "kernel": {"file": "memory.limit_in_bytes", "raw": str(2**30),
+                                           "unit": "bytes", "default": False},
+                                "set_by": "cgctl"}
     assert d["profile"] is None and d["profile_reference"] is None
     assert by["min_guarantee"]["unsupported"]          # v1 has no memory.min
     assert set(d["groups"]) and d["notes"] == []

@@ -108,3 +108,14 @@ def test_v2_lossy_conversion_is_not_drift(fake_host_v2):
         assert drift.find(ctl, guest) == []
     finally:
         ctl.close()
+
+
+def test_a_write_of_the_same_files_other_parameter_is_the_reference(setup):
+    """cpu_shares written at start, then cpu_weight --live: both write cpu.shares; the older
+    cpu_shares is no reference any more, so it is not drift and repair does not undo the
+    operator's cpu_weight."""
+    fake_host, m, ctl = setup
+    ctl.set("web1", ["cpu_shares=512"], LIVE)
+    ctl.set("web1", ["cpu_weight=300"], LIVE)
+    assert drift.find(ctl, ctl.find_guest("web1")) == []
+    assert read(os.path.join(m.machine["cpu"], "cpu.shares")) == "3072"

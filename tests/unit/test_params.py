@@ -143,7 +143,7 @@ def test_catalogue_complete():
             "emulator_period", "emulator_quota", "cpuset_cpus", "cpuset_mems", "weight",
             "device_weight", "device_read_bytes_sec", "device_write_bytes_sec",
             "device_read_iops_sec", "device_write_iops_sec",
-            "cpu_weight", "io_weight", "memory_low"} == names
+            "cpu_weight", "io_weight", "memory_low", "device_io_weight"} == names
     for p in P.CATALOGUE:
         assert p.doc and (p.v1_file or p.v1_note) and (p.v2_file or p.v2_note)
         assert not math.isnan(p.maximum)
