@@ -50,7 +50,7 @@ _cgctl() {
     if [[ "$cur" == -* ]]; then
         COMPREPLY=($(compgen -W "$opts" -- "$cur"))
     elif [ "$cmd" = set ] || [ "$cmd" = unset ]; then
-        COMPREPLY=($(compgen -W "hard_limit soft_limit swap_hard_limit min_guarantee memory_low swap_soft_limit cpu_shares cpu_weight global_period global_quota vcpu_period vcpu_quota emulator_period emulator_quota cpuset_cpus cpuset_mems weight io_weight device_weight device_read_bytes_sec device_write_bytes_sec device_read_iops_sec device_write_iops_sec" -S = -- "$cur"))
+        COMPREPLY=($(compgen -W "hard_limit soft_limit swap_hard_limit min_guarantee memory_low swap_soft_limit cpu_shares cpu_weight global_period global_quota vcpu_period vcpu_quota emulator_period emulator_quota cpuset_cpus cpuset_mems weight io_weight device_weight device_io_weight device_read_bytes_sec device_write_bytes_sec device_read_iops_sec device_write_iops_sec" -S = -- "$cur"))
         compopt -o nospace 2>/dev/null
     elif [ "$cmd" = import ]; then
         COMPREPLY=($(compgen -f -- "$cur"))
