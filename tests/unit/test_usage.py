@@ -242,3 +242,58 @@ def test_top_once_json_and_sort(fake_host):
 def test_top_bad_interval_is_a_usage_error(fake_host):
     rc, out, err = cli.run_captured(["top", "--once", "--interval", "0"])
     assert rc == 2 and err.startswith("cgctl: error: --interval") and "Traceback" not in err
+
+
+def test_top_io_per_device_rates_under_the_operators_names(fake_host_v2, monkeypatch):
+    """--io: one entry per device of each guest, named as show names it (the config's name,
+    else MAJ:MIN and /dev node), rates from two samples; the names are asked once per guest
+    process, not at every refresh."""
+    from cgctl.core.controller import Controller
+    m = fake_host_v2.running("web1", UUID)
+    _v2_disk(fake_host_v2, m, monkeypatch)
+    fs = fake_host_v2.fs
+    fs.create_file("/sys/dev/block/8:16/uevent", contents="MAJOR=8\nMINOR=16\nDEVNAME=sdb\n")
+    fs.create_file("/dev/sdb")
+    rc, _, err = cli.run_captured(["--journal", fake_host_v2.journal_path, "set", "web1",
+                                   "device_write_bytes_sec=/dev/disk/by-id/virtio-data,1M",
+                                   "--config"])
+    assert rc == 0, err
+    ctl = Controller(journal_path=fake_host_v2.journal_path, host=fake_host_v2.host())
+    asked = []
+
+    def names_of(g):
+        asked.append(g.name)
+        return ctl.device_names(g, [d for (_, d) in ctl.effective(g.uuid).config])
+    clock = iter([100.0, 102.0, 104.0])
+    s = top.Sampler(fake_host_v2.host(), os.environ.get("CGCTL_LIBVIRT_RUN_DIR",
+                                                        "/run/libvirt"),
+                    clock=lambda: next(clock), names_of=names_of)
+    (first,) = s.sample()
+    assert [d["write_bytes_per_s"] for d in first["io"]] == [None]
+    put(fs, f"{m.machine}/io.stat",
+        "8:16 rbytes=4096 wbytes=0 rios=1 wios=0 dbytes=0 dios=0\n"
+        f"254:0 rbytes=0 wbytes={8192 + 2 * M} rios=0 wios=42 dbytes=0 dios=0\n")
+    (row,) = s.sample()
+    by = {d["majmin"]: d for d in row["io"]}
+    vda, sdb = by["254:0"], by["8:16"]
+    assert (vda["device"], vda["node"], vda["write_bytes_per_s"], vda["write_ops_per_s"]) == \
+        ("/dev/disk/by-id/virtio-data", "/dev/vda", float(M), 20.0)
+    assert (sdb["majmin"], sdb["device"], sdb["node"]) == ("8:16", None, "/dev/sdb")
+    assert sdb["read_bytes_per_s"] is None  # first seen now: no rate yet
+    s.sample()
+    assert asked == ["web1"]
+    ctl.close()
+    text = "\n".join(top.render_io([row]))
+    assert text.splitlines()[0].split() == ["GUEST", "DEVICE", "READ/s", "WRITE/s", "READS/s",
+                                            "WRITES/s"]
+    assert "web1   /dev/disk/by-id/virtio-data" in text and "1.0M" in text
+    assert "8:16 (/dev/sdb)" in text
+    rc, out, err = cli.run_captured(["--journal", fake_host_v2.journal_path, "top", "--once",
+                                     "--io", "--json", "--interval", "0.01"])
+    assert rc == 0, err
+    (r,) = json.loads(out)
+    assert {d["device"] or d["node"] for d in r["io"]} == {"/dev/disk/by-id/virtio-data",
+                                                           "/dev/sdb"}
+    rc, out, err = cli.run_captured(["--journal", fake_host_v2.journal_path, "top", "--once",
+                                     "--io", "--interval", "0.01"])
+    assert rc == 0 and "/dev/disk/by-id/virtio-data" in out, err
