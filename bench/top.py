@@ -143,6 +143,7 @@ def run_one(n: int, version: int, count: int, io: bool = False, base: str = None
     base = base or tempfile.mkdtemp(prefix="cgctl-bench-top-")
     try:
         env = build(base, n, version) if own else _env(base)
+        _fresh_pidfiles(env["CGCTL_LIBVIRT_RUN_DIR"])
         env["CGCTL_JOURNAL"] = os.path.join(base, "journal.db")  # absent: no names configured
         # CPU of the child: RUSAGE_CHILDREN before and after (one child at a time here)
         before = os.times()
@@ -167,6 +168,17 @@ def run_one(n: int, version: int, count: int, io: bool = False, base: str = None
     finally:
         if own:
             shutil.rmtree(base, ignore_errors=True)
+
+
+def _fresh_pidfiles(run: str) -> None:
+    """The fake processes started 100 s before now (their /proc stat): a pid file older than
+    that reads as a reused PID (cgctl/host/runfiles.py), so a tree built minutes ago (a
+    loaded machine, a second run on the same tree) gets its pid files' mtime set to now."""
+    for driver in ("qemu", "lxc"):
+        d = os.path.join(run, driver)
+        for f in os.listdir(d) if os.path.isdir(d) else ():
+            if f.endswith(".pid"):
+                os.utime(os.path.join(d, f))
 
 
 def _env(base: str) -> dict:
