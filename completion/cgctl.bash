@@ -40,7 +40,7 @@ _cgctl() {
         blkiotune) opts="$common --weight --device-weights --device-read-bytes-sec --device-write-bytes-sec --device-read-iops-sec --device-write-iops-sec --live --dynamic --config --static --perm --permanent --current --help" ;;
         export) opts="$common --format -o --output --help" ;;
         import) opts="$common --dry-run -n --perm --live --help" ;;
-        top) opts="$common --sort --interval --once -n --count --help" ;;
+        top) opts="$common --sort --interval --once -n --count --io --help" ;;
         profile) opts="$common  --help" ;;
         daemon) opts="$common  --help" ;;
         hook) opts="$common  --help" ;;

@@ -213,7 +213,10 @@ def cpu(groups: GuestGroups, host) -> Optional[dict]:
     return out
 
 
-def io(groups: GuestGroups, name_of: Callable[[str], Optional[str]] = None) -> Optional[list]:
+def io(groups: GuestGroups, name_of: Callable[[str], Optional[str]] = None,
+       node_of: Callable[[str], Optional[str]] = None) -> Optional[list]:
+    """Per device: ``majmin``; ``device``, the operator's name (``name_of``: only where the
+    config names it, else None); ``node``, the kernel's ``/dev`` node (``node_of``) or None."""
     try:
         d = groups.machine_dir("io")
     except CgctlError:
@@ -227,6 +230,7 @@ def io(groups: GuestGroups, name_of: Callable[[str], Optional[str]] = None) -> O
     out = []
     for majmin, r in sorted(rows.items()):
         out.append({"majmin": majmin, "device": name_of(majmin) if name_of else None,
+                    "node": node_of(majmin) if node_of else None,
                     **{k: r.get(k, 0) for k in ("rbytes", "wbytes", "rios", "wios")}})
     return out
 
@@ -242,9 +246,11 @@ def pressure(groups: GuestGroups) -> Optional[dict]:
     return out or None
 
 
-def read(groups: GuestGroups, host, name_of: Callable[[str], Optional[str]] = None) -> dict:
+def read(groups: GuestGroups, host, name_of: Callable[[str], Optional[str]] = None,
+         node_of: Callable[[str], Optional[str]] = None) -> dict:
     """Everything this module knows about the guest's use now; see the module doc."""
-    return {"memory": memory(groups), "cpu": cpu(groups, host), "io": io(groups, name_of),
+    return {"memory": memory(groups), "cpu": cpu(groups, host),
+            "io": io(groups, name_of, node_of),
             "pressure": pressure(groups), "accounting": accounting(groups)}
 
 

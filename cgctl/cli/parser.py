@@ -346,6 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="two samples --interval apart, one table (or --json), exit")
     p.add_argument("-n", "--count", type=_count, default=None, metavar="N",
                    help="exit after N refreshes")
+    p.add_argument("--io", action="store_true",
+                   help="IO per device: one line per guest and device (the config's device "
+                        "names, else MAJ:MIN and /dev node); --json: 'io' in each row")
     # --- profiles (cgctl/core/profiles.py, docs/fleet.md#profiles) ---
     p = _command(sub, "profile", common)
     psub = p.add_subparsers(dest="profile_command", metavar="ACTION", parser_class=_Parser)

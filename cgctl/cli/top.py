@@ -31,15 +31,25 @@ SORT_KEYS = {  # --sort NAME → the row's field, and whether biggest first
 }
 HEADER = ["GUEST", "DRIVER", "MEM", "LIMIT", "MEM%", "CPU%", "THROTTLED%", "READ/s", "WRITE/s",
           "OOM"]
+IO_HEADER = ["GUEST", "DEVICE", "READ/s", "WRITE/s", "READS/s", "WRITES/s"]
+_IO_KEYS = (("rbytes", "read_bytes_per_s"), ("wbytes", "write_bytes_per_s"),
+            ("rios", "read_ops_per_s"), ("wios", "write_ops_per_s"))
 
 
 class Sampler:
     """Samples of every running guest; keeps what it needs between two refreshes."""
 
-    def __init__(self, host, run_dir: str, *, clock=time.monotonic):
+    def __init__(self, host, run_dir: str, *, clock=time.monotonic, names_of=None):
+        """``names_of(guest)``: MAJ:MIN → the operator's names for the guest's devices (its
+        config); given, every row carries ``io``, one entry per device with its rates
+        (``--io``). Asked once per guest process, as its groups are."""
         self.host = host
         self.run_dir = run_dir
         self.clock = clock
+        self.names_of = names_of
+        self._names: Dict[tuple, Dict[str, List[str]]] = {}  # (uuid, pid) -> names_of(guest)
+        self._nodes: Dict[str, Optional[str]] = {}  # MAJ:MIN -> /dev node (devices.node_name)
+        self._last_io: Dict[str, Dict[str, tuple]] = {}  # uuid -> {MAJ:MIN: counters}
         self._router = None
         self._stamp = None  # (driver dir, mtime) pairs the guest list was read at
         self._guests: Dict[str, runfiles.Guest] = {}
@@ -67,7 +77,9 @@ class Sampler:
             self._stamp = stamp
             alive = {(g.uuid, g.pid) for g in self._guests.values()}
             self._groups = {k: v for k, v in self._groups.items() if k in alive}
+            self._names = {k: v for k, v in self._names.items() if k in alive}
             self._last = {k: v for k, v in self._last.items() if k in self._guests}
+            self._last_io = {k: v for k, v in self._last_io.items() if k in self._guests}
         return self._guests
 
     def _groups_of(self, g):
@@ -123,8 +135,38 @@ class Sampler:
                 row["write_bytes_per_s"] = _rate(wr, prev[5], dt)
                 row["io_bytes_per_s"] = (row["read_bytes_per_s"] or 0) + \
                     (row["write_bytes_per_s"] or 0)
+            if self.names_of is not None:
+                row["io"] = self._devices(g, io, prev[0] if prev else None, now)
             rows.append(row)
         return rows
+
+    def _devices(self, g, io: List[dict], then: Optional[float], now: float) -> List[dict]:
+        """Per device: the operator's name where the guest's config names it, else the
+        kernel's MAJ:MIN and /dev node; counters and their rates since the last sample."""
+        key = (g.uuid, g.pid)
+        if key not in self._names:
+            try:
+                self._names[key] = self.names_of(g) or {}
+            except CgctlError:
+                self._names[key] = {}
+        names = self._names[key]
+        prev = self._last_io.get(g.uuid, {})
+        cur, out = {}, []
+        for r in io:
+            mm = r["majmin"]
+            cur[mm] = tuple(r[k] for k, _ in _IO_KEYS)
+            if mm not in self._nodes:
+                from cgctl.host import devices
+                self._nodes[mm] = devices.node_name(mm)
+            d = {"majmin": mm, "device": (names.get(mm) or [None])[0], "node": self._nodes[mm],
+                 **{k: r[k] for k, _ in _IO_KEYS}}
+            p = prev.get(mm)
+            for i, (_, rate) in enumerate(_IO_KEYS):
+                d[rate] = (_rate(cur[mm][i], p[i], now - then)
+                           if p is not None and then is not None and now > then else None)
+            out.append(d)
+        self._last_io[g.uuid] = cur
+        return out
 
 
 def _diff(a, b) -> Optional[int]:
@@ -157,13 +199,31 @@ def render(rows: List[dict], sort: str) -> List[str]:
         [] if rows else ["(no running guest)"])
 
 
+def render_io(rows: List[dict]) -> List[str]:
+    """``--io``: one line per guest and device, in the guests' order."""
+    cells = [[r["guest"], usagefmt.device_label(d), usagefmt.size(d["read_bytes_per_s"]),
+              usagefmt.size(d["write_bytes_per_s"]), usagefmt.count(d["read_ops_per_s"]),
+              usagefmt.count(d["write_ops_per_s"])] for r in rows for d in r.get("io") or []]
+    widths = [max(len(c[i]) for c in cells + [IO_HEADER]) for i in range(len(IO_HEADER))]
+    fmt = lambda c: "  ".join(x.ljust(w) if i < 2 else x.rjust(w)  # noqa: E731
+                              for i, (x, w) in enumerate(zip(c, widths))).rstrip()
+    return [fmt(IO_HEADER)] + [fmt(c) for c in cells] + (
+        [] if cells else ["(no IO counted)" if rows else "(no running guest)"])
+
+
 def _pct(v) -> str:
     return "-" if v is None else f"{v:.1f}"
 
 
 def run(args, ctl, out) -> int:
     """``cgctl top``: ``out(text)`` prints; returns the exit status."""
-    sampler = Sampler(ctl.host, ctl.run_dir)
+    names_of = None
+    if getattr(args, "io", False):  # the operator's device names: the journal, per guest
+        def names_of(g):
+            config = ctl.effective(g.uuid).config
+            return ctl.device_names(g, [d for (_, d) in config])
+    sampler = Sampler(ctl.host, ctl.run_dir, names_of=names_of)
+    draw = (lambda rows, sort: render_io(rows)) if names_of else render
     interval = args.interval
     if args.once:
         sampler.sample()
@@ -173,7 +233,7 @@ def run(args, ctl, out) -> int:
             import json
             out(json.dumps(rows, indent=2, sort_keys=True))
         else:
-            out("\n".join(render(rows, args.sort)))
+            out("\n".join(draw(rows, args.sort)))
         return 0
     tty = sys.stdout.isatty() and not args.json
     n = 0
@@ -185,7 +245,7 @@ def run(args, ctl, out) -> int:
         else:
             head = (f"cgctl top - {time.strftime('%H:%M:%S')}  {len(rows)} running  "
                     f"sorted by {args.sort}  every {interval:g}s")
-            text = "\n".join([head] + render(rows, args.sort))
+            text = "\n".join([head] + draw(rows, args.sort))
             out(("\x1b[H\x1b[2J" + text) if tty else text + "\n")
         if hasattr(sys.stdout, "flush"):
             sys.stdout.flush()

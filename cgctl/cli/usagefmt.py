@@ -39,6 +39,14 @@ def seconds(usec: Optional[int]) -> str:
     return "-" if usec is None else f"{usec / 1e6:.1f}s"
 
 
+def device_label(r: dict) -> str:
+    """An IO row's device: the operator's name where the config names it, else the kernel's
+    MAJ:MIN with its /dev node where there is one."""
+    if r.get("device"):
+        return r["device"]
+    return f"{r['majmin']} ({r['node']})" if r.get("node") else r["majmin"]
+
+
 def beside(param: str, usage: Optional[dict]) -> str:
     """The usage figure that belongs next to ``param``'s limit in ``cgctl show``."""
     if not usage:
@@ -57,7 +65,7 @@ def beside(param: str, usage: Optional[dict]) -> str:
     if param in _IO and io:
         key = _IO[param]
         fmt = size if key.endswith("bytes") else count
-        return ", ".join(f"{r['device'] or r['majmin']}={fmt(r[key])}" for r in io if r[key]) \
+        return ", ".join(f"{device_label(r)}={fmt(r[key])}" for r in io if r[key]) \
             or "0"
     return ""
 
@@ -84,7 +92,7 @@ def lines(usage: Optional[dict]) -> List[str]:
                    f"{count(cpu.get('nr_periods'))} periods, "
                    f"{seconds(cpu.get('throttled_usec'))}")
     for r in usage.get("io") or []:
-        name = f"{r['device']} ({r['majmin']})" if r.get("device") else r["majmin"]
+        name = f"{r['device']} ({r['majmin']})" if r.get("device") else device_label(r)
         out.append(f"io {name}: read {size(r['rbytes'])} in {count(r['rios'])} ops, "
                    f"written {size(r['wbytes'])} in {count(r['wios'])} ops")
     for c, p in sorted((usage.get("pressure") or {}).items()):

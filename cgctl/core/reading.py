@@ -136,8 +136,9 @@ def _libvirt_tunables(ctl, guest) -> Dict[str, str]:
 def _usage(ctl, groups, names) -> Optional[dict]:
     """What the guest uses, beside its limits (cgctl/cgroup/usage.py); None if stopped."""
     from cgctl.cgroup import usage
+    # the operator's name only where the config names the device; else MAJ:MIN and its node
     return None if groups is None else usage.read(
-        groups, ctl.host, lambda mm: (names.get(mm) or [devices.kernel_name(mm)])[0])
+        groups, ctl.host, lambda mm: (names.get(mm) or [None])[0], devices.node_name)
 
 def list_guests(ctl) -> List[dict]:
     out = []
@@ -201,6 +202,7 @@ def _show_row(p: P.Param, live_value, cfg: Dict[str, str], running: bool, normal
             devs = _device_rows(p, live_value, cfg, names or {}, normalize)
             live_text = ", ".join(
                 f"{r['device']} ({r['majmin']})={r['live']}" if r["device"] else
+                f"{r['majmin']} ({r['node']})={r['live']}" if r.get("node") else
                 f"{r['majmin']}={r['live']}" for r in devs if r["live"] is not None) or "-"
             if cfg:
                 differs = any(r["differs"] for r in devs if r["config"] is not None)
@@ -240,7 +242,10 @@ def _device_rows(p: P.Param, live_value: Dict[str, object], cfg: Dict[str, str],
         for n in [n for n in names.get(majmin, []) if n in cfg] or [None]:
             seen.add(n)
             ctext = cfg.get(n) if n else None
-            rows.append({"device": n, "majmin": majmin, "live": P.canonical_text(p, value),
+            rows.append({"device": n, "majmin": majmin,
+                         # a value the config does not name: the kernel's node beside MAJ:MIN
+                         "node": None if n else devices.node_name(majmin),
+                         "live": P.canonical_text(p, value),
                          "config": ctext, "live_number": P.number(p, value),
                          "config_number": P.number_of_text(p.name, n or "", ctext),
                          "differs": None if ctext is None else
@@ -248,7 +253,8 @@ def _device_rows(p: P.Param, live_value: Dict[str, object], cfg: Dict[str, str],
     for n, ctext in sorted(cfg.items()):
         if n not in seen:
             majmin = next((mm for mm, ns in names.items() if n in ns), None)
-            rows.append({"device": n, "majmin": majmin, "live": None, "config": ctext,
+            rows.append({"device": n, "majmin": majmin, "node": None, "live": None,
+                         "config": ctext,
                          "live_number": None,
                          "config_number": P.number_of_text(p.name, n, ctext), "differs": True})
     return rows

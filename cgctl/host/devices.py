@@ -218,6 +218,16 @@ def kernel_name(majmin: str) -> str:
     return majmin
 
 
+def node_name(majmin: str) -> Optional[str]:
+    """``/dev/vda`` for ``254:0`` when the kernel names the device and the node exists; None
+    otherwise (what ``show`` prints beside a MAJ:MIN the config does not name)."""
+    name = kernel_name(majmin)
+    if name == majmin:
+        return None
+    path = os.path.join("/dev", name)
+    return path if os.path.exists(path) else None
+
+
 def io_scheduler(majmin: str) -> Tuple[Optional[str], List[str]]:
     """(current scheduler, available ones) of a whole disk; (None, []) when it has no
     queue/scheduler file (then nothing is known)."""

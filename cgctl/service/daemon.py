@@ -79,6 +79,8 @@ class Daemon:
         self._next_ping = 0.0
         self._status_text = ""
         self._started = time.monotonic()
+        # called with the new Config after every reload that read a good file (metrics.py)
+        self.reload_hooks: list = []
 
     # ----- entry ------------------------------------------------------------------------------
     def run(self) -> int:
@@ -231,6 +233,11 @@ class Daemon:
             if uri not in self.links:
                 log.info("reload: now watching %s", uri)
                 self.links.add(uri)
+        for hook in self.reload_hooks:
+            try:
+                hook(new)
+            except Exception as e:  # noqa: BLE001  an observer never fails the reload
+                log.error("reload: %s: %s", type(e).__name__, e)
         changed = [f.name for f in dataclasses.fields(Config)
                    if getattr(old, f.name) != getattr(new, f.name)]
         log.info("reloaded %s: %s", self.config_file,
@@ -311,6 +318,9 @@ def main(cli, config_file: Optional[str] = consts.CONFIG_PATH,
     daemon = Daemon(config, config_file=config_file, overrides=overrides, command_server=server)
     from cgctl.service import metrics, oomwatch  # docs/observability.md; both end at stop
     metrics.start(config, daemon.stopping)
+    # SIGHUP: the endpoint and the textfile follow the file; the OOM watcher needs no
+    # config and counts into whichever registry is current (metrics.count_oom)
+    daemon.reload_hooks.append(lambda new: metrics.reconfigure(new, daemon.stopping))
     oomwatch.start(daemon.stopping, on_event=metrics.count_oom)
     from cgctl.hook import handoff  # the hook's starts handed to the service (docs/hook.md)
     handoff.start(daemon.stopping)

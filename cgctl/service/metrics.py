@@ -259,18 +259,24 @@ def _usage_metrics(fam: dict, lv: list, u: dict) -> None:
 
 
 class Metrics:
-    """The registry (guests' collector + health) and its outputs; ``stop()`` ends them."""
+    """The registry (guests' collector + health) and its outputs. ``configure()`` puts the
+    outputs where the config says (again at every reload: the counters carry on);
+    ``stop()`` ends them."""
 
     def __init__(self, journal_path: str, *, run_dir: str = None, host=None):
         pc = _client()
         self.registry = pc.CollectorRegistry(auto_describe=False)
         self.health = Health(self.registry)
-        self.registry.register(GuestCollector(journal_path, run_dir, host))
+        self.collector = GuestCollector(journal_path, run_dir, host)
+        self.registry.register(self.collector)
         self.handler = HealthHandler(self.health)
         self._server = None
-        self._stop = threading.Event()
+        self._stop = threading.Event()  # the current textfile loop's
         self._lock = threading.Lock()
-        self.address = None
+        self.address = None  # HOST:PORT the endpoint is bound to, None when off
+        self.listening = ""  # the metrics_listen / metrics_textfile in force ("" = off)
+        self.textfile = ""
+        self.stopping: Optional[threading.Event] = None  # the service's, once started
 
     def text(self) -> str:
         return _client().generate_latest(self.registry).decode()
@@ -279,27 +285,66 @@ class Metrics:
         host, port = parse_listen(address)
         self._server, _ = _client().start_http_server(port, addr=host, registry=self.registry)
         self.address = f"{host}:{self._server.server_port}"
+        self.listening = address
 
     def write_textfile(self, path: str) -> None:
         _client().write_to_textfile(path, self.registry)
 
-    def textfile_loop(self, path: str, interval: float = TEXTFILE_INTERVAL_S) -> None:
+    def textfile_loop(self, path: str, interval: float = TEXTFILE_INTERVAL_S,
+                      stop: threading.Event = None) -> None:
+        stop = stop or self._stop
         while True:
             try:
                 self.write_textfile(path)
             except Exception as e:  # noqa: BLE001  a full disk never stops the service
                 log.error("metrics: cannot write %s: %s", path, e)
-            if self._stop.wait(interval):
+            if stop.wait(interval):
                 return
 
-    def stop(self) -> None:
+    def configure(self, journal: str, listen: str, textfile: str) -> None:
+        """Outputs as asked, changing only what changed; never raises (one error line and
+        that output stays off). A textfile no longer asked for is removed: node_exporter
+        would serve its figures, frozen, as current."""
+        self.collector.journal_path = journal
+        if listen != self.listening:
+            self._close_server()
+            if listen:
+                try:
+                    self.listen(listen)
+                    log.info("metrics on http://%s/metrics", self.address)
+                except (CgctlError, OSError, ValueError) as e:
+                    log.error("metrics not served on %s: %s", listen, e)
+            else:
+                log.info("metrics endpoint off")
+        if textfile != self.textfile:
+            old, self.textfile = self.textfile, textfile
+            self._stop.set()
+            self._stop = threading.Event()
+            if old:
+                try:
+                    os.unlink(old)
+                except OSError:
+                    pass
+            if textfile:
+                threading.Thread(target=self.textfile_loop,
+                                 args=(textfile, TEXTFILE_INTERVAL_S, self._stop),
+                                 name="cgctl-metrics-textfile", daemon=True).start()
+                log.info("metrics written to %s every %.0f s", textfile, TEXTFILE_INTERVAL_S)
+            else:
+                log.info("metrics textfile off")
+
+    def _close_server(self) -> None:
         with self._lock:  # from the test and the stopping thread alike: once
             server, self._server = self._server, None
-        self._stop.set()
-        logging.getLogger("cgctl").removeHandler(self.handler)
+        self.address, self.listening = None, ""
         if server is not None:
             server.shutdown()
             server.server_close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        logging.getLogger("cgctl").removeHandler(self.handler)
+        self._close_server()
 
 
 def start(config, stopping: threading.Event, *, run_dir: str = None,
@@ -308,28 +353,34 @@ def start(config, stopping: threading.Event, *, run_dir: str = None,
     without metrics rather than not at all. Everything ends when ``stopping`` is set."""
     if not (config.metrics_listen or config.metrics_textfile):
         return None
-    try:
-        m = Metrics(config.journal, run_dir=run_dir, host=host)
-        logging.getLogger("cgctl").addHandler(m.handler)
-        if config.metrics_listen:
-            m.listen(config.metrics_listen)
-            log.info("metrics on http://%s/metrics", m.address)
-        if config.metrics_textfile:
-            threading.Thread(target=m.textfile_loop, args=(config.metrics_textfile,),
-                             name="cgctl-metrics-textfile", daemon=True).start()
-            log.info("metrics written to %s every %.0f s", config.metrics_textfile,
-                     TEXTFILE_INTERVAL_S)
-    except (CgctlError, OSError, ValueError) as e:
-        log.error("metrics not started: %s", e)
-        return None
+    return reconfigure(config, stopping, run_dir=run_dir, host=host)
 
-    def stop_when_stopping():
-        stopping.wait()
-        m.stop()
-    threading.Thread(target=stop_when_stopping, name="cgctl-metrics-stop", daemon=True).start()
+
+def reconfigure(config, stopping: threading.Event, *, run_dir: str = None,
+                host=None) -> Optional[Metrics]:
+    """At start and at every reload (SIGHUP): the endpoint and the textfile as ``config``
+    says now. The first time metrics are asked for, the registry is made (and counts from
+    then on, kept through later reloads, also while both outputs are off)."""
     global CURRENT
-    CURRENT = m
-    return m
+    if CURRENT is None or CURRENT.stopping is not stopping:  # (tests: one service each)
+        if not (config.metrics_listen or config.metrics_textfile):
+            return None
+        try:
+            m = Metrics(config.journal, run_dir=run_dir, host=host)
+        except (CgctlError, OSError, ValueError) as e:
+            log.error("metrics not started: %s", e)
+            return None
+        m.stopping = stopping
+        logging.getLogger("cgctl").addHandler(m.handler)
+
+        def stop_when_stopping():
+            stopping.wait()
+            m.stop()
+        threading.Thread(target=stop_when_stopping, name="cgctl-metrics-stop",
+                         daemon=True).start()
+        CURRENT = m
+    CURRENT.configure(config.journal, config.metrics_listen, config.metrics_textfile)
+    return CURRENT
 
 
 CURRENT: Optional[Metrics] = None  # the service's, for the OOM watcher's counter

@@ -164,7 +164,7 @@ def test_io_under_a_throttle_shows_its_rate(make_guest, libvirt_sandbox, tmp_pat
     guest = make_guest("lxc")
     journal = tmp_path / "journal.db"
     # --perm: the journal keeps the operator's name, which is what show names rows by (a
-    # --live-only per-device setting is shown under the kernel's name, loopN)
+    # --live-only per-device setting is shown as MAJ:MIN (/dev/loopN))
     cgctl(journal, "set", guest.name, f"device_write_bytes_sec={dev},1M", "--perm")
     blkio = groups(guest).libvirt_dir("io")   # where the throttle is written
 

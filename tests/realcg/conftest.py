@@ -173,10 +173,14 @@ class V2ScratchGuest:
         for t in [self.emulator] + self.vcpu_dirs:
             os.mkdir(t)
             _write(os.path.join(t, "cgroup.type"), "threaded")
-        self.proc = subprocess.Popen(["sleep", "600"])
+        self.proc = self.start_process()
         _write(os.path.join(self.libvirt, "cgroup.procs"), str(self.proc.pid))
         _write(os.path.join(self.emulator, "cgroup.threads"), str(self.proc.pid))
         return self
+
+    def start_process(self) -> subprocess.Popen:
+        """The guest's main process (a single thread: it goes into ``emulator``)."""
+        return subprocess.Popen(["sleep", "600"])
 
     def destroy(self):
         if self.proc is not None and self.proc.poll() is None:

@@ -223,3 +223,71 @@ def test_sighup_changes_the_command_sockets_journal(tmp_path, monkeypatch):
         assert svc.log().count("served for pid") == 2
     finally:
         assert svc.stop() == 0
+
+
+def _scrape(port: int):
+    """The endpoint's text, or None when nothing listens there."""
+    import urllib.error
+    import urllib.request
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            return r.read().decode()
+    except (urllib.error.URLError, ConnectionError):
+        return None
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_sighup_moves_turns_off_and_back_on_the_metrics(tmp_path):
+    """A real service process: metrics_listen / metrics_textfile follow the file at SIGHUP
+    (moved, off, on again); a textfile no longer asked for is removed."""
+    pytest.importorskip("prometheus_client")
+    from prometheus_client.parser import text_string_to_metric_families
+    from tests.daemonkit import wait_for
+    p1, p2 = _free_port(), _free_port()
+    prom = tmp_path / "cgctl.prom"
+    f = tmp_path / "cgctl.toml"
+    base = f'uris = ["{TEST_URI}"]\n'
+    f.write_text(base + f'metrics_listen = "127.0.0.1:{p1}"\n')
+    svc = Subprocess(["--journal", str(tmp_path / "j.db"), "--config-file", str(f)],
+                     env_extra={"CGCTL_LIBVIRT_RUN_DIR": str(tmp_path / "run")},
+                     log_path=tmp_path / "daemon.log")
+    try:
+        svc.wait_log(f"metrics on http://127.0.0.1:{p1}/metrics")
+        svc.wait_log("ready:")  # its SIGHUP handler is in place
+        text = _scrape(p1)
+        assert "cgctl_applies_total" in text
+        # 1. moved to another port, and the textfile on
+        f.write_text(base + f'metrics_listen = "127.0.0.1:{p2}"\n'
+                            f'metrics_textfile = "{prom}"\n')
+        svc.signal(signal.SIGHUP)
+        log = svc.wait_log("reloaded")
+        assert "changed metrics_listen, metrics_textfile" in log
+        assert f"metrics on http://127.0.0.1:{p2}/metrics" in log
+        assert _scrape(p1) is None and "cgctl_journal_bytes" in _scrape(p2)
+        wait_for(prom.exists, what="the textfile written")
+        assert {fam.name for fam in text_string_to_metric_families(prom.read_text())} >= \
+            {"cgctl_applies", "cgctl_journal_bytes"}
+        # 2. both off: nothing listens, the textfile (stale from now on) is gone
+        f.write_text(base)
+        svc.signal(signal.SIGHUP)
+        log = svc.wait_log("reloaded", n=2)
+        assert "metrics endpoint off" in log and "metrics textfile off" in log
+        assert _scrape(p2) is None and not prom.exists()
+        # 3. on again, on the first port
+        f.write_text(base + f'metrics_listen = "127.0.0.1:{p1}"\n')
+        svc.signal(signal.SIGHUP)
+        svc.wait_log("reloaded", n=3)
+        assert {fam.name for fam in text_string_to_metric_families(_scrape(p1))} >= \
+            {"cgctl_applies", "cgctl_apply_failures", "cgctl_journal_bytes"}
+        svc.signal(signal.SIGTERM)
+        assert svc.wait() == 0
+        assert _scrape(p1) is None
+        assert "Traceback" not in svc.log()
+    finally:
+        svc.stop()

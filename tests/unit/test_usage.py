@@ -67,8 +67,8 @@ def test_v1_usage_figures(fake_host, v1vm):
     assert u["cpu"] == {"usage_usec": 5_000_000, "user_usec": 300 * tick,
                         "system_usec": 100 * tick, "nr_periods": 30, "nr_throttled": 9,
                         "throttled_usec": 5000}
-    assert u["io"] == [{"majmin": "254:0", "device": "254:0", "rbytes": 4096, "wbytes": 8192,
-                        "rios": 1, "wios": 2}]
+    assert u["io"] == [{"majmin": "254:0", "device": None, "node": None, "rbytes": 4096,
+                        "wbytes": 8192, "rios": 1, "wios": 2}]
     assert u["pressure"] is None  # no PSI per group on v1
     assert v1vm.vcpus["cpu"][0] in u["accounting"]["throttling"]
 
@@ -83,10 +83,61 @@ def test_v1_show_prints_usage_beside_limits(fake_host, v1vm):
     assert "throttled in 9 of 30 periods" in out
 
 
-def test_v1_operator_device_name(fake_host, v1vm, monkeypatch):
+def test_v1_device_not_in_config_is_majmin_with_its_node(fake_host, v1vm):
+    """No config names 254:0: show gives the kernel's MAJ:MIN and the /dev node it resolves
+    to, never a name the operator did not write."""
+    fake_host.fs.create_file("/sys/dev/block/254:0/uevent",
+                             contents="MAJOR=254\nMINOR=0\nDEVNAME=vda\n")
+    fake_host.fs.create_file("/dev/vda")
+    (row,) = show(fake_host)["usage"]["io"]
+    assert (row["majmin"], row["device"], row["node"]) == ("254:0", None, "/dev/vda")
+    fake_host.fs.remove("/dev/vda")  # a number with no node: the number alone
+    (row,) = show(fake_host)["usage"]["io"]
+    assert (row["device"], row["node"]) == (None, None)
+
+
+def _v2_disk(fake_host_v2, m, monkeypatch):
     from cgctl.host import devices
-    monkeypatch.setattr(devices, "kernel_name", lambda mm: "vda" if mm == "254:0" else mm)
-    assert show(fake_host)["usage"]["io"][0]["device"] == "vda"
+    fs = fake_host_v2.fs
+    fs.create_file("/sys/dev/block/254:0/uevent", contents="MAJOR=254\nMINOR=0\nDEVNAME=vda\n")
+    fs.create_file("/dev/vda")
+    fs.create_file("/dev/disk/by-id/virtio-data")
+    # the operator's names for the disk (udev would say so on a real host)
+    monkeypatch.setattr(devices, "resolve", lambda name, **kw: "254:0")
+    put(fs, f"{m.libvirt}/io.max", "254:0 rbps=max wbps=1048576 riops=max wiops=max\n")
+    put(fs, f"{m.machine}/io.stat", "254:0 rbytes=0 wbytes=8192 rios=0 wios=2 dbytes=0 dios=0\n")
+
+
+def test_live_only_device_value_is_shown_as_majmin_and_node(fake_host_v2, monkeypatch):
+    """A per-device limit set with --live only (nothing in the config): the parameter's row
+    and the usage rows name the kernel's 254:0 with /dev/vda beside it."""
+    m = fake_host_v2.running("web1", UUID)
+    _v2_disk(fake_host_v2, m, monkeypatch)
+    out = show(fake_host_v2)
+    (dev,) = next(r for r in out["params"] if r["param"] == "device_write_bytes_sec")["devices"]
+    assert (dev["device"], dev["majmin"], dev["node"]) == (None, "254:0", "/dev/vda")
+    (io,) = out["usage"]["io"]
+    assert (io["device"], io["node"], io["wbytes"]) == (None, "/dev/vda", 8192)
+    rc, text, err = cli.run_captured(["--journal", fake_host_v2.journal_path, "show", "web1"])
+    assert rc == 0, err
+    assert "254:0 (/dev/vda)=1M" in text
+    assert "io 254:0 (/dev/vda): read 0B in 0 ops, written 8.0K in 2 ops" in text
+
+
+def test_device_the_config_names_is_shown_under_the_operators_name(fake_host_v2, monkeypatch):
+    m = fake_host_v2.running("web1", UUID)
+    _v2_disk(fake_host_v2, m, monkeypatch)
+    rc, _, err = cli.run_captured(["--journal", fake_host_v2.journal_path, "set", "web1",
+                                   "device_write_bytes_sec=/dev/disk/by-id/virtio-data,1M",
+                                   "--config"])
+    assert rc == 0, err
+    out = show(fake_host_v2)
+    (dev,) = next(r for r in out["params"] if r["param"] == "device_write_bytes_sec")["devices"]
+    assert (dev["device"], dev["node"]) == ("/dev/disk/by-id/virtio-data", None)
+    (io,) = out["usage"]["io"]
+    assert io["device"] == "/dev/disk/by-id/virtio-data"
+    rc, text, err = cli.run_captured(["--journal", fake_host_v2.journal_path, "show", "web1"])
+    assert "io /dev/disk/by-id/virtio-data (254:0): read 0B" in text
 
 
 def test_v2_usage_figures(fake_host_v2):
@@ -191,3 +242,58 @@ def test_top_once_json_and_sort(fake_host):
 def test_top_bad_interval_is_a_usage_error(fake_host):
     rc, out, err = cli.run_captured(["top", "--once", "--interval", "0"])
     assert rc == 2 and err.startswith("cgctl: error: --interval") and "Traceback" not in err
+
+
+def test_top_io_per_device_rates_under_the_operators_names(fake_host_v2, monkeypatch):
+    """--io: one entry per device of each guest, named as show names it (the config's name,
+    else MAJ:MIN and /dev node), rates from two samples; the names are asked once per guest
+    process, not at every refresh."""
+    from cgctl.core.controller import Controller
+    m = fake_host_v2.running("web1", UUID)
+    _v2_disk(fake_host_v2, m, monkeypatch)
+    fs = fake_host_v2.fs
+    fs.create_file("/sys/dev/block/8:16/uevent", contents="MAJOR=8\nMINOR=16\nDEVNAME=sdb\n")
+    fs.create_file("/dev/sdb")
+    rc, _, err = cli.run_captured(["--journal", fake_host_v2.journal_path, "set", "web1",
+                                   "device_write_bytes_sec=/dev/disk/by-id/virtio-data,1M",
+                                   "--config"])
+    assert rc == 0, err
+    ctl = Controller(journal_path=fake_host_v2.journal_path, host=fake_host_v2.host())
+    asked = []
+
+    def names_of(g):
+        asked.append(g.name)
+        return ctl.device_names(g, [d for (_, d) in ctl.effective(g.uuid).config])
+    clock = iter([100.0, 102.0, 104.0])
+    s = top.Sampler(fake_host_v2.host(), os.environ.get("CGCTL_LIBVIRT_RUN_DIR",
+                                                        "/run/libvirt"),
+                    clock=lambda: next(clock), names_of=names_of)
+    (first,) = s.sample()
+    assert [d["write_bytes_per_s"] for d in first["io"]] == [None]
+    put(fs, f"{m.machine}/io.stat",
+        "8:16 rbytes=4096 wbytes=0 rios=1 wios=0 dbytes=0 dios=0\n"
+        f"254:0 rbytes=0 wbytes={8192 + 2 * M} rios=0 wios=42 dbytes=0 dios=0\n")
+    (row,) = s.sample()
+    by = {d["majmin"]: d for d in row["io"]}
+    vda, sdb = by["254:0"], by["8:16"]
+    assert (vda["device"], vda["node"], vda["write_bytes_per_s"], vda["write_ops_per_s"]) == \
+        ("/dev/disk/by-id/virtio-data", "/dev/vda", float(M), 20.0)
+    assert (sdb["majmin"], sdb["device"], sdb["node"]) == ("8:16", None, "/dev/sdb")
+    assert sdb["read_bytes_per_s"] is None  # first seen now: no rate yet
+    s.sample()
+    assert asked == ["web1"]
+    ctl.close()
+    text = "\n".join(top.render_io([row]))
+    assert text.splitlines()[0].split() == ["GUEST", "DEVICE", "READ/s", "WRITE/s", "READS/s",
+                                            "WRITES/s"]
+    assert "web1   /dev/disk/by-id/virtio-data" in text and "1.0M" in text
+    assert "8:16 (/dev/sdb)" in text
+    rc, out, err = cli.run_captured(["--journal", fake_host_v2.journal_path, "top", "--once",
+                                     "--io", "--json", "--interval", "0.01"])
+    assert rc == 0, err
+    (r,) = json.loads(out)
+    assert {d["device"] or d["node"] for d in r["io"]} == {"/dev/disk/by-id/virtio-data",
+                                                           "/dev/sdb"}
+    rc, out, err = cli.run_captured(["--journal", fake_host_v2.journal_path, "top", "--once",
+                                     "--io", "--interval", "0.01"])
+    assert rc == 0 and "/dev/disk/by-id/virtio-data" in out, err
