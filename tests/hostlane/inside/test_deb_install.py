@@ -7,6 +7,7 @@ The tests run in file order: the last two remove the package."""
 import gzip
 import os
 import shutil
+import subprocess
 
 import pytest
 
@@ -68,8 +69,10 @@ def test_installed_by_dpkg_into_debian_places():
         assert path in listed and os.path.isfile(path), path
     assert shutil.which("cgctl") == "/usr/bin/cgctl"
     assert not os.path.exists("/usr/local/bin/cgctl") and not os.path.exists("/opt/cgctl")
-    r = sh("python3", "-c", "import cgctl, sys; print(cgctl.__file__)", timeout=60)
-    assert r.stdout.strip() == "/usr/lib/python3/dist-packages/cgctl/__init__.py"
+    # from /: pytest's working directory is the checkout, whose cgctl/ python3 would import
+    r = subprocess.run(["python3", "-c", "import cgctl; print(cgctl.__file__)"], cwd="/",
+                       capture_output=True, text=True, timeout=60)
+    assert r.stdout.strip() == "/usr/lib/python3/dist-packages/cgctl/__init__.py", r.stderr
     version = cgctl("--version").stdout.strip()
     assert version.startswith("cgctl ") and "host cgroup mode:" in version, version
     note(f"deb: {version}; {len(listed)} paths in the package")
