@@ -52,7 +52,7 @@ if [ "$lane" -eq 77 ]; then
 fi
 [ "$lane" -eq 0 ] || exit "$lane"
 # Its second boot: the Debian package built here, installed per docs/install.md, removed, purged
-# (tests/hostlane/inside/test_deb_install.py; ~4-6 min). CGCTL_SKIP_DEBLANE=1 skips it.
+# (tests/hostlane/inside/test_deb_install.py; 6-10 min). CGCTL_SKIP_DEBLANE=1 skips it.
 if [ "${CGCTL_SKIP_DEBLANE:-0}" = 1 ]; then
     echo "test: Debian package lane not run (CGCTL_SKIP_DEBLANE=1)"
     exit 0
