@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 PKGS=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-daemon-driver-lxc libvirt-clients
       qemu-system-x86 libvirt-dev pkg-config python3-venv python3-dev gcc cgroup-tools
-      util-linux sqlite3 procps)
+      util-linux sqlite3 procps zsh)   # zsh: tests/unit/test_zsh_completion.py
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

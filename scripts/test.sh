@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up (scripts/setup.sh) and run the whole test suite: unit, real-cgroup, real-libvirt,
 # the unit lane on Python 3.9 and 3.13 (scripts/pythons.sh), then the cgroup v2 lane on a real
-# kernel under emulation, then the host lane (systemd + libvirt in a VM). Extra arguments go to pytest.
+# kernel under emulation, then the host lane (systemd + libvirt in a VM), once with README.md's
+# venv install and once with the Debian package. Extra arguments go to pytest.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh || exit 1
@@ -49,4 +50,11 @@ if [ "$lane" -eq 77 ]; then
     echo "test: *** host lane SKIPPED: this machine cannot boot a kernel (see above) ***"
     exit 0
 fi
-exit "$lane"
+[ "$lane" -eq 0 ] || exit "$lane"
+# Its second boot: the Debian package built here, installed per docs/install.md, removed, purged
+# (tests/hostlane/inside/test_deb_install.py; 6-10 min). CGCTL_SKIP_DEBLANE=1 skips it.
+if [ "${CGCTL_SKIP_DEBLANE:-0}" = 1 ]; then
+    echo "test: Debian package lane not run (CGCTL_SKIP_DEBLANE=1)"
+    exit 0
+fi
+bash tests/hostlane/run --install deb

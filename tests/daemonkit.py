@@ -199,7 +199,9 @@ def mdwe_wrapper() -> List[str]:
 class Subprocess:
     """``cgctl daemon`` as a child process; stopped by PID at the end, whatever happened."""
 
-    def __init__(self, args, env_extra=None, log_path=None, wrapper=()):
+    def __init__(self, args, env_extra=None, log_path=None, wrapper=(), command=None, cwd=None):
+        """``command``: the cgctl to run instead of this interpreter's (e.g. an installed
+        ``<venv>/bin/cgctl``), with ``cwd`` away from the checkout."""
         env = dict(os.environ)
         env.pop("NOTIFY_SOCKET", None)
         env.pop("WATCHDOG_USEC", None)
@@ -214,9 +216,9 @@ class Subprocess:
         env.setdefault("CGCTL_HOOK_RUN_DIR", tempfile.mkdtemp(prefix="cgctl-hookrun-"))
         self.log_path = log_path
         self._log = open(log_path, "ab")
-        argv = [*wrapper, *CGCTL[1:]] if wrapper else CGCTL
+        argv = list(command) if command else [*wrapper, *CGCTL[1:]] if wrapper else CGCTL
         self.proc = subprocess.Popen(argv + ["daemon", *args], stdin=subprocess.DEVNULL,
-                                     stdout=self._log, stderr=subprocess.STDOUT, env=env)
+                                     stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=cwd)
 
     @property
     def pid(self) -> int:

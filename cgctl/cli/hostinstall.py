@@ -2,8 +2,8 @@
 
 A wheel cannot write to /etc or /lib; this command does, once, as root: the systemd unit (its
 ``ExecStart=`` is this installation's ``cgctl``, not /usr/bin/cgctl which only the Debian package
-provides), the tmpfiles entry for the journal's directory, bash completion and the man page. It
-writes files only and prints the commands to run next (daemon-reload, enable); it never starts
+provides), the tmpfiles entry for the journal's directory, bash and zsh completion and the man
+page. It writes files only and prints the commands to run next (daemon-reload, enable); it never starts
 anything. The files come with the wheel (pyproject.toml's data-files, under ``<prefix>/share``)
 or, from a source checkout, from the checkout. See docs/install.md.
 """
@@ -23,6 +23,8 @@ TARGETS = {
     "systemd/cgctl.service": "/etc/systemd/system/cgctl.service",
     "systemd/cgctl.tmpfiles.conf": "/etc/tmpfiles.d/cgctl.conf",
     "completion/cgctl.bash": "/usr/local/share/bash-completion/completions/cgctl",
+    # in zsh's default $fpath on Debian and most distributions (compinit loads _cgctl from it)
+    "completion/_cgctl": "/usr/local/share/zsh/site-functions/_cgctl",
     "docs/cgctl.1": "/usr/local/share/man/man1/cgctl.1",
 }
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

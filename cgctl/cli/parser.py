@@ -192,7 +192,7 @@ HELP = {
                  "cgctl profile list"]),
     "install-host": ("install the unit, tmpfiles entry, completion, man page for this cgctl",
                      "For a pip install: write the systemd unit (ExecStart= where this cgctl "
-                     "is), the tmpfiles entry, bash completion and the man page to the host's "
+                     "is), the tmpfiles entry, bash and zsh completion and the man page to the host's "
                      "places (docs/install.md). Prints each file and the commands to run next.",
                      ["cgctl install-host", "cgctl install-host --dry-run",
                       "cgctl install-host --root /tmp/scratch"]),

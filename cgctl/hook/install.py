@@ -233,6 +233,13 @@ def uninstall(hooks_dir: str, drivers=DRIVERS) -> list:
         elif is_ours(path):
             os.unlink(path)
             done.append((path, "removed"))
+            # the <driver>.d that install made: the hooks directory goes back to how the
+            # operator had it (a directory with their own hooks in it stays)
+            try:
+                os.rmdir(os.path.dirname(path))
+                done.append((os.path.dirname(path), "removed (empty)"))
+            except OSError:
+                pass
         else:
             done.append((path, "kept (not installed by cgctl)"))
     return done

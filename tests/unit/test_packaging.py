@@ -31,6 +31,11 @@ def test_bash_completion_is_current():
         "completion/cgctl.bash is stale: python -m cgctl.cli.manpage bash > completion/cgctl.bash"
 
 
+def test_zsh_completion_is_current():
+    assert committed("completion/_cgctl") == manpage.render_zsh(), \
+        "completion/_cgctl is stale: python -m cgctl.cli.manpage zsh > completion/_cgctl"
+
+
 def test_man_page_names_every_command_and_option():
     text = manpage.render_man()
     for name, p in manpage._commands(cli.build_parser()).items():
@@ -128,6 +133,7 @@ def test_the_wheel_carries_the_host_files_and_install_host_works_from_it(tmp_pat
     subprocess.run([str(venv / "bin/python"), "-m", "pip", "install", "-q", "--no-deps",
                     "--no-index", str(tmp_path / "w" / whl)], check=True, capture_output=True)
     for rel in ("share/man/man1/cgctl.1", "share/bash-completion/completions/cgctl.bash",
+                "share/zsh/site-functions/_cgctl", "share/cgctl/completion/_cgctl",
                 "share/cgctl/systemd/cgctl.service", "share/cgctl/docs/operations.md"):
         assert os.path.isfile(venv / rel), rel
     root = tmp_path / "root"
@@ -151,6 +157,7 @@ def test_the_debian_package_puts_everything_where_debian_expects(tmp_path):
     for path in ("/usr/bin/cgctl", "/lib/systemd/system/cgctl.service",
                  "/usr/lib/tmpfiles.d/cgctl.conf", "/usr/share/man/man1/cgctl.1.gz",
                  "/usr/share/bash-completion/completions/cgctl",
+                 "/usr/share/zsh/vendor-completions/_cgctl",
                  "/usr/share/doc/cgctl/operations.md", "/usr/share/doc/cgctl/copyright",
                  "/usr/lib/python3/dist-packages/cgctl/cli/main.py"):
         assert path in files, path

@@ -3,7 +3,8 @@
 # arguments).
 # First boot:
 # 1. take a copy of the checkout (what an operator's `git clone` gives: no .venv, no .git);
-# 2. run README.md's "Install on a host" lines, exactly, from that copy;
+# 2. run README.md's "Install on a host" lines, exactly, from that copy (or, HOSTLANE_INSTALL=deb,
+#    docs/install.md's Debian package lines beside the .deb the host built);
 # 3. run pytest (Debian's python3-pytest) there; results go to the share /run/hostlane.
 #    A test that wants a host reboot (test_reboot.py) leaves $STATE/reboot-requested: the VM then
 #    reboots (the job runner sees $SHARE/reboot), and on the
@@ -43,21 +44,30 @@ tar -C "$SRC" --exclude=./.venv --exclude=./.git --exclude='*.egg-info' --exclud
     || { echo "hostlane: cannot copy the checkout"; exit 1; }
 cd "$CLONE" || exit 1
 
-# README.md's install section, between its markers, the ```sh block only
-sed -n '/<!-- install-on-a-host:begin -->/,/<!-- install-on-a-host:end -->/p' README.md \
+# The install section between its markers, the ```sh block only: README.md's "Install on a
+# host" (pip into a venv), or with `tests/hostlane/run --install deb` (HOSTLANE_INSTALL=deb)
+# docs/install.md's Debian package lines, run beside the .deb the host built into the share.
+DOC=README.md BEGIN='<!-- install-on-a-host:begin -->' END='<!-- install-on-a-host:end -->'
+if [ "${HOSTLANE_INSTALL:-venv}" = deb ]; then
+    DOC=docs/install.md BEGIN='<!-- install-deb:begin -->' END='<!-- install-deb:end -->'
+    rm -rf dist && mkdir dist && cp "$SHARE"/dist/cgctl_*_all.deb dist/ \
+        || { echo "hostlane: no .deb in the share"; exit 1; }
+    bash tests/hostlane/inside/deb_state.sh prepare || exit 1
+fi
+sed -n "\%$BEGIN%,\%$END%p" "$DOC" \
     | sed -n '/^```sh$/,/^```$/p' | sed '1d;$d' >/root/readme-install.sh
 if [ ! -s /root/readme-install.sh ]; then
-    echo "hostlane: README.md has no install section between its markers"; exit 1
+    echo "hostlane: $DOC has no install section between $BEGIN and $END"; exit 1
 fi
-echo "hostlane: running README.md's install section ($(grep -c . /root/readme-install.sh) lines) ..."
+echo "hostlane: running $DOC's install section ($(grep -c . /root/readme-install.sh) lines) ..."
 t0=$(date +%s)
 # each line traced with a timestamp (bash takes PS4 from the environment only when not root)
 if ! bash -c 'PS4="+ \${EPOCHREALTIME} "; set -ex; . /root/readme-install.sh' >"$SHARE/install.log" 2>&1; then
     cat "$SHARE/install.log"
-    echo "hostlane: README.md's install lines failed (above)"
+    echo "hostlane: $DOC's install lines failed (above)"
     exit 1
 fi
-echo "hostlane: installed per README.md in $(( $(date +%s) - t0 ))s"
+echo "hostlane: installed per $DOC in $(( $(date +%s) - t0 ))s"
 
 rm -f "$STATE/reboot-requested"
 pytest_run "" "$@"
