@@ -9,7 +9,7 @@ import os
 import sys
 
 from cgctl import consts
-from cgctl.hook.options import (ACTIONS, DRIVERS, EXIT_OK, EXIT_REFUSE, EXIT_SCRIPT_REFUSE,
+from cgctl.start.options import (ACTIONS, DRIVERS, EXIT_OK, EXIT_REFUSE, EXIT_SCRIPT_REFUSE,
                                 EXIT_USAGE, REQUEST_PREFIX, SCRIPT_ENV, SERVICE_LOCK,
                                 STARTED_WAIT, Options)
 

@@ -312,6 +312,6 @@ def main(cli, config_file: Optional[str] = consts.CONFIG_PATH,
     from cgctl.service import metrics, oomwatch  # docs/observability.md; both end at stop
     metrics.start(config, daemon.stopping)
     oomwatch.start(daemon.stopping, on_event=metrics.count_oom)
-    from cgctl.hook import handoff  # the hook's starts handed to the service (docs/hook.md)
+    from cgctl.start import handoff  # the hook's starts handed to the service (docs/hook.md)
     handoff.start(daemon.stopping)
     return daemon.run()

@@ -25,7 +25,8 @@ from datetime import datetime
 
 import pytest
 
-from cgctl.hook import early as hookearly, install as hookinstall
+from cgctl.hook import install as hookinstall
+from cgctl.start import applier as hookearly
 from tests.clikit import cgctl
 from tests.daemonkit import Subprocess
 

@@ -1,6 +1,6 @@
 """The start without Python (docs/hook.md, "The start without Python"): the installed script's
-fast paths, the applier's waits on inotify (cgctl/hook/early.py) and the service's side of the
-hand-off (cgctl/hook/handoff.py), on real files, real flock(2) locks and real inotify.
+fast paths, the applier's waits on inotify (cgctl/start/applier.py) and the service's side of the
+hand-off (cgctl/start/handoff.py), on real files, real flock(2) locks and real inotify.
 
 The script is cgctl's real one (``hookinstall.install``) run with ``/bin/sh``, ``dash`` and
 ``bash --posix`` as libvirt runs it, with a Python wrapper that records every call it is given:
@@ -22,7 +22,8 @@ import uuid as uuidlib
 import pytest
 
 from cgctl import consts
-from cgctl.hook import early, handoff, install as hookinstall, options
+from cgctl.hook import install as hookinstall
+from cgctl.start import applier as early, handoff, options
 
 NAME = "cgt-fast"
 UUID = str(uuidlib.UUID(int=0x5EED))
