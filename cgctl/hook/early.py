@@ -80,16 +80,17 @@ def early_apply(driver: str, name: str, uuid: str, vcpus: int, opts: Options,
     fd = applier.take(driver, name)
     if fd is None:
         return "another applier waits for this guest"
+    held = applier.Held(driver, name, fd)
     try:
         log = Log(driver, name, "early")
         route_cgctl_log(log)
         ctl = controller(opts, lock_wait=lock_wait_within(EARLY_TIMEOUT))
         try:  # closed here (checkpoints the WAL): the applier ends in os._exit, which skips it
             what = applier.serve(ctl, driver, name, uuid, vcpus, launched + timeout, log,
-                                 overlay, early)
+                                 overlay, early, let_go=held.let_go)
         finally:
             ctl.close()
         syslog(f"cgctl hook: {driver} guest={name} op=early: {what}", False)
         return what
     finally:
-        applier.release(driver, name, fd)
+        held.let_go()

@@ -116,6 +116,19 @@ def take(driver: str, name: str):
     return fd
 
 
+class Held:
+    """The guest's lock file held by one applier (``take``'s fd), let go once: after the answer
+    (``serve``'s ``let_go``) or at the end, whichever comes first."""
+
+    def __init__(self, driver: str, name: str, fd: int):
+        self.driver, self.name, self.fd = driver, name, fd
+
+    def let_go(self) -> None:
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            release(self.driver, self.name, fd)
+
+
 def release(driver: str, name: str, fd: int) -> None:
     """The lock file removed (still ours: we hold it), then the lock let go."""
     import contextlib
@@ -181,10 +194,12 @@ def _write_result(path: str, text: str) -> None:
 
 
 def serve(ctl, driver, name, uuid, vcpus, deadline, log, overlay=None, early=True,
-          recheck: float = EARLY_RECHECK) -> str:
+          recheck: float = EARLY_RECHECK, let_go=None) -> str:
     """One guest start, the caller holding its lock (``take``): apply once when the guest's
     verified process and cgroups are there (if ``early``), then answer ``started begin``'s go
-    file by applying again and writing the result. Returns what happened."""
+    file by applying again and writing the result. ``let_go()`` lets go of the guest's lock
+    file (the script waits on it) right after the answer, before the journal's commit; the
+    caller lets go at the end in any case (``Held``). Returns what happened."""
     import time
     from cgctl.model import params as P
     from cgctl.host import runfiles
@@ -202,7 +217,7 @@ def serve(ctl, driver, name, uuid, vcpus, deadline, log, overlay=None, early=Tru
             token = _read_token(go)
             if token is not None:  # `started begin` waits for us
                 return _answer(ctl, driver, name, uuid, config, overlay, journal, token, result,
-                               what, log)
+                               what, log, let_go or (lambda: None))
             if what is None and early:
                 guest = _ready(ctl, driver, name, uuid, vcpus, sub, watch)
                 if guest is not None:
@@ -256,11 +271,23 @@ def _apply_early(ctl, guest, journal, overlay, deadline) -> str:
     return f"early: {len(outcome.changes)} setting(s) applied, {len(outcome.errors)} failed"
 
 
-def _answer(ctl, driver, name, uuid, config, overlay, journal, token, result, what, log) -> str:
+def _answer(ctl, driver, name, uuid, config, overlay, journal, token, result, what, log,
+            let_go) -> str:
     """``started begin``: apply as the authority (libvirt rewrote its own vCPU tunables after
     the early write) and tell the script. Any doubt is a ``fail``: the script then runs the
-    hook in Python, which applies again and reports (strict or not) as it always has."""
+    hook in Python, which applies again and reports (strict or not) as it always has.
+
+    The answer comes before the journal's commit (an fsync: ~40 ms on a loaded disk, the
+    largest part of the call): the limits are in force once written, the record only says so.
+    The apply's records (its history rows and the instance row) go into a one-guest batch
+    (cgctl/core/batch.py), committed right after the script was let go; the guest's lock
+    (cgctl/core/guestlock.py) is held until that commit, so no other writer lands between our
+    write and our record. A crash in between loses that record only (docs/hook.md, "The answer
+    before the commit"), never a setting: the cgroups hold the config, and the next reconcile
+    applies again what has no instance row."""
+    from cgctl.core.batch import Batch
     from cgctl.host import runfiles
+    pending = None
     try:
         if not config:
             _write_result(result, f"ok {token}")
@@ -269,20 +296,32 @@ def _answer(ctl, driver, name, uuid, config, overlay, journal, token, result, wh
         if guest is None or guest.uuid != uuid:
             _write_result(result, f"fail {token} no running guest {name} with {uuid}")
             return "started: guest not found; the hook applies"
+        pending = Batch(journal, max_guests=1, max_age=EARLY_RECHECK)
         outcome = ctl.apply_config(guest, source="hook", command="hook started",
-                                   journal=journal, overlay=overlay)
+                                   journal=journal, overlay=overlay, batch=pending)
         if outcome.errors:
             _write_result(result, f"fail {token} {len(outcome.errors)} setting(s) not applied")
-            return f"started: {len(outcome.errors)} failed; the hook applies"
-        _write_result(result, f"ok {token}")
-        return (f"{what or 'early: not applied'}; started: {len(outcome.changes)} "
-                "setting(s) applied")
+            what = f"started: {len(outcome.errors)} failed; the hook applies"
+        else:
+            _write_result(result, f"ok {token}")
+            what = (f"{what or 'early: not applied'}; started: {len(outcome.changes)} "
+                    "setting(s) applied")
     except Exception as exc:  # noqa: BLE001  the script falls back to the hook in Python
         try:
             _write_result(result, f"fail {token} {type(exc).__name__}: {exc}")
         except OSError:
             pass
-        return f"started: {type(exc).__name__}: {exc}; the hook applies"
+        what = f"started: {type(exc).__name__}: {exc}; the hook applies"
+    finally:
+        let_go()  # the script reads its answer now; libvirt goes on
+        if pending is not None:
+            try:
+                pending.commit()  # also lets go of the guest's lock when nothing is to record
+            except Exception as exc:  # noqa: BLE001  the limits are in force; only the record
+                log(f"the apply is in force but not recorded in the journal: "
+                    f"{type(exc).__name__}: {exc}; the next reconcile applies again", error=True)
+                what += "; not recorded"
+    return what
 
 
 def _subgroups_ready(groups, params, vcpus: int) -> bool:

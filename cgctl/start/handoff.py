@@ -146,6 +146,7 @@ class Handoff:
         fd = applier.take(driver, name)
         if fd is None:
             return  # the hook's own applier has this start
+        held = applier.Held(driver, name, fd)
         ctl = None
         try:
             t0 = time.monotonic()
@@ -159,14 +160,14 @@ class Handoff:
             ctl = applier.controller(opts, lock_wait=lock_wait_within(early_timeout))
             overlay = applier.receive_metadata(driver, name, dom, opts, ctl, hlog)
             what = applier.serve(ctl, driver, name, info.uuid, info.vcpus, t0 + early_timeout,
-                                 hlog, overlay, early_on)
+                                 hlog, overlay, early_on, let_go=held.let_go)
             hlog(f"{what} ({(time.monotonic() - t0) * 1000:.1f} ms)")
         except Exception as e:  # noqa: BLE001  the hook falls back to Python, never the service
             hlog(f"{type(e).__name__}: {e}; the hook applies", error=True)
         finally:
             if ctl is not None:
                 ctl.close()
-            applier.release(driver, name, fd)
+            held.let_go()
 
     def run(self, stopping: threading.Event) -> None:
         while not stopping.is_set():

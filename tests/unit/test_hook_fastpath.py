@@ -267,6 +267,58 @@ def test_the_applier_is_woken_by_inotify_not_by_a_timer(waiter):
         assert f.read() == "ok 4242\n"
 
 
+class JournalCtl(FakeCtl):
+    """FakeCtl whose apply records into a real SQLite journal through the batch it is given,
+    and notes, when the record is written, what the script could see by then."""
+
+    def __init__(self, run_dir, config, journal):
+        super().__init__(run_dir, config)
+        self.j = journal
+        self.at_commit = None
+
+    def journal(self, create=True):
+        return self.j
+
+    def apply_config(self, guest, *, command, batch=None, **kw):
+        out = super().apply_config(guest, command=command)
+        if batch is None:
+            return out
+        batch.lock(guest.uuid, guest.name, 1.0)
+
+        def record(tx):
+            result = early.result_path("qemu", NAME)
+            self.at_commit = (open(result).read() if os.path.exists(result) else None,
+                              os.path.exists(early.lock_path("qemu", NAME)))
+            tx.set_instance(guest.uuid, 4321, 1.5, applied_at=2.0)
+        batch.add(record, lambda: None)
+        return out
+
+
+def test_the_answer_comes_before_the_commit(waiter, tmp_path):
+    """The script is answered (result written, the guest's lock file let go) before the
+    journal's commit; the record is committed right after, and held the guest's lock until
+    then (cgctl/core/batch.py)."""
+    from cgctl.core import guestlock
+    from cgctl.core.journal import Journal
+    lv, _ready = waiter
+    with Journal(str(tmp_path / "j.db")) as j:
+        ctl = JournalCtl(lv, {("cpu_shares", ""): "512"}, j)
+        fd = early.take("qemu", NAME)
+        held = early.Held("qemu", NAME, fd)
+        with open(early.go_path("qemu", NAME), "w") as f:
+            f.write("99\n")
+        try:
+            what = early.serve(ctl, "qemu", NAME, UUID, 1, time.monotonic() + 20,
+                               lambda *a, **k: None, early=False, let_go=held.let_go)
+        finally:
+            held.let_go()
+        assert "started: 1 setting(s) applied" in what
+        assert ctl.at_commit == ("ok 99\n", False)  # answered and let go, then recorded
+        assert j.get_instance(UUID).pid == 4321
+    with guestlock.hold(UUID, wait=0, guest=NAME):  # the batch let go of the guest's lock
+        pass
+
+
 def test_nothing_configured_answers_ok_without_applying(waiter):
     lv, _ready = waiter
     ctl = FakeCtl(lv, {})
@@ -301,7 +353,8 @@ def test_the_service_takes_a_request_and_serves_it(tmp_path, monkeypatch):
     assert not handoff.Handoff(str(run)).open()  # a second service: the lock is held
     seen = {}
 
-    def fake_serve(ctl, driver, name, uuid, vcpus, deadline, log, overlay=None, early_on=True):
+    def fake_serve(ctl, driver, name, uuid, vcpus, deadline, log, overlay=None, early_on=True,
+                   let_go=None):
         seen.update(driver=driver, name=name, uuid=uuid, early=early_on,
                     locked=os.path.exists(early.lock_path(driver, name)),
                     journal=ctl.journal_path)
