@@ -190,8 +190,46 @@ def test_noops_read_stdin_without_a_process(hook):
     r = hook.run("release", "end", stdin="<domain>" + "x" * (1 << 20) + "</domain>")
     assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
     text = open(hook.script).read()
-    noop = text[text.index('case "$2 $3" in'):text.index("esac")]
+    noop = text[text.index('case "$2 $3" in'):text.index("\nesac\n")]
     assert "cat" not in noop and "drain" in noop
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=lambda s: s[0])
+def test_release_end_removes_the_go_and_result_files_without_python(hook, shell):
+    for p in (early.go_path("qemu", NAME), early.result_path("qemu", NAME)):
+        with open(p, "w") as f:
+            f.write("ok 1\n")
+    other = early.result_path("qemu", "other")  # another guest's: kept
+    open(other, "w").close()
+    for call in (("stopped", "end"), ("release", "end")):
+        r = hook.run(*call, shell)
+        assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
+    assert sorted(os.listdir(hook.run_dir)) == [os.path.basename(other)]
+    assert hook.python_ran() == []
+    r = hook.run("release", "end", shell)  # nothing left: nothing to do, still 0
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
+
+
+def test_release_end_leaves_the_files_of_a_start_in_progress(hook):
+    """An applier holds the guest's lock (a new start began): its files are its own."""
+    fd = hold(early.lock_path("qemu", NAME))
+    try:
+        with open(early.go_path("qemu", NAME), "w") as f:
+            f.write("7\n")
+        r = hook.run("release", "end")
+        assert r.returncode == 0 and os.path.exists(early.go_path("qemu", NAME))
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("name", ["../run", "a/b", ".", ""])
+def test_release_end_never_removes_by_a_name_that_is_a_path(hook, name):
+    outside = hook.run_dir.parent / "early-qemu-x.go"
+    outside.write_text("keep")
+    (hook.run_dir / "early-qemu-..go").write_text("keep")
+    r = hook.run("release", "end", name=name)
+    assert r.returncode == 0 and outside.read_text() == "keep"
+    assert (hook.run_dir / "early-qemu-..go").read_text() == "keep"
 
 
 # --------------------------------------------------------------------------- the applier's waits
