@@ -12,7 +12,7 @@ Three ways of applying the config at start (one tiny TCG guest, config ``hard_li
 - ``started``: the hook at ``started begin`` only (``--no-early-apply``);
 - ``early``: the hook with its early applier (launched at ``prepare begin``);
 - ``handoff``: the hook with ``cgctl daemon`` running: the script hands the start to the
-  service, whose applier applies early (cgctl/hook/handoff.py).
+  service, whose applier applies early (cgctl/start/handoff.py).
 
 Clocks. *Resume*: QEMU's own timestamp of its ``RESUME`` QMP event, which QEMU emits in
 ``vm_prepare_start()`` right before it resumes the vCPU threads on libvirt's ``cont``; we read it

@@ -32,7 +32,8 @@ def _xml() -> str:
 
 
 def run(runs: int = 40) -> dict:
-    from cgctl.hook import install as hookinstall, options as hookoptions
+    from cgctl.hook import install as hookinstall
+    from cgctl.start import options as hookoptions
     with workdir("cgctl-bench-hooknoop-") as wd:
         run_dir = os.path.join(wd, "run")
         for d in ("qemu", "lxc"):

@@ -4,7 +4,7 @@
         [--service]    (root; RESTARTS libvirtd)
 
 ``--service``: every start is done twice, interleaved: once with ``cgctl daemon`` running (the
-script hands the start to it, cgctl/hook/handoff.py) and once without (the hook alone); the
+script hands the start to it, cgctl/start/handoff.py) and once without (the hook alone); the
 service is started and stopped between the two. The hook's added time of a start is the sum of
 its three calls (prepare, start, started begin) as the stamps see them (an over-estimate by the
 stamp script's own start, ~1 ms).

@@ -212,7 +212,7 @@ class Subprocess:
         env.setdefault("CGCTL_SOCKET", os.path.join(tempfile.gettempdir(),
                                                     f"cgctl-{os.getpid()}-{id(self):x}.sock"))
         self.socket_path = env["CGCTL_SOCKET"]
-        # nor take the host's hook starts (cgctl/hook/handoff.py) unless a test asks for it
+        # nor take the host's hook starts (cgctl/start/handoff.py) unless a test asks for it
         env.setdefault("CGCTL_HOOK_RUN_DIR", tempfile.mkdtemp(prefix="cgctl-hookrun-"))
         self.log_path = log_path
         self._log = open(log_path, "ab")

@@ -6,55 +6,15 @@ runtime files (``cgctl/host/runfiles.py``), never from libvirt itself (that dead
 from __future__ import annotations
 
 from cgctl.hook.hooklog import Log, route_cgctl_log
-from cgctl.hook.options import HOOK_TIMEOUT, HookFailure, Options, lock_wait_within
-
-
-def controller(opts: Options, ctl=None, lock_wait: float = None):
-    """The Controller on the hook's journal (``ctl`` itself when it is already that one)."""
-    from cgctl.core.controller import Controller
-    if ctl is None or (opts.journal is not None and opts.journal != ctl.journal_path):
-        from cgctl.config import resolve
-        # --journal (baked in at install), $CGCTL_JOURNAL, the config file's journal, the default
-        cfg = resolve(opts.config_file, {"journal": opts.journal}, on_error=lambda m: None)
-        ctl = Controller(journal_path=cfg.journal)
-    # the guest's lock (cgctl/core/guestlock.py) is waited for well within this call's own bound:
-    # a writer holding it too long costs this apply (logged), never libvirt's start
-    ctl.lock_wait = lock_wait if lock_wait is not None else lock_wait_within(HOOK_TIMEOUT)
-    return ctl
+from cgctl.start import applier
+from cgctl.start.applier import controller
+from cgctl.start.options import HookFailure, Options
 
 
 def receive_metadata(driver: str, name: str, dom, opts: Options, ctl, log: Log) -> dict:
-    """Merge the settings carried in the domain XML's <metadata> into the journal (a guest
-    defined or migrated from another host: cgctl/core/travel.py); the <live> overlay to apply.
-    ``dom``: the call's StdinDomain. Never raises: the journal config still applies."""
-    try:
-        if b"<metadata" not in dom.xml:
-            return {}  # the common case: one byte search, and metadata/travel not imported
-        from cgctl.model import metadata
-        if metadata.NS.encode() not in dom.xml:
-            return {}
-        from cgctl.core import travel
-        info = dom.info()
-        if info is None:
-            return {}
-        c = controller(opts, ctl)
-        route_cgctl_log(log)
-        try:
-            overlay, decisions = travel.receive(c.journal(), info.uuid, name, driver, dom.xml,
-                                                source="hook")
-        finally:
-            if c is not ctl:
-                # closed before the early applier forks: a child must not inherit an open
-                # SQLite connection (its locks and WAL state belong to this process)
-                c.close()
-        taken = sum(d.taken for d in decisions)
-        if decisions:
-            log(f"metadata: {taken} setting(s) taken, {len(decisions) - taken} kept from this "
-                f"host's journal")
-        return overlay
-    except Exception as exc:  # noqa: BLE001  a hook never fails on metadata
-        log(f"cannot use the settings in the domain's metadata: {exc}", error=True)
-        return {}
+    """cgctl/start/applier.py's receive, cgctl's log lines routed to the hook's."""
+    return applier.receive_metadata(driver, name, dom, opts, ctl, log,
+                                    before=lambda: route_cgctl_log(log))
 
 
 def started(driver: str, name: str, dom, opts: Options, ctl, log: Log) -> None:

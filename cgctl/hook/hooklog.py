@@ -35,7 +35,7 @@ def syslog(line: str, error: bool) -> None:
 
 def route_cgctl_log(log: Log) -> None:
     """The controller's one-line-per-change messages go where the hook's go (in the hook's own
-    processes only: in the service, cgctl/hook/handoff.py, they stay on the service's log)."""
+    processes only: in the service, cgctl/start/handoff.py, they stay on the service's log)."""
     if not isinstance(log, Log):
         return
     import logging

@@ -9,7 +9,7 @@ import os
 import sys
 
 from cgctl import consts
-from cgctl.hook.options import (ACTIONS, DRIVERS, EXIT_OK, EXIT_REFUSE, EXIT_SCRIPT_REFUSE,
+from cgctl.start.options import (ACTIONS, DRIVERS, EXIT_OK, EXIT_REFUSE, EXIT_SCRIPT_REFUSE,
                                 EXIT_USAGE, REQUEST_PREFIX, SCRIPT_ENV, SERVICE_LOCK,
                                 STARTED_WAIT, Options)
 
@@ -43,6 +43,20 @@ drain() {{  # stdin read to its end with the shell's own `read`: no process star
 
 case "$2 $3" in
 {handled}) ;;
+'release end')  # the guest is gone: the go and result files of its last start go too (no
+    # Python; one `rm` only when there is something to remove), unless an applier holds the
+    # guest's lock (a new start has begun: it removes them itself when it takes the lock)
+    case $1 in
+    ''|.|..|*/*|*'
+'*) ;;
+    *) go="$run/early-{driver}-$1.go"
+       res="$run/early-{driver}-$1.result"
+       if [ ! -e "$run/early-{driver}-$1.lock" ] && {{ [ -e "$go" ] || [ -e "$res" ]; }}; then
+           rm -f -- "$go" "$res" 2>/dev/null
+       fi ;;
+    esac
+    drain
+    exit 0 ;;
 *)  # nothing for cgctl to do: answered here without starting Python. No output (libvirt
     # takes the output of migrate/restore as the new domain XML); stdin read to its end.
     drain

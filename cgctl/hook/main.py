@@ -10,7 +10,7 @@ import os
 import sys
 
 from cgctl.hook.hooklog import Log
-from cgctl.hook.options import (ACTIONS, DRIVERS, EXIT_OK, EXIT_REFUSE, EXIT_SCRIPT_REFUSE,
+from cgctl.start.options import (ACTIONS, DRIVERS, EXIT_OK, EXIT_REFUSE, EXIT_SCRIPT_REFUSE,
                                 EXIT_USAGE, SCRIPT_ENV, STDIN_LIMIT, STRICT_ENV, HookFailure,
                                 HookUsage, Options, env_bool, parse_options, resolve_settings,
                                 timeouts)
@@ -40,7 +40,7 @@ def main(hook_args, ctl=None) -> int:
 
 def run(driver: str, name: str, op: str, subop: str, opts: Options, ctl=None) -> int:
     """One call from libvirt; returns the exit status (the policy: docs/hook.md, "Failures")."""
-    from cgctl.hook.domain import StdinDomain
+    from cgctl.start.domain import StdinDomain
     action = ACTIONS.get((op, subop))
     log = Log(driver, name, op)
     dom = StdinDomain(_read_stdin(), name, log)

@@ -1,6 +1,6 @@
 """A minimal inotify (Linux) through libc, for the threads and processes that must be woken by
 the kernel rather than by a timer: the service's OOM watcher (``cgctl/service/oomwatch.py``)
-and the hook's applier (``cgctl/hook/early.py``)."""
+and the applier of a guest start (``cgctl/start/applier.py``)."""
 
 from __future__ import annotations
 

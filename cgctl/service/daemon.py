@@ -322,6 +322,6 @@ def main(cli, config_file: Optional[str] = consts.CONFIG_PATH,
     # config and counts into whichever registry is current (metrics.count_oom)
     daemon.reload_hooks.append(lambda new: metrics.reconfigure(new, daemon.stopping))
     oomwatch.start(daemon.stopping, on_event=metrics.count_oom)
-    from cgctl.hook import handoff  # the hook's starts handed to the service (docs/hook.md)
+    from cgctl.start import handoff  # the hook's starts handed to the service (docs/hook.md)
     handoff.start(daemon.stopping)
     return daemon.run()

@@ -21,11 +21,13 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from datetime import datetime
 
 import pytest
 
-from cgctl.hook import early as hookearly, install as hookinstall
+from cgctl.hook import install as hookinstall
+from cgctl.start import applier as hookearly
 from tests.clikit import cgctl
 from tests.daemonkit import Subprocess
 
@@ -125,6 +127,12 @@ def start_and_check(sb, guest, journal):
     finally:
         resumes.close()
     assert memory_limit(pid) == LIMIT
+    # `started begin` was answered before the journal's commit (docs/hook.md, "The answer
+    # before the commit"): its record follows within the applier's commit
+    end = time.monotonic() + 20
+    while not any(r[1] == "hook started" for r in rows(journal, guest)) \
+            and time.monotonic() < end:
+        time.sleep(0.02)
     hist = rows(journal, guest)
     early = [r for r in hist if r[1] == "hook early"]
     started = [r for r in hist if r[1] == "hook started"]
@@ -135,6 +143,15 @@ def start_and_check(sb, guest, journal):
     assert applied < resume, (applied, resume)
     assert not os.path.exists(hookearly.lock_path("qemu", guest.name))
     return hist
+
+
+def stop_and_check_nothing_left(sb, guest):
+    """A stop ends the start: its go and result files go at `release end` (the script)."""
+    assert os.path.exists(hookearly.result_path("qemu", guest.name))  # the answer, read
+    sb.destroy(guest.name, guest.uri)
+    left = [f for f in os.listdir("/run/cgctl") if f.startswith(f"early-qemu-{guest.name}")
+            or f.startswith(f"request-qemu-{guest.name}")]
+    assert left == []
 
 
 def test_with_the_service_a_start_starts_no_python(installed, libvirt_sandbox, make_guest,
@@ -151,6 +168,7 @@ def test_with_the_service_a_start_starts_no_python(installed, libvirt_sandbox, m
         svc.wait_log("ready:")
         start_and_check(libvirt_sandbox, guest, journal)
         log = svc.wait_log(f"hook hand-off: qemu guest={guest.name}: ")
+        stop_and_check_nothing_left(libvirt_sandbox, guest)
     finally:
         code = svc.stop()
     assert code == 0, svc.log()
@@ -165,3 +183,5 @@ def test_without_the_service_the_hook_alone_does_it(installed, libvirt_sandbox, 
     start_and_check(libvirt_sandbox, guest, journal)
     # Python once, to launch the applier; `start begin` and `started begin` answered without it
     assert python_calls(ran, guest) == ["prepare begin"]
+    stop_and_check_nothing_left(libvirt_sandbox, guest)
+    assert python_calls(ran, guest) == ["prepare begin"]  # nor `stopped`/`release`

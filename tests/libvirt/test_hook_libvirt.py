@@ -17,7 +17,8 @@ import sys
 
 import pytest
 
-from cgctl.hook import early as hookearly, install as hookinstall
+from cgctl.hook import install as hookinstall
+from cgctl.start import applier as hookearly
 from tests.clikit import cgctl
 
 HOOKS = "/etc/libvirt/hooks"

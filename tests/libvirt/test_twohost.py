@@ -32,7 +32,7 @@ MiB = 1 << 20
 
 
 def _cgctl_hook() -> str:
-    from cgctl.hook.options import Options
+    from cgctl.start.options import Options
     from cgctl.hook.install import hook_command, script_text
     return script_text("qemu", hook_command(sys.executable, Options()))
 

@@ -231,7 +231,8 @@ def test_the_real_runner_never_runs_other_commands(tmp_path):
 
 def test_abbreviations_are_refused_by_every_parser(tmp_path):
     from cgctl.cli import main as cli
-    from cgctl.hook import install as hookinstall, options as hookoptions
+    from cgctl.hook import install as hookinstall
+    from cgctl.start import options as hookoptions
     rc, out, err = cli.run_captured(["set", "g", "cpu_shares=2", "--journ", "/x"])
     assert rc == 2 and "unrecognized arguments: --journ" in err
     rc = hookinstall.install_main("install", ["--hooks", str(tmp_path)], hookoptions.Options(), None)

@@ -163,7 +163,7 @@ def test_cli_hook_and_service_read_the_same_journal_key(tmp_path):
     import subprocess
     import sys
     from cgctl.cli import main as cli
-    from cgctl.hook import apply as hookapply, options as hookoptions
+    from cgctl.start import applier as hookapply, options as hookoptions
     journal = tmp_path / "from-file.db"
     _journal_with_guest(journal, "web-from-file")
     f = tmp_path / "cgctl.toml"

@@ -14,7 +14,8 @@ import uuid as uuidlib
 
 import pytest
 
-from cgctl.hook import domain, install as hookinstall, main as hook, options
+from cgctl.hook import install as hookinstall, main as hook
+from cgctl.start import domain, options
 from cgctl.core.journal import Journal
 
 CLI = [sys.executable, "-m", "cgctl.cli"]
@@ -275,7 +276,7 @@ def test_no_applier_when_disabled_or_nothing_configured(env, uuid):
 
 
 def test_a_bad_domain_xml_is_said_once_per_call(env, uuid):
-    """The XML is parsed once per call (cgctl/hook/domain.py): the metadata step and the apply
+    """The XML is parsed once per call (cgctl/start/domain.py): the metadata step and the apply
     of `started` do not each report the same problem."""
     configure(env, uuid, cpu_shares="512")
     bad = ("<domain><name>" + NAME + "</name><metadata><g xmlns='http://cgctl.org/xmlns/guest'/>"
@@ -312,15 +313,19 @@ def test_hook_never_imports_libvirt(env, uuid, tmp_path):
 
 
 def test_no_hook_module_imports_libvirt_or_the_service():
-    """Every module of the package imported (the early applier's and install's too): none pulls
-    libvirt in (calling libvirt from its hook deadlocks), nor the service."""
+    """Every module of the package and of the applier's package below it (cgctl/start/, the
+    service's hand-off too) imported: none pulls libvirt in (calling libvirt from its hook
+    deadlocks), nor the service."""
     import pkgutil
     import cgctl.hook
-    names = sorted(m.name for m in pkgutil.iter_modules(cgctl.hook.__path__)
-                   if m.name != "__main__")
-    assert {"main", "options", "hooklog", "domain", "apply", "early", "install"} <= set(names)
+    import cgctl.start
+    names = sorted(f"{pkg.__name__}.{m.name}" for pkg in (cgctl.hook, cgctl.start)
+                   for m in pkgutil.iter_modules(pkg.__path__) if m.name != "__main__")
+    assert {"cgctl.hook.main", "cgctl.start.options", "cgctl.hook.hooklog", "cgctl.start.domain",
+            "cgctl.hook.apply", "cgctl.hook.early", "cgctl.hook.install", "cgctl.start.applier",
+            "cgctl.start.handoff"} <= set(names)
     code = ("import sys, importlib;"
-            f"[importlib.import_module('cgctl.hook.' + n) for n in {names!r}];"
+            f"[importlib.import_module(n) for n in {names!r}];"
             "print([m for m in sys.modules if m in ('libvirt', 'cgctl.virt', 'cgctl.service.daemon')])")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert r.returncode == 0 and r.stdout.strip() == "[]", r.stderr + r.stdout
@@ -331,9 +336,9 @@ def test_install_imports_only_the_options_and_the_package_init_is_empty():
     package costs nothing (``python -m cgctl.hook`` imports it first)."""
     import cgctl.hook
     code = ("import sys, cgctl.hook.install;"
-            "print(sorted(m for m in sys.modules if m.startswith('cgctl.hook.')))")
+            "print(sorted(m for m in sys.modules if m.startswith(('cgctl.hook.', 'cgctl.start.'))))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
-    assert r.stdout.strip() == "['cgctl.hook.install', 'cgctl.hook.options']", r.stderr
+    assert r.stdout.strip() == "['cgctl.hook.install', 'cgctl.start.options']", r.stderr
     with open(cgctl.hook.__file__) as f:
         assert f.read() == ""
 

@@ -1,6 +1,6 @@
 """The start without Python (docs/hook.md, "The start without Python"): the installed script's
-fast paths, the applier's waits on inotify (cgctl/hook/early.py) and the service's side of the
-hand-off (cgctl/hook/handoff.py), on real files, real flock(2) locks and real inotify.
+fast paths, the applier's waits on inotify (cgctl/start/applier.py) and the service's side of the
+hand-off (cgctl/start/handoff.py), on real files, real flock(2) locks and real inotify.
 
 The script is cgctl's real one (``hookinstall.install``) run with ``/bin/sh``, ``dash`` and
 ``bash --posix`` as libvirt runs it, with a Python wrapper that records every call it is given:
@@ -22,7 +22,8 @@ import uuid as uuidlib
 import pytest
 
 from cgctl import consts
-from cgctl.hook import early, handoff, install as hookinstall, options
+from cgctl.hook import install as hookinstall
+from cgctl.start import applier as early, handoff, options
 
 NAME = "cgt-fast"
 UUID = str(uuidlib.UUID(int=0x5EED))
@@ -189,8 +190,46 @@ def test_noops_read_stdin_without_a_process(hook):
     r = hook.run("release", "end", stdin="<domain>" + "x" * (1 << 20) + "</domain>")
     assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
     text = open(hook.script).read()
-    noop = text[text.index('case "$2 $3" in'):text.index("esac")]
+    noop = text[text.index('case "$2 $3" in'):text.index("\nesac\n")]
     assert "cat" not in noop and "drain" in noop
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=lambda s: s[0])
+def test_release_end_removes_the_go_and_result_files_without_python(hook, shell):
+    for p in (early.go_path("qemu", NAME), early.result_path("qemu", NAME)):
+        with open(p, "w") as f:
+            f.write("ok 1\n")
+    other = early.result_path("qemu", "other")  # another guest's: kept
+    open(other, "w").close()
+    for call in (("stopped", "end"), ("release", "end")):
+        r = hook.run(*call, shell)
+        assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
+    assert sorted(os.listdir(hook.run_dir)) == [os.path.basename(other)]
+    assert hook.python_ran() == []
+    r = hook.run("release", "end", shell)  # nothing left: nothing to do, still 0
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
+
+
+def test_release_end_leaves_the_files_of_a_start_in_progress(hook):
+    """An applier holds the guest's lock (a new start began): its files are its own."""
+    fd = hold(early.lock_path("qemu", NAME))
+    try:
+        with open(early.go_path("qemu", NAME), "w") as f:
+            f.write("7\n")
+        r = hook.run("release", "end")
+        assert r.returncode == 0 and os.path.exists(early.go_path("qemu", NAME))
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("name", ["../run", "a/b", ".", ""])
+def test_release_end_never_removes_by_a_name_that_is_a_path(hook, name):
+    outside = hook.run_dir.parent / "early-qemu-x.go"
+    outside.write_text("keep")
+    (hook.run_dir / "early-qemu-..go").write_text("keep")
+    r = hook.run("release", "end", name=name)
+    assert r.returncode == 0 and outside.read_text() == "keep"
+    assert (hook.run_dir / "early-qemu-..go").read_text() == "keep"
 
 
 # --------------------------------------------------------------------------- the applier's waits
@@ -266,6 +305,58 @@ def test_the_applier_is_woken_by_inotify_not_by_a_timer(waiter):
         assert f.read() == "ok 4242\n"
 
 
+class JournalCtl(FakeCtl):
+    """FakeCtl whose apply records into a real SQLite journal through the batch it is given,
+    and notes, when the record is written, what the script could see by then."""
+
+    def __init__(self, run_dir, config, journal):
+        super().__init__(run_dir, config)
+        self.j = journal
+        self.at_commit = None
+
+    def journal(self, create=True):
+        return self.j
+
+    def apply_config(self, guest, *, command, batch=None, **kw):
+        out = super().apply_config(guest, command=command)
+        if batch is None:
+            return out
+        batch.lock(guest.uuid, guest.name, 1.0)
+
+        def record(tx):
+            result = early.result_path("qemu", NAME)
+            self.at_commit = (open(result).read() if os.path.exists(result) else None,
+                              os.path.exists(early.lock_path("qemu", NAME)))
+            tx.set_instance(guest.uuid, 4321, 1.5, applied_at=2.0)
+        batch.add(record, lambda: None)
+        return out
+
+
+def test_the_answer_comes_before_the_commit(waiter, tmp_path):
+    """The script is answered (result written, the guest's lock file let go) before the
+    journal's commit; the record is committed right after, and held the guest's lock until
+    then (cgctl/core/batch.py)."""
+    from cgctl.core import guestlock
+    from cgctl.core.journal import Journal
+    lv, _ready = waiter
+    with Journal(str(tmp_path / "j.db")) as j:
+        ctl = JournalCtl(lv, {("cpu_shares", ""): "512"}, j)
+        fd = early.take("qemu", NAME)
+        held = early.Held("qemu", NAME, fd)
+        with open(early.go_path("qemu", NAME), "w") as f:
+            f.write("99\n")
+        try:
+            what = early.serve(ctl, "qemu", NAME, UUID, 1, time.monotonic() + 20,
+                               lambda *a, **k: None, early=False, let_go=held.let_go)
+        finally:
+            held.let_go()
+        assert "started: 1 setting(s) applied" in what
+        assert ctl.at_commit == ("ok 99\n", False)  # answered and let go, then recorded
+        assert j.get_instance(UUID).pid == 4321
+    with guestlock.hold(UUID, wait=0, guest=NAME):  # the batch let go of the guest's lock
+        pass
+
+
 def test_nothing_configured_answers_ok_without_applying(waiter):
     lv, _ready = waiter
     ctl = FakeCtl(lv, {})
@@ -300,7 +391,8 @@ def test_the_service_takes_a_request_and_serves_it(tmp_path, monkeypatch):
     assert not handoff.Handoff(str(run)).open()  # a second service: the lock is held
     seen = {}
 
-    def fake_serve(ctl, driver, name, uuid, vcpus, deadline, log, overlay=None, early_on=True):
+    def fake_serve(ctl, driver, name, uuid, vcpus, deadline, log, overlay=None, early_on=True,
+                   let_go=None):
         seen.update(driver=driver, name=name, uuid=uuid, early=early_on,
                     locked=os.path.exists(early.lock_path(driver, name)),
                     journal=ctl.journal_path)

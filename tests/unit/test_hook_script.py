@@ -25,7 +25,8 @@ import uuid as uuidlib
 
 import pytest
 
-from cgctl.hook import install as hookinstall, options
+from cgctl.hook import install as hookinstall
+from cgctl.start import options
 
 NAME = "cgt-hook-script"
 SH = "/bin/sh"

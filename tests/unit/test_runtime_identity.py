@@ -119,7 +119,7 @@ def test_a_faked_lxc_controller_is_rejected(tmp_path, procs, monkeypatch):
 def test_the_early_applier_uses_the_same_check(tmp_path, procs, monkeypatch):
     """cgctl/hook/main.py's early applier finds the guest's PID through runfiles.verified_pid: a
     faked argv never reaches an apply."""
-    from cgctl.hook import early
+    from cgctl.start import applier as early
     p = procs(qemu_argv())
     plant(tmp_path, "qemu", p.pid)
     applied = []

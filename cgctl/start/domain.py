@@ -5,7 +5,7 @@ parsed by ``cgctl/host/runfiles.py`` and the ``<metadata>`` element by ``cgctl/m
 
 from __future__ import annotations
 
-from cgctl.hook.options import HookFailure
+from cgctl.start.options import HookFailure
 
 
 class DomainInfo:

@@ -4,8 +4,8 @@ While ``cgctl daemon`` runs, a thread here holds ``HOOK_RUN_DIR/service.lock`` a
 ``HOOK_RUN_DIR`` with inotify. At ``prepare begin`` the installed script sees the lock held and,
 instead of starting Python, writes a request file (``request-DRIVER-NAME``: the hook's options,
 a blank line, the domain XML). The service takes the guest's lock file at once and runs the same
-applier as the hook's detached one (``early.serve``): early apply before the vCPUs run, then the
-answer to ``started begin``. A request the service does not take (stopped, busy, a lock already
+applier as the hook's detached one (``cgctl/start/applier.py``): early apply before the vCPUs
+run, then the answer to ``started begin``. A request the service does not take (stopped, busy, a lock already
 held) is the hook's again: ``start begin`` finds the guest's lock free and runs the hook in
 Python. Nothing here may stop the service: every failure is one log line.
 """
@@ -18,7 +18,7 @@ import threading
 import time
 
 from cgctl import consts
-from cgctl.hook.options import REQUEST_PREFIX, SERVICE_LOCK, STDIN_LIMIT
+from cgctl.start.options import REQUEST_PREFIX, SERVICE_LOCK, STDIN_LIMIT
 
 log = logging.getLogger("cgctl")
 
@@ -48,7 +48,7 @@ def parse_request(data: bytes):
 
 
 def _options(fields):
-    from cgctl.hook.options import Options
+    from cgctl.start.options import Options
     opts = Options()
     opts.journal = fields.get("journal") or None
     opts.config_file = fields.get("config") or consts.CONFIG_PATH
@@ -113,7 +113,7 @@ class Handoff:
         return threads
 
     def take(self, fname: str):
-        from cgctl.hook.options import DRIVERS
+        from cgctl.start.options import DRIVERS
         path = os.path.join(self.run_dir, fname)
         driver, _, name = fname[len(REQUEST_PREFIX):].partition("-")
         try:
@@ -134,18 +134,19 @@ class Handoff:
         return t
 
     def _serve(self, driver, name, data):
-        from cgctl.hook import apply, early
-        from cgctl.hook.domain import StdinDomain
-        from cgctl.hook.options import lock_wait_within, resolve_settings, timeouts
+        from cgctl.start import applier
+        from cgctl.start.domain import StdinDomain
+        from cgctl.start.options import lock_wait_within, resolve_settings, timeouts
         hlog = _Log(driver, name)
         try:
             fields, xml = parse_request(data)
         except ValueError as e:
             hlog(f"bad request ({e}); the hook applies", error=True)
             return
-        fd = early.take(driver, name)
+        fd = applier.take(driver, name)
         if fd is None:
             return  # the hook's own applier has this start
+        held = applier.Held(driver, name, fd)
         ctl = None
         try:
             t0 = time.monotonic()
@@ -156,17 +157,17 @@ class Handoff:
                 return  # logged; no lock held from now: `start begin` runs the hook
             _, early_timeout = timeouts(hlog)
             _, early_on = resolve_settings(opts, hlog)
-            ctl = apply.controller(opts, lock_wait=lock_wait_within(early_timeout))
-            overlay = apply.receive_metadata(driver, name, dom, opts, ctl, hlog)
-            what = early.serve(ctl, driver, name, info.uuid, info.vcpus, t0 + early_timeout,
-                               hlog, overlay, early_on)
+            ctl = applier.controller(opts, lock_wait=lock_wait_within(early_timeout))
+            overlay = applier.receive_metadata(driver, name, dom, opts, ctl, hlog)
+            what = applier.serve(ctl, driver, name, info.uuid, info.vcpus, t0 + early_timeout,
+                                 hlog, overlay, early_on, let_go=held.let_go)
             hlog(f"{what} ({(time.monotonic() - t0) * 1000:.1f} ms)")
         except Exception as e:  # noqa: BLE001  the hook falls back to Python, never the service
             hlog(f"{type(e).__name__}: {e}; the hook applies", error=True)
         finally:
             if ctl is not None:
                 ctl.close()
-            early.release(driver, name, fd)
+            held.let_go()
 
     def run(self, stopping: threading.Event) -> None:
         while not stopping.is_set():

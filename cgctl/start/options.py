@@ -17,11 +17,11 @@ HOOK_TIMEOUT = 5.0  # hard bound of one call, s (CGCTL_HOOK_TIMEOUT)
 EARLY_TIMEOUT = 20.0  # the early applier's life, s (CGCTL_HOOK_EARLY_TIMEOUT)
 TIMEOUT_ENVS = (("CGCTL_HOOK_TIMEOUT", HOOK_TIMEOUT), ("CGCTL_HOOK_EARLY_TIMEOUT", EARLY_TIMEOUT))
 TIMEOUT_MAX = 3600.0  # above this a timer overflows or the bound means nothing
-# the applier is woken by inotify (cgctl/hook/early.py); it also looks again after this long
+# the applier is woken by inotify (cgctl/start/applier.py); it also looks again after this long
 # without an event, for what has no file event of its own (QEMU's exec between two writes of
 # libvirt's status file)
 EARLY_RECHECK = 0.1
-# the hand-off to the service (cgctl/hook/handoff.py): the service holds this lock file while it
+# the hand-off to the service (cgctl/start/handoff.py): the service holds this lock file while it
 # takes requests; the installed script drops a request file named REQUEST_PREFIX + DRIVER-NAME
 SERVICE_LOCK = "service.lock"
 REQUEST_PREFIX = "request-"
