@@ -58,9 +58,12 @@ def resolve_mode(mode: str, guest: Guest) -> str:
     return mode
 
 
-def log_changes(guest: Guest, changes: Iterable[Change], source: str, mode: str) -> None:
+def log_changes(guest: Guest, changes: Iterable[Change], source: str, mode: str,
+                level: int = log.INFO) -> None:
+    if not log.enabled(level):  # nothing formatted when the level is off
+        return
     for c in changes:
         dev = f"[{c.device}]" if c.device else ""
-        log.info("guest=%s param=%s%s %s -> %s mode=%s source=%s", guest.name, c.param, dev,
+        log.log(level, "guest=%s param=%s%s %s -> %s mode=%s source=%s", guest.name, c.param, dev,
                  c.old if c.old is not None else "-", c.new if c.new is not None else "-",
                  mode, source)

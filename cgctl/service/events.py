@@ -75,7 +75,9 @@ def apply_started(w, job) -> None:
     ev = job.event
     guest, xml = from_run_files(job)
     overlay = receive_metadata(w, job, xml=xml)
-    if not overlay and not w.has_config(ev.uuid):
+    # from the run files the config is read once, by the apply under the lock; asking libvirtd
+    # for the guest costs more than a config read, so that way goes only for one with a config
+    if guest is None and not overlay and not w.has_config(ev.uuid):
         log.debug("guest=%s has no config: nothing to apply", ev.name)
         return
     try:
@@ -85,10 +87,14 @@ def apply_started(w, job) -> None:
         if not guest.running:
             log.info("guest=%s stopped before its config was applied", ev.name)
             return
-        outcome = w.ctl.apply_config(guest, source="event", command="event", overlay=overlay)
+        outcome = w.ctl.apply_config(guest, source="event", command="event", overlay=overlay,
+                                     need_config=True)
     except CgctlError as e:
         # the next reconcile (reconnect or restart) tries again if the guest still runs
         log.error("guest=%s apply failed source=event: %s", ev.name, e)
+        return
+    if outcome is None:
+        log.debug("guest=%s has no config: nothing to apply", ev.name)
         return
     log.info("guest=%s applied source=event (%s): %d change(s), %d error(s), "
              "%.0f ms after the event", guest.name, ev.detail, len(outcome.changes),
