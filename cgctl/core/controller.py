@@ -13,6 +13,7 @@ config that a concurrent ``set`` has replaced.
 from __future__ import annotations
 
 import os
+import time
 
 from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Tuple
 
@@ -363,6 +364,7 @@ class Controller:
                             outcome.changes += self._apply_set(guest, groups, {key: s})
                         except CgctlError as exc:
                             outcome.errors.append(exc)
+            outcome.written_ns = time.perf_counter_ns()
             at = now()  # when written, also if recorded later by a batch
             user = batch.user if batch is not None else None
 

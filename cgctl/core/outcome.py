@@ -25,6 +25,7 @@ class Outcome:
         self.changes: List[Change] = changes or []
         self.errors: List[CgctlError] = errors or []  # per-parameter failures (apply)
         self.warnings: List[str] = []  # done, but something beside it was not (metadata)
+        self.written_ns = 0  # perf_counter_ns when the writes were done (before the record)
 
     def to_dict(self) -> dict:
         return {

@@ -74,7 +74,9 @@ def from_run_files(job):
 def apply_started(w, job) -> None:
     ev = job.event
     guest, xml = from_run_files(job)
+    files_ns = time.perf_counter_ns()
     overlay = receive_metadata(w, job, xml=xml)
+    meta_ns = time.perf_counter_ns()
     # from the run files the config is read once, by the apply under the lock; asking libvirtd
     # for the guest costs more than a config read, so that way goes only for one with a config
     if guest is None and not overlay and not w.has_config(ev.uuid):
@@ -96,9 +98,19 @@ def apply_started(w, job) -> None:
     if outcome is None:
         log.debug("guest=%s has no config: nothing to apply", ev.name)
         return
+    done_ns = time.perf_counter_ns()
+    q = job.queued_ns
     log.info("guest=%s applied source=event (%s): %d change(s), %d error(s), "
-             "%.0f ms after the event", guest.name, ev.detail, len(outcome.changes),
-             len(outcome.errors), (time.monotonic() - job.queued) * 1000)
+             "%.0f ms after the event; steps ms: queue %.3f run files %.3f metadata %.3f "
+             "apply %.3f record %.3f, in force %.3f", guest.name, ev.detail,
+             len(outcome.changes), len(outcome.errors), (time.monotonic() - job.queued) * 1000,
+             *_steps_ms(q, job.taken_ns or q, files_ns, meta_ns, outcome.written_ns or done_ns,
+                        done_ns), ((outcome.written_ns or done_ns) - q) / 1e6)
+
+
+def _steps_ms(*stamps_ns: int) -> list:
+    """The time between each stamp and the next, in ms."""
+    return [(b - a) / 1e6 for a, b in zip(stamps_ns, stamps_ns[1:])]
 
 
 def forget(w, job) -> None:
