@@ -32,7 +32,8 @@ def job_kind(ev) -> Optional[str]:
 def receive_metadata(w, job, inactive: bool = False, xml: Optional[str] = None) -> dict:
     """Merge the metadata of the guest's live (or persistent) XML into the journal; returns
     the <live> overlay. Never raises: the journal config still applies. ``xml``: the live XML
-    when the caller has it already (libvirt's status file)."""
+    (text or its parsed ``<domain>`` element) when the caller has it already (libvirt's status
+    file)."""
     from cgctl.core import travel
     ev = job.event
     try:
@@ -62,13 +63,13 @@ def from_run_files(job):
     driver = "lxc" if job.uri.startswith("lxc") else "qemu"
     if runfiles.SYSTEM_URIS.get(driver) != job.uri:
         return None, None
-    try:
-        guest = runfiles.find_running(ev.name, drivers=(driver,))
+    try:  # one read and parse of the status file for the checks and the metadata
+        guest, dom = runfiles.running_with_domain(driver, ev.name)
     except CgctlError:
         return None, None
     if guest is None or guest.uuid != ev.uuid:
         return None, None
-    return guest, runfiles.status_domain_xml(driver, ev.name)
+    return guest, dom
 
 
 def apply_started(w, job) -> None:

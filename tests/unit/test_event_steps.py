@@ -69,3 +69,30 @@ def test_the_event_reaches_the_worker_before_its_log_line(caplog):
     assert len(rec.seen) == 1
     assert not any("event guest=web1" in m for m in rec.seen[0])  # queued first ...
     assert any("event guest=web1 started" in r.getMessage() for r in caplog.records)  # ... then
+
+
+def test_the_status_file_is_read_and_parsed_once_and_its_live_metadata_applied(setup,
+                                                                             monkeypatch):
+    import builtins
+    import xml.etree.ElementTree as ET
+    from cgctl import consts
+    from cgctl.model import metadata as MD
+    w, m = setup
+    path = f"{consts.LIBVIRT_RUN_DIR}/qemu/web1.xml"
+    with open(path) as f:
+        text = f.read()
+    live = MD.Doc(live={("cpu_shares", ""): MD.Entry("555", "2026-01-01T00:00:00+00:00",
+                                                     "h", "u")})
+    el = MD.serialize(live).replace("<guest ", f"<cgctl:guest xmlns:cgctl='{MD.NS}' ", 1)
+    el = el.replace("</guest>", "</cgctl:guest>")
+    with open(path, "w") as f:
+        f.write(text.replace("</uuid>", f"</uuid><metadata>{el}</metadata>", 1))
+    opened, parsed = [], []
+    real_open, real_parse = builtins.open, ET.fromstring
+    monkeypatch.setattr(builtins, "open", lambda p, *a, **k: (
+        opened.append(str(p)), real_open(p, *a, **k))[1])
+    monkeypatch.setattr(ET, "fromstring", lambda d, *a, **k: (
+        parsed.append(1), real_parse(d, *a, **k))[1])
+    events.apply_started(w, _started("qemu:///system", NoLibvirtd()))
+    assert read(f"{m.machine['cpu']}/cpu.shares") == "555"  # the <live> setting, on top
+    assert opened.count(path) == 1 and len(parsed) == 1
