@@ -16,6 +16,11 @@ log = logging.getLogger("cgctl")
 
 
 EVENT_JOBS = ("started", "undefined", "defined")  # run before the rest of a reconcile
+# the service's line for an event's apply (metrics.HealthHandler counts it): the steps are
+# perf_counter_ns stamps, docs/performance.md section 2 A
+APPLIED = ("guest=%s applied source=event (%s): %d change(s), %d error(s), "
+           "%.0f ms after the event; steps ms: queue %.3f run files %.3f metadata %.3f "
+           "apply %.3f record %.3f, in force %.3f")
 
 
 def job_kind(ev) -> Optional[str]:
@@ -100,13 +105,11 @@ def apply_started(w, job) -> None:
         log.debug("guest=%s has no config: nothing to apply", ev.name)
         return
     done_ns = time.perf_counter_ns()
-    q = job.queued_ns
-    log.info("guest=%s applied source=event (%s): %d change(s), %d error(s), "
-             "%.0f ms after the event; steps ms: queue %.3f run files %.3f metadata %.3f "
-             "apply %.3f record %.3f, in force %.3f", guest.name, ev.detail,
+    q, written = job.queued_ns, getattr(outcome, "written_ns", 0) or done_ns
+    log.info(APPLIED, guest.name, ev.detail,
              len(outcome.changes), len(outcome.errors), (time.monotonic() - job.queued) * 1000,
-             *_steps_ms(q, job.taken_ns or q, files_ns, meta_ns, outcome.written_ns or done_ns,
-                        done_ns), ((outcome.written_ns or done_ns) - q) / 1e6)
+             *_steps_ms(q, job.taken_ns or q, files_ns, meta_ns, written, done_ns),
+             (written - q) / 1e6)
 
 
 def _steps_ms(*stamps_ns: int) -> list:
