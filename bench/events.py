@@ -56,6 +56,20 @@ def _daemon_latencies(log: str, name: str) -> List[int]:
         rf"guest={re.escape(name)} applied source=event \(\w+\): .*?(\d+) ms after the event", log)]
 
 
+STEP_NAMES = ("queue", "run files", "metadata", "apply", "record", "in force")
+
+
+def _daemon_steps(log: str, name: str) -> Dict[str, List[float]]:
+    """The service's own perf_counter_ns steps of each apply (cgctl/service/events.py), ms."""
+    out: Dict[str, List[float]] = {k: [] for k in STEP_NAMES}
+    pat = (rf"guest={re.escape(name)} applied source=event .*?steps ms: queue (\S+) run files "
+           r"(\S+) metadata (\S+) apply (\S+) record (\S+), in force (\S+)")
+    for m in re.finditer(pat, log):
+        for k, v in zip(STEP_NAMES, m.groups()):
+            out[k].append(float(v))
+    return out
+
+
 def _wait_stopped(probe, timeout: float = 30.0) -> None:
     end = time.monotonic() + timeout
     while probe.pid() is not None and time.monotonic() < end:
@@ -93,6 +107,7 @@ def event_latency(sb, kind: str, runs: int) -> dict:
                                  else (poller.at - t0) * 1000})
                     sb.destroy(g.name, g.uri)
                 daemon_ms = _daemon_latencies(svc.log(), g.name)
+                steps = _daemon_steps(svc.log(), g.name)
         finally:
             if listener is not None:
                 listener.close()
@@ -106,6 +121,7 @@ def event_latency(sb, kind: str, runs: int) -> dict:
             "never_applied": sum(r["event_to_applied_ms"] is None for r in rows),
             "event_to_applied": summary(applied) if applied else None,
             "service_log_ms": summary(daemon_ms) if daemon_ms else None,
+            "service_steps_ms": steps,  # empty lists for a tree without the stamps
             "virsh_start": summary([r["virsh_start_ms"] for r in rows]),
             "start_call_to_applied": summary([r["start_call_to_applied_ms"] for r in rows
                                               if r["start_call_to_applied_ms"] is not None])}

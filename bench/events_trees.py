@@ -29,6 +29,7 @@ def run(trees: dict, blocks: int = 2, runs: int = 10) -> dict:
         init(self, args, dict(env_extra or {}, PYTHONPATH=current["tree"]), log_path, wrapper)
     dk.Subprocess.__init__ = with_tree
     got = {k: [] for k in trees}
+    steps = {k: {n: [] for n in events.STEP_NAMES} for k in trees}
     try:
         with sandbox() as sb:
             for _ in range(blocks):
@@ -37,6 +38,8 @@ def run(trees: dict, blocks: int = 2, runs: int = 10) -> dict:
                     r = events.event_latency(sb, "qemu", runs)
                     got[label] += [x["event_to_applied_ms"] for x in r["runs"]
                                    if x["event_to_applied_ms"] is not None]
+                    for n, v in r.get("service_steps_ms", {}).items():
+                        steps[label][n] += v
                     print(label, r["event_to_applied"], "service log:", r["service_log_ms"],
                           flush=True)
     finally:
@@ -47,6 +50,12 @@ def run(trees: dict, blocks: int = 2, runs: int = 10) -> dict:
                       "p99_ms": pct(ms, 99)}
         print(f"{label}: n {len(ms)} median {statistics.median(ms):.2f} p90 {pct(ms, 90):.2f} "
               f"p99 {pct(ms, 99):.2f} ms")
+        for n, v in steps[label].items():  # the service's own stamps (trees that have them)
+            if v:
+                out[label].setdefault("service_steps", {})[n] = {
+                    "median_ms": statistics.median(v), "p99_ms": pct(v, 99), "max_ms": max(v)}
+                print(f"  service step {n}: median {statistics.median(v):.3f} "
+                      f"p99 {pct(v, 99):.3f} max {max(v):.3f} ms")
     with open("/proc/loadavg") as f:
         out["loadavg"] = f.read().split()[:3]
     write_result("events_trees", out)

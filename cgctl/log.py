@@ -21,6 +21,19 @@ def log(level: int, msg: str, *args) -> None:
         sys.stderr.write("cgctl: " + (msg % args if args else msg) + "\n")
 
 
+def enabled(level: int) -> bool:
+    """Whether a message at ``level`` would go anywhere: callers skip building the arguments of
+    a debug line when not (a reconcile's per-setting lines, docs/performance.md section 3 F)."""
+    logging = sys.modules.get("logging")
+    if logging is not None:
+        return logging.getLogger("cgctl").isEnabledFor(level)
+    return level >= WARNING
+
+
+def debug(msg: str, *args) -> None:
+    log(DEBUG, msg, *args)
+
+
 def info(msg: str, *args) -> None:
     log(INFO, msg, *args)
 

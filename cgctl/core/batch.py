@@ -81,7 +81,7 @@ class Batch:
         self._records, self._after, self.guests, self.uuids = [], [], [], set()
         try:
             if records:
-                with self.journal.transaction() as tx:
+                with self.journal.transaction() as tx, tx.gathered():  # one executemany a table
                     for record in records:
                         record(tx)
         finally:

@@ -13,6 +13,7 @@ config that a concurrent ``set`` has replaced.
 from __future__ import annotations
 
 import os
+import time
 
 from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Tuple
 
@@ -278,7 +279,8 @@ class Controller:
     def apply_config(self, guest: Guest, *, source: str = "cli", command: str = "apply",
                      journal: Journal = None, once: bool = False,
                      overlay: Optional[Dict[P.Key, str]] = None,
-                     batch: Optional["Batch"] = None) -> Optional[Outcome]:
+                     batch: Optional["Batch"] = None,
+                     need_config: bool = False) -> Optional[Outcome]:
         """Write the guest's journal config into its live cgroups and record the instance.
 
         All at once when possible; if that is refused, parameter by parameter, so
@@ -289,10 +291,15 @@ class Controller:
         ``overlay``: key -> text put in force on top of the config (the ``<live>`` settings a
         migrated guest carries in its metadata, docs/fleet.md); not written to the config.
         ``batch`` (cgctl/core/batch.py): the guest's lock is taken for the batch and its records
-        go into the batch's one transaction (the log lines follow that commit).
+        go into the batch's one transaction (the log lines follow that commit: one line per
+        guest at info, each setting's at debug).
+        ``need_config``: None, and nothing written or recorded, when the guest has no config
+        (and no overlay); the config is read once, under the lock (a caller need not ask
+        ``effective`` first, docs/performance.md section 3 F).
         """
         return self._apply_journal(guest, source=source, command=command, journal=journal,
-                                   once=once, overlay=overlay, batch=batch)
+                                   once=once, overlay=overlay, batch=batch,
+                                   need_config=need_config)
 
     def apply_devices(self, guest: Guest, *, source: str = "event", command: str = "device",
                       journal: Journal = None) -> Outcome:
@@ -306,7 +313,8 @@ class Controller:
                        journal: Optional[Journal], devices_only: bool = False,
                        once: bool = False,
                        overlay: Optional[Dict[P.Key, str]] = None,
-                       batch: Optional["Batch"] = None) -> Optional[Outcome]:
+                       batch: Optional["Batch"] = None,
+                       need_config: bool = False) -> Optional[Outcome]:
         journal = journal or self.journal()
         if batch is not None:  # held by the batch until it commits; re-entered just below
             batch.lock(guest.uuid, guest.name, self.lock_wait)
@@ -318,6 +326,8 @@ class Controller:
             for key in _same_file_in_config(overlay or {}, config):
                 del config[key]   # a carried live value replaces its file's other parameter
             config.update(overlay or {})
+            if need_config and not config:
+                return None
             _test_window()
             if devices_only:
                 config = {k: v for k, v in config.items() if k[1]}
@@ -356,6 +366,7 @@ class Controller:
                             outcome.changes += self._apply_set(guest, groups, {key: s})
                         except CgctlError as exc:
                             outcome.errors.append(exc)
+            outcome.written_ns = time.perf_counter_ns()
             at = now()  # when written, also if recorded later by a batch
             user = batch.user if batch is not None else None
 
@@ -371,7 +382,12 @@ class Controller:
                     tx.set_instance(guest.uuid, pid, start, applied_at=at)
 
             def report():
-                log_changes(guest, outcome.changes, source, LIVE)
+                if batch is not None:  # a reconcile: one line per guest, the settings at debug
+                    log.info("guest=%s applied source=%s: %d change(s), %d error(s)",
+                             guest.name, source, len(outcome.changes), len(outcome.errors))
+                    log_changes(guest, outcome.changes, source, LIVE, level=log.DEBUG)
+                else:
+                    log_changes(guest, outcome.changes, source, LIVE)
                 for exc in outcome.errors:
                     log.error("guest=%s apply failed source=%s: %s", guest.name, source, exc)
 

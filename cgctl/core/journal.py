@@ -352,8 +352,33 @@ class _Reader:
             _GUEST_SELECT + " WHERE g.profile = ? AND g.deleted = 0 ORDER BY g.name", (name,))]
 
 
+_HISTORY_INSERT = ("INSERT INTO history (at, uuid, name, command, source, mode, param, device, "
+                   "old_value, new_value, outcome, user) "
+                   "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+_INSTANCE_INSERT = ("INSERT OR REPLACE INTO instance (uuid, pid, start_time, applied_at) "
+                    "VALUES (?, ?, ?, ?)")
+
+
 class Transaction(_Reader):
     """One ``BEGIN IMMEDIATE`` transaction; get it from ``Journal.transaction()``."""
+
+    _gather: Optional[Tuple[list, list]] = None  # (history rows, instance rows) in gathered()
+
+    @contextlib.contextmanager
+    def gathered(self) -> Iterator["Transaction"]:
+        """Inside the block ``add_history`` and ``set_instance`` only gather their rows; at its
+        end each table gets them in one ``executemany``, in the order given (a batch of many
+        guests' records, cgctl/core/batch.py). On an exception nothing gathered is written."""
+        self._gather = ([], [])
+        try:
+            yield self
+            history, instances = self._gather
+        finally:
+            self._gather = None
+        if history:
+            self._db.executemany(_HISTORY_INSERT, history)
+        if instances:
+            self._db.executemany(_INSTANCE_INSERT, instances)
 
     def upsert_guest(self, uuid: str, name: str, driver: str) -> None:
         """Record the guest (or its new name/driver); a defined-again UUID is live again."""
@@ -391,22 +416,24 @@ class Transaction(_Reader):
         _check(mode, MODES, "mode")
         stamp = now() if at is None else _timestamp(at)
         user = current_user() if user is None else user
-        rows = [(stamp, _uuid(uuid), name, command, source, mode,
+        uuid = _uuid(uuid)
+        rows = [(stamp, uuid, name, command, source, mode,
                  param, device, old, new, outcome, user)
                 for param, device, old, new in changes]
-        self._db.executemany(
-            "INSERT INTO history (at, uuid, name, command, source, mode, param, device, "
-            "old_value, new_value, outcome, user) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            rows)
+        if self._gather is not None:
+            self._gather[0].extend(rows)
+        else:
+            self._db.executemany(_HISTORY_INSERT, rows)
         return len(rows)
 
     def set_instance(self, uuid: str, pid: int, start_time: float,
                      applied_at: Union[str, float, datetime, None] = None) -> None:
-        self._db.execute(
-            "INSERT OR REPLACE INTO instance (uuid, pid, start_time, applied_at) "
-            "VALUES (?, ?, ?, ?)",
-            (_uuid(uuid), int(pid), float(start_time),
-             now() if applied_at is None else _timestamp(applied_at)))
+        row = (_uuid(uuid), int(pid), float(start_time),
+               now() if applied_at is None else _timestamp(applied_at))
+        if self._gather is not None:
+            self._gather[1].append(row)
+        else:
+            self._db.execute(_INSTANCE_INSERT, row)
 
     def put_profile(self, name: str, settings: Mapping[ConfigKey, str],
                     at: Union[str, float, datetime, None] = None) -> Optional[Config]:

@@ -25,6 +25,7 @@ class Outcome:
         self.changes: List[Change] = changes or []
         self.errors: List[CgctlError] = errors or []  # per-parameter failures (apply)
         self.warnings: List[str] = []  # done, but something beside it was not (metadata)
+        self.written_ns = 0  # perf_counter_ns when the writes were done (before the record)
 
     def to_dict(self) -> dict:
         return {
@@ -58,9 +59,12 @@ def resolve_mode(mode: str, guest: Guest) -> str:
     return mode
 
 
-def log_changes(guest: Guest, changes: Iterable[Change], source: str, mode: str) -> None:
+def log_changes(guest: Guest, changes: Iterable[Change], source: str, mode: str,
+                level: int = log.INFO) -> None:
+    if not log.enabled(level):  # nothing formatted when the level is off
+        return
     for c in changes:
         dev = f"[{c.device}]" if c.device else ""
-        log.info("guest=%s param=%s%s %s -> %s mode=%s source=%s", guest.name, c.param, dev,
+        log.log(level, "guest=%s param=%s%s %s -> %s mode=%s source=%s", guest.name, c.param, dev,
                  c.old if c.old is not None else "-", c.new if c.new is not None else "-",
                  mode, source)

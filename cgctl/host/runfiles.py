@@ -126,6 +126,10 @@ def _parse_status(data: bytes) -> Optional[_Status]:
         root = ET.fromstring(data)
     except ET.ParseError:
         return None  # half-written or foreign file: not a guest we can trust
+    return _status_of(root)
+
+
+def _status_of(root) -> Optional[_Status]:
     dom = root.find("domain") if root.tag == "domstatus" else None
     if dom is None:
         return None
@@ -330,6 +334,32 @@ def _running(driver: str, name: str, status: _Status, run_dir: str, etc_dir: str
         return None
     return Guest(name=name, uuid=status.uuid, driver=driver, uri=SYSTEM_URIS[driver],
                  running=True, persistent=is_persistent(driver, name, etc_dir), pid=pid)
+
+
+def running_with_domain(driver: str, name: str, run_dir: str = consts.LIBVIRT_RUN_DIR, *,
+                        etc_dir: str = consts.LIBVIRT_ETC_DIR,
+                        proc_root: str = consts.PROC_ROOT):
+    """(guest, its status file's ``<domain>`` element) of the running guest ``name`` of
+    ``driver``, checked as ``find_running`` checks it, or (None, None). One read and one parse
+    of the status file, where find_running, status_domain_xml and the metadata's parse of its
+    text made three (the service's STARTED path, docs/performance.md section 2 A)."""
+    path = os.path.join(run_dir, driver, validate_name(name) + ".xml")
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except (FileNotFoundError, NotADirectoryError):
+        return None, None
+    except OSError as e:
+        raise _unreadable(path, e) from e
+    try:
+        root = ET.fromstring(data)
+    except ET.ParseError:
+        return None, None
+    status = _status_of(root)
+    if status is None or status.name != name:
+        return None, None
+    guest = _running(driver, name, status, run_dir, etc_dir, proc_root)
+    return (guest, root.find("domain")) if guest else (None, None)
 
 
 def all_running(run_dir: str = consts.LIBVIRT_RUN_DIR, *,

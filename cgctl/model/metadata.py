@@ -157,17 +157,21 @@ def _parse_profile(section: ET.Element) -> ProfileEntry:
 
 
 def find_in_domain(domain_xml) -> Optional[Doc]:
-    """The cgctl Doc inside a domain XML (bytes or str), None if it has none.
+    """The cgctl Doc inside a domain XML (bytes, str, or the parsed element), None if it has
+    none.
 
     MetadataError if the domain XML cannot be parsed or the element is unusable."""
-    if isinstance(domain_xml, bytes):
-        domain_xml = domain_xml.decode("utf-8", "replace")
-    if not domain_xml or not domain_xml.strip():
-        return None
-    try:
-        root = ET.fromstring(domain_xml)
-    except ET.ParseError as exc:
-        raise MetadataError(f"malformed domain XML ({exc})") from None
+    if isinstance(domain_xml, ET.Element):
+        root = domain_xml  # parsed already (libvirt's status file, runfiles.running_with_domain)
+    else:
+        if isinstance(domain_xml, bytes):
+            domain_xml = domain_xml.decode("utf-8", "replace")
+        if not domain_xml or not domain_xml.strip():
+            return None
+        try:
+            root = ET.fromstring(domain_xml)
+        except ET.ParseError as exc:
+            raise MetadataError(f"malformed domain XML ({exc})") from None
     if root.tag == "domstatus" and root.find("domain") is not None:
         root = root.find("domain")
     md = root.find("metadata")

@@ -16,6 +16,11 @@ log = logging.getLogger("cgctl")
 
 
 EVENT_JOBS = ("started", "undefined", "defined")  # run before the rest of a reconcile
+# the service's line for an event's apply (metrics.HealthHandler counts it): the steps are
+# perf_counter_ns stamps, docs/performance.md section 2 A
+APPLIED = ("guest=%s applied source=event (%s): %d change(s), %d error(s), "
+           "%.0f ms after the event; steps ms: queue %.3f run files %.3f metadata %.3f "
+           "apply %.3f record %.3f, in force %.3f")
 
 
 def job_kind(ev) -> Optional[str]:
@@ -32,7 +37,8 @@ def job_kind(ev) -> Optional[str]:
 def receive_metadata(w, job, inactive: bool = False, xml: Optional[str] = None) -> dict:
     """Merge the metadata of the guest's live (or persistent) XML into the journal; returns
     the <live> overlay. Never raises: the journal config still applies. ``xml``: the live XML
-    when the caller has it already (libvirt's status file)."""
+    (text or its parsed ``<domain>`` element) when the caller has it already (libvirt's status
+    file)."""
     from cgctl.core import travel
     ev = job.event
     try:
@@ -62,20 +68,24 @@ def from_run_files(job):
     driver = "lxc" if job.uri.startswith("lxc") else "qemu"
     if runfiles.SYSTEM_URIS.get(driver) != job.uri:
         return None, None
-    try:
-        guest = runfiles.find_running(ev.name, drivers=(driver,))
+    try:  # one read and parse of the status file for the checks and the metadata
+        guest, dom = runfiles.running_with_domain(driver, ev.name)
     except CgctlError:
         return None, None
     if guest is None or guest.uuid != ev.uuid:
         return None, None
-    return guest, runfiles.status_domain_xml(driver, ev.name)
+    return guest, dom
 
 
 def apply_started(w, job) -> None:
     ev = job.event
     guest, xml = from_run_files(job)
+    files_ns = time.perf_counter_ns()
     overlay = receive_metadata(w, job, xml=xml)
-    if not overlay and not w.has_config(ev.uuid):
+    meta_ns = time.perf_counter_ns()
+    # from the run files the config is read once, by the apply under the lock; asking libvirtd
+    # for the guest costs more than a config read, so that way goes only for one with a config
+    if guest is None and not overlay and not w.has_config(ev.uuid):
         log.debug("guest=%s has no config: nothing to apply", ev.name)
         return
     try:
@@ -85,14 +95,26 @@ def apply_started(w, job) -> None:
         if not guest.running:
             log.info("guest=%s stopped before its config was applied", ev.name)
             return
-        outcome = w.ctl.apply_config(guest, source="event", command="event", overlay=overlay)
+        outcome = w.ctl.apply_config(guest, source="event", command="event", overlay=overlay,
+                                     need_config=True)
     except CgctlError as e:
         # the next reconcile (reconnect or restart) tries again if the guest still runs
         log.error("guest=%s apply failed source=event: %s", ev.name, e)
         return
-    log.info("guest=%s applied source=event (%s): %d change(s), %d error(s), "
-             "%.0f ms after the event", guest.name, ev.detail, len(outcome.changes),
-             len(outcome.errors), (time.monotonic() - job.queued) * 1000)
+    if outcome is None:
+        log.debug("guest=%s has no config: nothing to apply", ev.name)
+        return
+    done_ns = time.perf_counter_ns()
+    q, written = job.queued_ns, getattr(outcome, "written_ns", 0) or done_ns
+    log.info(APPLIED, guest.name, ev.detail,
+             len(outcome.changes), len(outcome.errors), (time.monotonic() - job.queued) * 1000,
+             *_steps_ms(q, job.taken_ns or q, files_ns, meta_ns, written, done_ns),
+             (written - q) / 1e6)
+
+
+def _steps_ms(*stamps_ns: int) -> list:
+    """The time between each stamp and the next, in ms."""
+    return [(b - a) / 1e6 for a, b in zip(stamps_ns, stamps_ns[1:])]
 
 
 def forget(w, job) -> None:

@@ -227,8 +227,9 @@ class Links:
             log.debug("event guest=%s %s/%s on %s: nothing to do", ev.name, ev.event,
                       ev.detail, ev.uri)
             return
-        log.info("event guest=%s %s (%s) on %s", ev.name, ev.event, ev.detail, ev.uri)
+        # handed to the worker first: the log line's formatting and write come after
         self.worker.put(Job(kind, ev.uri, link.conn, generation, event=ev))
+        log.info("event guest=%s %s (%s) on %s", ev.name, ev.event, ev.detail, ev.uri)
 
 
 def close_all(conns: list) -> None:

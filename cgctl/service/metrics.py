@@ -41,6 +41,7 @@ from cgctl.host import devices, runfiles
 from cgctl.model import params as P
 from cgctl.model.convert import PAGE_COUNTER_MAX
 from cgctl.errors import CgctlError, UsageError
+from cgctl.service import events
 
 log = logging.getLogger("cgctl")
 
@@ -88,8 +89,7 @@ class Health:
 class HealthHandler(logging.Handler):
     """Counts the service's log records into ``Health`` (see the module doc)."""
 
-    APPLIED_EVENT = ("guest=%s applied source=event (%s): %d change(s), %d error(s), "
-                     "%.0f ms after the event")
+    APPLIED_EVENT = events.APPLIED
     APPLY_FAILED_EVENT = "guest=%s apply failed source=event: %s"
     APPLY_FAILED = "guest=%s apply failed source=%s: %s"  # controller: one per parameter
     RECONCILED = "reconcile %s: %d running, %s (%.0f ms)"

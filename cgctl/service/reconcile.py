@@ -78,13 +78,18 @@ def _commit(batch: Batch, counts: dict) -> None:
 
 
 def reconcile_guest(w, guest, batch: Optional[Batch] = None) -> str:
-    if not w.has_config(guest.uuid):
-        return "without config"
+    """The instance check first (an instance is recorded only by an apply of a config), then
+    the config, read once under the guest's lock by the apply itself (docs/performance.md,
+    section 3 F)."""
     last = w.ctl.journal().get_instance(guest.uuid)
     if last is not None and guest.pid:
         pid, start = inst = runfiles.instance_of(guest.pid)
         if runfiles.same_instance(last, inst):
-            log.debug("guest=%s same instance (pid %d): left as it is", guest.name, pid)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("guest=%s same instance (pid %d): left as it is", guest.name, pid)
             return "unchanged"
-    outcome = w.ctl.apply_config(guest, source="reconcile", command="reconcile", batch=batch)
+    outcome = w.ctl.apply_config(guest, source="reconcile", command="reconcile", batch=batch,
+                                 need_config=True)
+    if outcome is None:
+        return "without config"
     return "failed" if outcome.errors else "applied"

@@ -31,6 +31,10 @@ class Job:
     event: object = None
     payload: object = None
     queued: float = field(default_factory=time.monotonic)
+    # perf_counter_ns when queued and when the worker took it: the steps of event → applied
+    # in the service's own log line (docs/performance.md, section 2 A)
+    queued_ns: int = field(default_factory=time.perf_counter_ns)
+    taken_ns: int = 0
 
 
 _STOP = object()
@@ -159,6 +163,7 @@ class Worker:
                 ctl.close()
 
     def _run(self, job: Job) -> None:
+        job.taken_ns = time.perf_counter_ns()
         self.busy_since = time.monotonic()
         try:
             self._do(job)

@@ -167,7 +167,7 @@ def test_health_handler_templates():
     h = metrics.Health(reg)
     handler = metrics.HealthHandler(h)
     rec = lambda msg, *args: logging.LogRecord("cgctl", 20, "x", 1, msg, args, None)  # noqa
-    handler.emit(rec(handler.APPLIED_EVENT, "g", "booted", 2, 1, 12.0))
+    handler.emit(rec(handler.APPLIED_EVENT, "g", "booted", 2, 1, 12.0, *[0.1] * 6))
     handler.emit(rec(handler.RECONCILED, "qemu:///system", 5, "3 applied, 2 unchanged", 40.0))
     handler.emit(rec(handler.APPLY_FAILED, "g", "reconcile", "no such device"))
     handler.emit(rec(handler.DRIFT_REPAIRED, "g", 2, 0))
