@@ -98,9 +98,17 @@ def test_systemd_v2_machine_layout(fs):
     assert read(vm.libvirt + "/io.max") == ""
     assert read(vm.libvirt + "/cgroup.type") == "domain threaded\n"
     assert read(scope + "/cgroup.type") == "domain\n"
+    # as the host lane observed it (Debian 12, systemd 252, libvirt 9.0; docs/operations.md):
+    # the scope is delegated pids too but does not enable it below itself, and libvirt enables
+    # only cpuset and cpu for its threaded groups
+    assert read(scope + "/cgroup.controllers") == "cpuset cpu io memory pids\n"
+    assert read(scope + "/cgroup.subtree_control") == "cpuset cpu io memory\n"
+    assert read(vm.libvirt + "/cgroup.controllers") == "cpuset cpu io memory\n"
+    assert read(vm.libvirt + "/cgroup.subtree_control") == "cpuset cpu\n"
+    assert not os.path.exists(vm.libvirt + "/pids.max")
     for g in (vm.emulator,) + vm.vcpus:
         assert read(g + "/cgroup.type") == "threaded\n"
-        assert read(g + "/cgroup.controllers") == "cpuset cpu pids\n"
+        assert read(g + "/cgroup.controllers") == "cpuset cpu\n"
         assert read(g + "/cpu.max") == "max 100000\n"
         assert not os.path.exists(g + "/memory.max")
         assert not os.path.exists(g + "/io.max")
