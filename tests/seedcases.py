@@ -5,10 +5,11 @@ lane, which drives only the installed command line, can use it too.
 
 Each family: the parameter, its config X and its change Y (as given to `cgctl set`), and how the
 kernel spells X and Y, per layout:
-- ``v1``: (controller, file of the machine group, X, Y);
+- ``v1``: (controller, file of the machine group, X, Y), or None: not run on v1;
 - ``v2``: (group, ((file, X, Y), ...)): the group is ``"libvirt"`` (the scope's delegated
   ``libvirt/``) or ``"scope"`` (the machine scope itself: weights); the first file the host has
-  is the one cgctl writes (docs/parameters.md: ``io.bfq.weight``, else ``io.weight``)."""
+  is the one cgctl writes (docs/parameters.md: ``io.bfq.weight``, else ``io.weight``).
+``{dev}`` and ``{majmin}`` stand for a block device of the host and its MAJ:MIN."""
 from collections import namedtuple
 
 Family = namedtuple("Family", "param x y v1 v2")
@@ -28,6 +29,10 @@ SEED_FAMILIES = {
                     ("io", "blkio.bfq.weight", "200", "800"),
                     ("scope", (("io.bfq.weight", "200", "800"),
                                ("io.weight", "default 1920", "default 7980")))),
+    # per-device throttles: the host lane's loop device (tests/hostlane/inside/test_matrix.py)
+    "blkio_throttle": Family("device_read_bytes_sec", "{dev},1M", "{dev},512K", None,
+                             ("libvirt", (("io.max", "{majmin} rbps=1048576 wbps=max riops=max wiops=max",
+                                           "{majmin} rbps=524288 wbps=max riops=max wiops=max"),))),
 }
 
 # case, flag, what the live value is right after the change and after the next start

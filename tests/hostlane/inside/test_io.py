@@ -1,12 +1,11 @@
 """Block IO on a systemd host: a QEMU guest with a real disk (a loop device of the host as its
 virtio disk) and an LXC container. The per-device throttles land in the scope's delegated
 ``libvirt/io.max`` keyed by the loop device's MAJ:MIN, the weight on the scope itself (told to
-systemd as IOWeight), and both survive `systemctl daemon-reload`; --perm throttles come back
-at the next start."""
+systemd as IOWeight), and both survive `systemctl daemon-reload`. The modes (--live, --config,
+--perm across a restart) of a throttle and the weight are test_matrix.py's."""
 import os
 
-from .hostkit import (cgctl, io_max, majmin, note, read, systemctl, unit_props, wait_for,
-                      weight_file)
+from .hostkit import cgctl, io_max, majmin, note, read, systemctl, unit_props, weight_file
 
 THROTTLES = {"device_read_bytes_sec": ("rbps", "1M", "1048576"),
              "device_write_bytes_sec": ("wbps", "2M", "2097152"),
@@ -53,16 +52,6 @@ def test_qemu_disk_throttles_and_weight(make_guest, loop_disk):
     assert io_max(g.cgroup, loop_disk) == dict(want, rbps="max")
     cgctl("set", g.name, *(f"{p}={loop_disk},0" for p in THROTTLES), "--live")
     assert io_max(g.cgroup, loop_disk) == {}
-
-
-def test_qemu_disk_throttles_perm_at_the_next_start(make_guest, loop_disk):
-    g = make_guest("hl-io-perm", disk=loop_disk).start()
-    want = set_throttles(g, loop_disk, "--perm")
-    assert io_max(g.cgroup, loop_disk) == want
-    g.destroy()
-    g.start()
-    # the hook's started begin has applied them when `virsh start` returns; the wait is slack
-    wait_for(lambda: io_max(g.cgroup, loop_disk) == want, "the throttles at the next start", 30)
 
 
 def test_lxc_throttles_and_weight(make_guest, loop_disk):

@@ -1,6 +1,7 @@
 """The seed state-transition matrices (docs/design.md#change-modes) on a systemd host: dynamic
 (--live), static (--config) and permanent (--perm), each start -> change -> stop -> start ->
-delete, for a QEMU guest (with a real disk) and an LXC container, for memory, CPU and block IO.
+delete, for a QEMU guest (with a real disk) and an LXC container, for memory, CPU and block IO
+(weight and a per-device throttle on the loop device that is the QEMU guest's disk).
 The table is the v1 lane's (tests/seedcases.py); here the values are read back from the v2 files
 of the groups libvirt used: limits in the scope's delegated ``libvirt/``, weights on the scope.
 
@@ -14,7 +15,7 @@ import pytest
 from tests.seedcases import (LIVE_AFTER_CHANGE, LIVE_AFTER_RESTART, SEED_FAMILIES, SEED_MODE_NAME,
                              SEED_MODES)
 
-from .hostkit import cgctl, cgctl_json, wait_for, read
+from .hostkit import cgctl, cgctl_json, majmin, read, wait_for
 
 
 def live(guest, family, which):
@@ -24,7 +25,8 @@ def live(guest, family, which):
     for fname, x, y in files:
         path = os.path.join(group, fname)
         if os.path.exists(path):
-            return read(path).splitlines()[0], {"x": x, "y": y}[which]
+            want = {"x": x, "y": y}[which].format(dev=guest.io_dev, majmin=majmin(guest.io_dev))
+            return (read(path).splitlines() or [""])[0], want
     raise AssertionError(f"none of {[f for f, _, _ in files]} in {group}")
 
 
@@ -42,14 +44,15 @@ def show(guest):
 
 
 def set_all(guest, which, *flag):
-    return cgctl_json("set", guest.name, *(f"{f.param}={getattr(f, which)}" for f in SEED_FAMILIES.values()),
-                      *flag)
+    return cgctl_json("set", guest.name, *(f"{f.param}={getattr(f, which).format(dev=guest.io_dev)}"
+                                           for f in SEED_FAMILIES.values()), *flag)
 
 
 @pytest.mark.parametrize("driver", ["qemu", "lxc"])
 @pytest.mark.parametrize("case,flag", SEED_MODES)
 def test_seed_matrix(make_guest, loop_disk, driver, case, flag):
     g = make_guest(f"hl-m{case.lower()}-{driver}", driver, disk=loop_disk if driver == "qemu" else None)
+    g.io_dev = loop_disk   # the throttles' device: the QEMU guest's disk; for LXC a host disk
     params = [f.param for f in SEED_FAMILIES.values()]
     # the initial config X, set while the guest is stopped (--current means --config)
     assert set_all(g, "x")["mode"] == "config"
