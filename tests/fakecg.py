@@ -435,6 +435,35 @@ def make_systemd_v2_machine(fs, name: str, id: int = 1, vcpus: int = 1, *,
     return V2Machine(name, id, pid, scope, libvirt, emulator, vcpu_paths, rel, pidfile)
 
 
+def make_systemd_v2_lxc(fs, name: str, pid: int = 583, *, memory: int = 128 * 2**20,
+                        proc_root: str = "/proc", run_dir: Optional[str] = None) -> V2Machine:
+    """A running LXC container as libvirt 9.0 + systemd-machined lay it out on cgroup2, as the
+    host lane observed it (docs/operations.md): machine.slice/machine-lxc\\x2d{pid}\\x2d{name}
+    .scope (pid: libvirt_lxc's, the one libvirt's NAME.pid holds) with every controller, pids
+    not enabled below it; libvirt/ a plain domain group holding libvirt_lxc, the container's
+    init and its child (no threaded groups, nothing enabled below it), its memory.max the
+    XML's <memory> (libvirt_lxc writes it). The V2Machine has no emulator and no vCPUs."""
+    hosts = getattr(fs, _SPEC_ATTR, {})
+    v2 = sorted((s for s in hosts.values() if isinstance(s, FakeV2Host)), key=lambda s: -len(s.controllers))
+    spec = v2[0] if v2 else make_v2_host(fs, proc_root=proc_root)
+    all_ctrls = spec.controllers
+    below_scope = tuple(c for c in all_ctrls if c != "pids")
+    slice_ = os.path.join(spec.root, "machine.slice")
+    if not fs.exists(os.path.join(slice_, "cgroup.controllers")):
+        make_group(fs, slice_, all_ctrls, subtree_control=all_ctrls)
+    scope = make_group(fs, os.path.join(slice_, f"machine-{systemd_escape(machine_name(pid, name, 'lxc'))}.scope"),
+                       all_ctrls, subtree_control=below_scope)
+    libvirt = make_group(fs, os.path.join(scope, "libvirt"), below_scope)
+    if "memory" in below_scope:
+        _write(fs, os.path.join(libvirt, "memory.max"), f"{memory}\n")
+    rel = "/" + os.path.relpath(libvirt, spec.root)
+    for p in (pid, pid + 2, pid + 3):             # libvirt_lxc, the init, its child
+        _add_task(fs, libvirt, p)
+        _write(fs, os.path.join(proc_root, str(p), "cgroup"), f"0::{rel}\n", _RO)
+    pidfile = _write_pidfile(fs, name, pid, "lxc", run_dir)
+    return V2Machine(name, pid, pid, scope, libvirt, None, (), rel, pidfile)
+
+
 # ---------------------------------------------------------------------------------------------
 # cgroup v1
 
