@@ -18,7 +18,7 @@ Clocks. *Resume*: QEMU's own timestamp of its ``RESUME`` QMP event, which QEMU e
 ``vm_prepare_start()`` right before it resumes the vCPU threads on libvirt's ``cont``; we read it
 with ``virsh qemu-monitor-event --loop`` (QEMU's ``g_get_real_time()``, microseconds,
 CLOCK_REALTIME). *In force*: a poller thread here reads ``memory.limit_in_bytes`` of the guest's
-machine group (found from ``/run/libvirt/qemu/NAME.pid`` → ``/proc/PID/cgroup``) every 0.5 ms
+machine group (``memory.max`` of ``…scope/libvirt`` on a systemd v2 host) (found from ``/run/libvirt/qemu/NAME.pid`` → ``/proc/PID/cgroup``) every 0.5 ms
 and takes ``time.time()`` (CLOCK_REALTIME) at the first read showing 200 MiB. Exposure = in
 force − resume; a negative value means the limit was in force before the vCPUs ran (no
 exposure). The poller's resolution bounds the error at ~0.5 ms plus one read.
@@ -57,18 +57,25 @@ def cgctl(journal, *args, check=True):
 
 
 def memory_file(pid: int):
+    """The file holding the guest's memory limit, once libvirt has placed its process: v1's
+    ``memory.limit_in_bytes`` of the machine group, or on a systemd v2 host ``memory.max`` of
+    the scope's delegated ``libvirt/`` (tests/hostlane/inside/test_exposure.py); else None."""
+    v2 = None
     try:
         with open(f"/proc/{pid}/cgroup") as f:
             for line in f:
-                _, ctrls, path = line.rstrip("\n").split(":", 2)
+                hid, ctrls, path = line.rstrip("\n").split(":", 2)
                 if "memory" in ctrls.split(","):
                     if ".libvirt-qemu" not in path:
                         return None  # not placed yet
                     base = path.split(".libvirt-qemu")[0] + ".libvirt-qemu"
                     return f"/sys/fs/cgroup/memory{base}/memory.limit_in_bytes"
+                if hid == "0" and ctrls == "":
+                    m = re.match(r"(.*\.scope/libvirt)(/|$)", path)
+                    v2 = f"/sys/fs/cgroup{m.group(1)}/memory.max" if m else None
     except OSError:
         return None
-    return None
+    return v2
 
 
 class Poller(threading.Thread):

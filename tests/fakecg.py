@@ -393,13 +393,15 @@ class V2Machine:
 def make_systemd_v2_machine(fs, name: str, id: int = 1, vcpus: int = 1, *,
                             root: Optional[str] = None, pid: Optional[int] = None,
                             proc_root: str = "/proc", run_dir: Optional[str] = None,
-                            thread_controllers: Iterable[str] = ("cpuset", "cpu", "pids")) -> V2Machine:
+                            thread_controllers: Iterable[str] = ("cpuset", "cpu")) -> V2Machine:
     """A running QEMU guest as libvirt >= 7.1 + systemd-machined lay it out on cgroup2:
     machine.slice/machine-qemu\\x2d{id}\\x2d{name}.scope/libvirt/{emulator,vcpu0,...}.
     The scope and libvirt are domain groups with every host controller; emulator and vcpuN
     are threaded (libvirt writes "threaded" to cgroup.type), so libvirt turns
     "domain threaded" and can enable only threaded controllers for them.  The main pid is in
-    emulator.  Creates the v2 host with defaults if none exists yet."""
+    emulator.  As the host lane observed it (docs/operations.md): the scope is delegated every
+    controller but enables pids for nothing below it, and libvirt enables only cpuset and cpu
+    for its threaded groups.  Creates the v2 host with defaults if none exists yet."""
     if root is None:
         hosts = getattr(fs, _SPEC_ATTR, {})
         v2 = sorted((s for s in hosts.values() if isinstance(s, FakeV2Host)),
@@ -415,9 +417,10 @@ def make_systemd_v2_machine(fs, name: str, id: int = 1, vcpus: int = 1, *,
                         subtree_control=all_ctrls) if not fs.exists(
         os.path.join(spec.root, "machine.slice", "cgroup.controllers")) else \
         os.path.join(spec.root, "machine.slice")
+    below_scope = tuple(c for c in all_ctrls if c != "pids")
     scope = make_group(fs, os.path.join(slice_, f"machine-{systemd_escape(machine_name(id, name))}.scope"),
-                       all_ctrls, subtree_control=all_ctrls)
-    libvirt = make_group(fs, os.path.join(scope, "libvirt"), all_ctrls,
+                       all_ctrls, subtree_control=below_scope)
+    libvirt = make_group(fs, os.path.join(scope, "libvirt"), below_scope,
                          subtree_control=threaded_ctrls)
     emulator = make_group(fs, os.path.join(libvirt, "emulator"), threaded=True)
     vcpu_paths = tuple(make_group(fs, os.path.join(libvirt, f"vcpu{i}"), threaded=True)
@@ -430,6 +433,35 @@ def make_systemd_v2_machine(fs, name: str, id: int = 1, vcpus: int = 1, *,
     _write(fs, os.path.join(proc_root, str(pid), "cgroup"), f"0::{rel}\n", _RO)
     pidfile = _write_pidfile(fs, name, pid, "qemu", run_dir)
     return V2Machine(name, id, pid, scope, libvirt, emulator, vcpu_paths, rel, pidfile)
+
+
+def make_systemd_v2_lxc(fs, name: str, pid: int = 583, *, memory: int = 128 * 2**20,
+                        proc_root: str = "/proc", run_dir: Optional[str] = None) -> V2Machine:
+    """A running LXC container as libvirt 9.0 + systemd-machined lay it out on cgroup2, as the
+    host lane observed it (docs/operations.md): machine.slice/machine-lxc\\x2d{pid}\\x2d{name}
+    .scope (pid: libvirt_lxc's, the one libvirt's NAME.pid holds) with every controller, pids
+    not enabled below it; libvirt/ a plain domain group holding libvirt_lxc, the container's
+    init and its child (no threaded groups, nothing enabled below it), its memory.max the
+    XML's <memory> (libvirt_lxc writes it). The V2Machine has no emulator and no vCPUs."""
+    hosts = getattr(fs, _SPEC_ATTR, {})
+    v2 = sorted((s for s in hosts.values() if isinstance(s, FakeV2Host)), key=lambda s: -len(s.controllers))
+    spec = v2[0] if v2 else make_v2_host(fs, proc_root=proc_root)
+    all_ctrls = spec.controllers
+    below_scope = tuple(c for c in all_ctrls if c != "pids")
+    slice_ = os.path.join(spec.root, "machine.slice")
+    if not fs.exists(os.path.join(slice_, "cgroup.controllers")):
+        make_group(fs, slice_, all_ctrls, subtree_control=all_ctrls)
+    scope = make_group(fs, os.path.join(slice_, f"machine-{systemd_escape(machine_name(pid, name, 'lxc'))}.scope"),
+                       all_ctrls, subtree_control=below_scope)
+    libvirt = make_group(fs, os.path.join(scope, "libvirt"), below_scope)
+    if "memory" in below_scope:
+        _write(fs, os.path.join(libvirt, "memory.max"), f"{memory}\n")
+    rel = "/" + os.path.relpath(libvirt, spec.root)
+    for p in (pid, pid + 2, pid + 3):             # libvirt_lxc, the init, its child
+        _add_task(fs, libvirt, p)
+        _write(fs, os.path.join(proc_root, str(p), "cgroup"), f"0::{rel}\n", _RO)
+    pidfile = _write_pidfile(fs, name, pid, "lxc", run_dir)
+    return V2Machine(name, pid, pid, scope, libvirt, None, (), rel, pidfile)
 
 
 # ---------------------------------------------------------------------------------------------

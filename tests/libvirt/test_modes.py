@@ -17,15 +17,13 @@ import pytest
 from cgctl.cgroup import hierarchy
 from cgctl.cgroup.placement import groups_for_pid
 from tests.clikit import cgctl
+from tests.seedcases import (LIVE_AFTER_CHANGE, LIVE_AFTER_RESTART, SEED_FAMILIES, SEED_MODE_NAME,
+                             SEED_MODES)
 
 
-# parameter, file, controller, X, Y, how the kernel file spells X and Y
-CASES = {
-    "memory": ("hard_limit", "memory.limit_in_bytes", "memory", "1G", "768M",
-               str(2**30), str(768 * 2**20)),
-    "cpu": ("cpu_shares", "cpu.shares", "cpu", "512", "2048", "512", "2048"),
-    "blkio": ("weight", "blkio.bfq.weight", "io", "200", "800", "200", "800"),
-}
+# parameter, file, controller, X, Y, how the kernel file spells X and Y (tests/seedcases.py)
+CASES = {name: (f.param, f.v1[1], f.v1[0], f.x, f.y, f.v1[2], f.v1[3])
+         for name, f in SEED_FAMILIES.items() if f.v1}
 
 
 def live_file(guest, controller, filename):
@@ -53,7 +51,7 @@ def start(sb, guest, journal):
 
 @pytest.mark.parametrize("kind", ["qemu", "lxc"])
 @pytest.mark.parametrize("family", sorted(CASES))
-@pytest.mark.parametrize("case,flag", [("A", "--live"), ("B", "--config"), ("C", "--perm")])
+@pytest.mark.parametrize("case,flag", SEED_MODES)
 def test_seed_matrix(libvirt_sandbox, make_guest, tmp_path, kind, family, case, flag):
     param, fname, ctrl, x, y, fx, fy = CASES[family]
     journal = tmp_path / "journal.db"
@@ -72,8 +70,8 @@ def test_seed_matrix(libvirt_sandbox, make_guest, tmp_path, kind, family, case, 
     # 2. change X → Y in the case's mode
     r = cgctl(journal, "--json", "set", guest.name, f"{param}={y}", flag)
     out = json.loads(r.stdout)
-    assert out["mode"] == {"A": "live", "B": "config", "C": "live+config"}[case]
-    live_after = {"A": fy, "B": fx, "C": fy}[case]
+    assert out["mode"] == SEED_MODE_NAME[case]
+    live_after = {"x": fx, "y": fy}[LIVE_AFTER_CHANGE[case]]
     assert live_file(guest, ctrl, fname) == live_after
     expect_journal = canon["X"] if case == "A" else out["changes"][0]["new"]
     assert journal_value(journal, guest, param) == expect_journal
@@ -86,7 +84,7 @@ def test_seed_matrix(libvirt_sandbox, make_guest, tmp_path, kind, family, case, 
 
     # 4. start again: A comes back to X, B and C start with Y
     start(libvirt_sandbox, guest, journal)
-    assert live_file(guest, ctrl, fname) == {"A": fx, "B": fy, "C": fy}[case]
+    assert live_file(guest, ctrl, fname) == {"x": fx, "y": fy}[LIVE_AFTER_RESTART[case]]
 
     # 5. delete the domain: config gone, history kept and marked deleted
     libvirt_sandbox.remove(guest.name, guest.uri)

@@ -98,9 +98,17 @@ def test_systemd_v2_machine_layout(fs):
     assert read(vm.libvirt + "/io.max") == ""
     assert read(vm.libvirt + "/cgroup.type") == "domain threaded\n"
     assert read(scope + "/cgroup.type") == "domain\n"
+    # as the host lane observed it (Debian 12, systemd 252, libvirt 9.0; docs/operations.md):
+    # the scope is delegated pids too but does not enable it below itself, and libvirt enables
+    # only cpuset and cpu for its threaded groups
+    assert read(scope + "/cgroup.controllers") == "cpuset cpu io memory pids\n"
+    assert read(scope + "/cgroup.subtree_control") == "cpuset cpu io memory\n"
+    assert read(vm.libvirt + "/cgroup.controllers") == "cpuset cpu io memory\n"
+    assert read(vm.libvirt + "/cgroup.subtree_control") == "cpuset cpu\n"
+    assert not os.path.exists(vm.libvirt + "/pids.max")
     for g in (vm.emulator,) + vm.vcpus:
         assert read(g + "/cgroup.type") == "threaded\n"
-        assert read(g + "/cgroup.controllers") == "cpuset cpu pids\n"
+        assert read(g + "/cgroup.controllers") == "cpuset cpu\n"
         assert read(g + "/cpu.max") == "max 100000\n"
         assert not os.path.exists(g + "/memory.max")
         assert not os.path.exists(g + "/io.max")
@@ -223,3 +231,21 @@ def test_v1_escaped_root_is_read_back(fs):
     fakecg.make_v1_host(fs, "/srv/cg root", unified=False, systemd=False)
     host = hierarchy.detect()
     assert host.owner("memory").mountpoint == "/srv/cg root/memory"
+
+
+def test_systemd_v2_lxc_layout(fs):
+    """The LXC container's layout as the host lane observed it (test_layout.py::test_lxc_layout)."""
+    fakecg.make_v2_host(fs)
+    ct = fakecg.make_systemd_v2_lxc(fs, "hl-layout-ct", pid=583)
+    scope = "/sys/fs/cgroup/machine.slice/machine-lxc\\x2d583\\x2dhl\\x2dlayout\\x2dct.scope"
+    assert (ct.machine, ct.libvirt) == (scope, scope + "/libvirt")
+    assert read(scope + "/cgroup.controllers") == "cpuset cpu io memory pids\n"
+    assert read(scope + "/cgroup.subtree_control") == "cpuset cpu io memory\n"
+    assert read(scope + "/cgroup.procs") == ""
+    assert read(ct.libvirt + "/cgroup.type") == "domain\n"
+    assert read(ct.libvirt + "/cgroup.controllers") == "cpuset cpu io memory\n"
+    assert read(ct.libvirt + "/cgroup.subtree_control") == ""
+    assert len(read(ct.libvirt + "/cgroup.procs").split()) == 3
+    assert read(ct.libvirt + "/memory.max") == f"{128 * 2**20}\n"
+    assert read(f"/proc/{ct.pid}/cgroup") == f"0::{ct.libvirt[len('/sys/fs/cgroup'):]}\n"
+    assert ct.pidfile == "/run/libvirt/lxc/hl-layout-ct.pid"

@@ -128,3 +128,18 @@ def test_v1_without_systemd_ignores_a_planted_libvirt_dir(fs):
     assert g.libvirt_dir("memory") == m.machine["memory"]
     assert g.dirs(HARD) == [m.machine["memory"]]
     assert g.vcpu_dirs("cpu") == list(m.vcpus["cpu"])
+
+
+def test_lxc_on_systemd_limits_in_libvirt_weights_on_the_scope(fs, monkeypatch):
+    """The observed LXC layout (tests/fakecg.py make_systemd_v2_lxc): hard_limit replaces
+    libvirt_lxc's <memory> in scope/libvirt, cpu_shares is the scope's cpu.weight."""
+    fakecg.make_v2_host(fs, bfq=False)
+    ct = fakecg.make_systemd_v2_lxc(fs, "ct1", pid=700)
+    FakeKernel(monkeypatch)
+    host = hierarchy.detect("/proc")
+    g = groups_for_pid(ct.pid, host, guest=ct.name, driver="lxc", proc_root="/proc")
+    assert (g.machine_dir("cpu"), g.libvirt_dir("memory")) == (ct.machine, ct.libvirt)
+    live.set_live(Router(host), g, P.parse_assignments(["hard_limit=1G", "cpu_shares=2048", "weight=500"]))
+    assert read(os.path.join(ct.libvirt, "memory.max")) == str(2**30)
+    assert read(os.path.join(ct.machine, "cpu.weight")) == "174"
+    assert read(os.path.join(ct.machine, "io.weight")) == "default 4950"

@@ -62,7 +62,16 @@ def read(path: str) -> str:
 
 
 # ---------------------------------------------------------------- guests
-def qemu_xml(name: str, uid: str) -> str:
+def disk_xml(dev: Optional[str]) -> str:
+    """A host block device (a loop device: loop_device()) as the guest's virtio disk: what the
+    IO parameters act on. Blank, so the guest's BIOS finds nothing to boot and idles."""
+    if not dev:
+        return ""
+    return (f"<disk type='block' device='disk'><driver name='qemu' type='raw'/>"
+            f"<source dev='{dev}'/><target dev='vda' bus='virtio'/></disk>")
+
+
+def qemu_xml(name: str, uid: str, disk: Optional[str] = None) -> str:
     return f"""<domain type='qemu'>
   <name>{name}</name><uuid>{uid}</uuid>
   <memory unit='KiB'>65536</memory><currentMemory unit='KiB'>65536</currentMemory>
@@ -70,7 +79,7 @@ def qemu_xml(name: str, uid: str) -> str:
   <os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os>
   <on_poweroff>destroy</on_poweroff><on_crash>destroy</on_crash>
   <devices><emulator>/usr/bin/qemu-system-x86_64</emulator>
-    <controller type='usb' model='none'/><memballoon model='none'/></devices>
+    <controller type='usb' model='none'/><memballoon model='none'/>{disk_xml(disk)}</devices>
 </domain>"""
 
 
@@ -88,8 +97,8 @@ def lxc_xml(name: str, uid: str) -> str:
 class Guest:
     """A persistent tiny guest, defined through virsh (what an operator has)."""
 
-    def __init__(self, name: str, driver: str = "qemu"):
-        self.name, self.driver = name, driver
+    def __init__(self, name: str, driver: str = "qemu", disk: Optional[str] = None):
+        self.name, self.driver, self.disk = name, driver, disk
         self.uri = f"{driver}:///system"
         self.uuid = str(uuidlib.uuid4())
 
@@ -99,7 +108,8 @@ class Guest:
     def define(self) -> "Guest":
         path = f"/tmp/{self.name}.xml"
         with open(path, "w") as f:
-            f.write((qemu_xml if self.driver == "qemu" else lxc_xml)(self.name, self.uuid))
+            f.write(qemu_xml(self.name, self.uuid, self.disk) if self.driver == "qemu"
+                    else lxc_xml(self.name, self.uuid))
         self.virsh("define", path)
         return self
 
@@ -143,6 +153,46 @@ class Guest:
     @property
     def scope_unit(self) -> str:
         return os.path.basename(self.scope)
+
+
+def loop_device(path: str, size: int = 64 * 2**20) -> str:
+    """A sparse file of ``size`` bytes attached to a free loop device: its /dev path. A real
+    block device of the host (blk-mq, scheduler none), so io.max has a MAJ:MIN to key on."""
+    sh("modprobe", "loop", check=False)
+    with open(path, "wb") as f:
+        f.truncate(size)
+    return sh("losetup", "--find", "--show", path).stdout.strip()
+
+
+def majmin(dev: str) -> str:
+    st = os.stat(dev)
+    return f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
+
+
+def io_max(group: str, dev: str) -> Dict[str, str]:
+    """The device's line of the group's io.max as {rbps, wbps, riops, wiops}; {} without one."""
+    mm = majmin(dev)
+    for line in read(os.path.join(group, "io.max")).splitlines():
+        key, *fields = line.split()
+        if key == mm:
+            return dict(f.split("=", 1) for f in fields)
+    return {}
+
+
+def weight_file(group: str):
+    """(file, content) of the block-IO weight cgctl writes in ``group``: io.bfq.weight when the
+    kernel has BFQ loaded, else io.weight (docs/parameters.md). The default line only."""
+    for f in ("io.bfq.weight", "io.weight"):
+        path = os.path.join(group, f)
+        if os.path.exists(path):
+            return f, read(path).splitlines()[0]
+    return None, None
+
+
+def note(line: str) -> None:
+    """A fact for docs/ (the results' facts.txt, printed at the end of the run)."""
+    with open("/run/hostlane/facts.txt", "a") as f:
+        f.write(line + "\n")
 
 
 def snapshot(top: str) -> Dict[str, str]:

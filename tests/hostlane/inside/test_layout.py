@@ -71,3 +71,24 @@ def test_which_hand_written_files_daemon_reload_puts_back(guest):
     # everything in the delegated libvirt/ subtree stays as written
     assert [k for k in kept if k.startswith("libvirt/")] == sorted(
         os.path.relpath(p, scope) for p in written if p.startswith(lv + "/")), back
+
+
+def test_lxc_layout(make_guest):
+    """An LXC container's groups: libvirt_lxc and the container's init are processes of the
+    scope's libvirt/ (no threaded children), which has io and memory for the throttles and
+    limits (test_io.py, test_matrix.py)."""
+    g = make_guest("hl-layout-ct", "lxc").start()
+    scope, lv = g.scope, g.cgroup
+    p = unit_props(g.scope_unit, "Delegate", "DelegateControllers", "Slice", "MemoryMax")
+    note(f"lxc scope: {scope}  props: {p}")
+    for d in (scope, lv):
+        note(f"  {os.path.relpath(d, scope)}: type={read(d + '/cgroup.type')} "
+             f"subtree_control=[{read(d + '/cgroup.subtree_control')}] procs={len(read(d + '/cgroup.procs').split())} "
+             f"controllers=[{read(d + '/cgroup.controllers')}] memory.max={read(d + '/memory.max')}")
+    assert p["Delegate"] == "yes" and p["Slice"] == "machine.slice", p
+    assert os.path.basename(scope).startswith("machine-lxc\\x2d") and os.path.basename(lv) == "libvirt"
+    assert read(scope + "/cgroup.procs") == ""
+    assert read(lv + "/cgroup.type") == "domain"
+    assert len(read(lv + "/cgroup.procs").split()) >= 2          # libvirt_lxc and the init
+    assert not [x for x in os.listdir(lv) if os.path.isdir(os.path.join(lv, x))]
+    assert {"cpu", "io", "memory"} <= set(read(lv + "/cgroup.controllers").split())
