@@ -22,7 +22,7 @@ pytest_run() {   # pytest_run TAG ARGS...: runs pytest in the clone, sets rc
     local tag=$1 t0; shift
     t0=$(date +%s)
     cd "$CLONE" || exit 1
-    CGCTL_HOSTLANE=1 timeout -k 10 "${HOSTLANE_PYTEST_TIMEOUT:-1800}" python3 -u -m pytest -p no:cacheprovider \
+    CGCTL_HOSTLANE=1 timeout -k 10 "${HOSTLANE_PYTEST_TIMEOUT:-3600}" python3 -u -m pytest -p no:cacheprovider \
         --junitxml="$SHARE/junit$tag.xml" "$@" 2>&1 | tee "$SHARE/pytest$tag.log"
     rc=${PIPESTATUS[0]}
     echo "hostlane: pytest$tag exit status $rc in $(( $(date +%s) - t0 ))s"
