@@ -52,6 +52,11 @@ MODES = ("live", "config", "live+config")
 
 APPLICATION_ID = 0x63676374  # "cgct" in PRAGMA application_id: marks the file as ours
 BUSY_TIMEOUT = 30.0  # seconds a writer waits for another cgctl process before giving up
+# SQLite's page cache per connection (its default: 2,000 KiB). The journal grows with every
+# start, and the service's RSS followed it up to that default; this cap bounds it whatever the
+# journal's size. Pages past it are read again from the OS's file cache (docs/performance.md,
+# section 4).
+CACHE_KIB = 512
 
 # Ordered migrations; MIGRATIONS[i] takes user_version i to i + 1.  Never edit a
 # released entry: append a new one.  All pending ones run in one transaction.
@@ -564,6 +569,7 @@ class Journal:
         db = sqlite3.connect(target, timeout=self.busy_timeout, isolation_level=None,
                              check_same_thread=False)
         db.execute("PRAGMA synchronous = FULL")
+        db.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
         return db
 
     def _create_file(self) -> None:
