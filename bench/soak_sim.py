@@ -205,6 +205,9 @@ def serve(a) -> int:
                 elif word == "stop":
                     driver.stop(int(rest[0]))
                     reply.write("ok\n")
+                elif word == "threads":  # kernel tid -> Python thread name
+                    reply.write(json.dumps({t.native_id: t.name for t in threading.enumerate()})
+                                + "\n")
                 elif word == "quit":
                     break
         except Exception as e:  # noqa: BLE001  the bench reads it as a failure
@@ -228,13 +231,34 @@ def _proc(pid: int) -> dict:
             "threads": threads(pid), "cpu_s": round(cpu_seconds(pid), 2)}
 
 
+def _threads_cpu(pid: int) -> dict:
+    """utime+stime (clock ticks) of each thread, by "name/tid"."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                text = f.read()
+        except OSError:
+            continue
+        name = text[text.index("(") + 1:text.rindex(")")]
+        fields = text.rsplit(")", 1)[1].split()
+        out[f"{name}/{tid}"] = int(fields[11]) + int(fields[12])
+    return out
+
+
 def _idle(pid: int, seconds: float) -> dict:
+    """The service's CPU over ``seconds`` of nothing to do, in all and by thread."""
     from bench.service import cpu_seconds
+    t0 = _threads_cpu(pid)
     c0, w0 = cpu_seconds(pid), time.monotonic()
     time.sleep(seconds)
     c1, w1 = cpu_seconds(pid), time.monotonic()
+    t1 = _threads_cpu(pid)
+    tck = os.sysconf("SC_CLK_TCK")
+    by_thread = {k: round((v - t0.get(k, 0)) / tck, 3) for k, v in t1.items()
+                 if v - t0.get(k, 0)}
     return {"seconds": round(w1 - w0, 1), "cpu_s": round(c1 - c0, 3),
-            "cpu_percent": round(100 * (c1 - c0) / (w1 - w0), 3)}
+            "cpu_percent": round(100 * (c1 - c0) / (w1 - w0), 3), "by_thread_s": by_thread}
 
 
 def run(cycles: int, guests: int, every: int, idle: float, quiet: bool = False,
@@ -312,6 +336,7 @@ def run(cycles: int, guests: int, every: int, idle: float, quiet: bool = False,
                     print(f"cycle {c}: {failed} failed; RSS {s['rss_kib']} KiB, {s['fds']} fds, "
                           f"{s['threads']} threads, CPU {s['cpu_s']} s", flush=True)
         if idle > 0:
+            out["thread_names"] = json.loads(ask("threads"))
             out["idle_after"] = _idle(proc.pid, idle)
             out["idle_after"]["rss_kib"] = _proc(proc.pid)["rss_kib"]
         out["passed"], out["failed"] = len(waits), failed
@@ -330,6 +355,7 @@ def run(cycles: int, guests: int, every: int, idle: float, quiet: bool = False,
         from bench.reconcile_sim import hierarchies
         remove_parent([m for m, _ in hierarchies(hierarchy.detect())], parent)
     log = log_text()
+    out["log_tail"] = log.splitlines()[-15:]
     out["log_applied_lines"] = log.count("applied source=event")
     out["log_error_lines"] = [ln for ln in log.splitlines() if " ERROR " in ln or
                               "Traceback" in ln][:10]
