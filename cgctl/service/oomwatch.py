@@ -281,7 +281,10 @@ class OomWatch:
         stopped. libvirtd rewrites a running guest's status file (NAME.xml) at every change it
         makes to it (each ``virsh memtune``, ``setmem``, ``cgctl set`` publishing its metadata),
         and a rescan parses every running guest's status file: for a guest watched already
-        that rewrite changes nothing here (its start and stop come and go with NAME.pid)."""
+        that rewrite changes nothing here (its start and stop come and go with NAME.pid).
+        libvirt rewrites it as NAME.xml.new renamed to NAME.xml (four events)."""
+        if name.endswith(".new"):
+            name = name[:-4]
         if not name.endswith(".xml"):
             return True
         driver = os.path.basename(self._run_wds.get(wd, ""))

@@ -94,7 +94,10 @@ def test_a_watched_guests_status_rewrites_do_not_rescan(world):
     before = w.rescans
     for n in (6, 7, 8, 9):
         if n < 9:  # the last round only makes sure the one before was handled whole
-            (world["run"] / "qemu" / "web1.xml").write_text(f"<domstatus n='{n}'/>")
+            # as libvirt does it (virFileRewrite): NAME.xml.new, renamed over NAME.xml
+            new = world["run"] / "qemu" / "web1.xml.new"
+            new.write_text(f"<domstatus n='{n}'/>")
+            new.rename(world["run"] / "qemu" / "web1.xml")
         (world["machine"] / "memory.events").write_text(EVENTS.format(max=n, oom=1, kill=1))
         wait_for(lambda: w.guests[UUID].counts.get("max") == n, what=f"max {n} read")
     assert w.rescans == before
