@@ -13,7 +13,8 @@ and command socket, and, round-robin in one run (each a whole process, fork to w
 - ``python3 -I -S -c pass`` and ``/bin/true``: the interpreter's floor and the timer's own.
 
 The ratio a Python client cannot go under is ``python3 -I -S -c pass`` / virsh; bench/live_set.py
-has the rest (no service, cgset, raw writes, imports). Results in bench/results/live_floor.json.
+has the rest (no service, cgset, raw writes, imports). ``--profile``: cProfile of the
+service's work per request (``cli.main`` with imports done). Results in bench/results/live_floor.json.
 """
 
 from __future__ import annotations
@@ -103,11 +104,56 @@ def run(runs: int) -> dict:
     return data
 
 
+def profile(runs: int) -> None:
+    """Where the service's time per request goes: ``cli.main`` as the service runs it (its
+    URIs, imports done), ``runs`` times under cProfile on a running guest."""
+    import contextlib
+    import cProfile
+    import io
+    import pstats
+    import statistics
+    need_root()
+    with sandbox() as sb, qemu_guest(sb) as g, \
+            tempfile.TemporaryDirectory(prefix="cgctl-bench-floor-") as tmp:
+        import cgctl.cli.main as cli
+        import cgctl.core.controller  # noqa: F401  (the service has it imported)
+        journal = os.path.join(tmp, "journal.db")
+
+        def one(i):
+            with contextlib.redirect_stdout(io.StringIO()):
+                return cli.main(["--journal", journal, "-c", "qemu:///system", "-c",
+                                 "lxc:///system", "set", g.name, f"hard_limit={300 + i % 2}M",
+                                 "--live"])
+        for i in range(3):
+            assert one(i) == 0
+        ts = []
+        for i in range(runs):
+            t = time.perf_counter()
+            one(i)
+            ts.append((time.perf_counter() - t) * 1000)
+        pr = cProfile.Profile()
+        pr.enable()
+        for i in range(runs):
+            one(i)
+        pr.disable()
+    print(f"cli.main set --live, warm: median {statistics.median(ts):.2f} ms; load "
+          f"{os.getloadavg()[0]:.1f}")
+    out = io.StringIO()
+    pstats.Stats(pr, stream=out).sort_stats("tottime").print_stats(15)
+    print(out.getvalue())
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.live_floor",
                                  description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=40)
-    run(ap.parse_args(argv).runs)
+    ap.add_argument("--profile", action="store_true",
+                    help="cProfile of the service's work per request instead")
+    a = ap.parse_args(argv)
+    if a.profile:
+        profile(a.runs)
+    else:
+        run(a.runs)
     return 0
 
 
