@@ -326,6 +326,22 @@ class _Reader:
             args.append(int(limit))
         return [_history(r) for r in reversed(self._db.execute(sql, args).fetchall())]
 
+    def history_heads(self, uuid: str) -> List[HistoryRow]:
+        """Of one guest's history, oldest first, only what metadata's conflict rules read
+        (cgctl/model/metadata.py ``journal_stamps``, cgctl/core/travel.py): per (param,
+        device), the newest row, and the row with the latest time among those that put a
+        config in force (ok, config or live+config, not an undefined guest's past). Both come
+        out of ``history(uuid)`` the same, without reading a history that grows with every
+        start into Python at each STARTED event (docs/performance.md, section 4)."""
+        u = _uuid(uuid)
+        # SQLite: a bare column beside MAX() comes from the row holding that maximum
+        sql = (f"SELECT {_HISTORY_COLUMNS} FROM history WHERE id IN ("
+               "SELECT MAX(id) FROM history WHERE uuid = ? GROUP BY param, device "
+               "UNION SELECT id FROM (SELECT id, MAX(at) FROM history WHERE uuid = ? "
+               "AND deleted = 0 AND outcome = 'ok' AND mode IN ('config', 'live+config') "
+               "GROUP BY param, device)) ORDER BY id")
+        return [_history(r) for r in self._db.execute(sql, (u, u)).fetchall()]
+
     def get_instance(self, uuid: str) -> Optional[InstanceRow]:
         row = self._db.execute("SELECT uuid, pid, start_time, applied_at FROM instance "
                                "WHERE uuid = ?", (_uuid(uuid),)).fetchone()
