@@ -52,6 +52,11 @@ MODES = ("live", "config", "live+config")
 
 APPLICATION_ID = 0x63676374  # "cgct" in PRAGMA application_id: marks the file as ours
 BUSY_TIMEOUT = 30.0  # seconds a writer waits for another cgctl process before giving up
+# SQLite's page cache per connection (its default: 2,000 KiB). The journal grows with every
+# start, and the service's RSS followed it up to that default; this cap bounds it whatever the
+# journal's size. Pages past it are read again from the OS's file cache (docs/performance.md,
+# section 4).
+CACHE_KIB = 512
 
 # Ordered migrations; MIGRATIONS[i] takes user_version i to i + 1.  Never edit a
 # released entry: append a new one.  All pending ones run in one transaction.
@@ -320,6 +325,22 @@ class _Reader:
             sql += " LIMIT ?"
             args.append(int(limit))
         return [_history(r) for r in reversed(self._db.execute(sql, args).fetchall())]
+
+    def history_heads(self, uuid: str) -> List[HistoryRow]:
+        """Of one guest's history, oldest first, only what metadata's conflict rules read
+        (cgctl/model/metadata.py ``journal_stamps``, cgctl/core/travel.py): per (param,
+        device), the newest row, and the row with the latest time among those that put a
+        config in force (ok, config or live+config, not an undefined guest's past). Both come
+        out of ``history(uuid)`` the same, without reading a history that grows with every
+        start into Python at each STARTED event (docs/performance.md, section 4)."""
+        u = _uuid(uuid)
+        # SQLite: a bare column beside MAX() comes from the row holding that maximum
+        sql = (f"SELECT {_HISTORY_COLUMNS} FROM history WHERE id IN ("
+               "SELECT MAX(id) FROM history WHERE uuid = ? GROUP BY param, device "
+               "UNION SELECT id FROM (SELECT id, MAX(at) FROM history WHERE uuid = ? "
+               "AND deleted = 0 AND outcome = 'ok' AND mode IN ('config', 'live+config') "
+               "GROUP BY param, device)) ORDER BY id")
+        return [_history(r) for r in self._db.execute(sql, (u, u)).fetchall()]
 
     def get_instance(self, uuid: str) -> Optional[InstanceRow]:
         row = self._db.execute("SELECT uuid, pid, start_time, applied_at FROM instance "
@@ -591,6 +612,7 @@ class Journal:
         db = sqlite3.connect(target, timeout=self.busy_timeout, isolation_level=None,
                              check_same_thread=False)
         db.execute("PRAGMA synchronous = FULL")
+        db.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
         return db
 
     def _create_file(self) -> None:

@@ -114,7 +114,7 @@ def receive(journal, uuid: str, name: str, driver: str, domain_xml, *, source: s
         incoming[key] = e
     with journal.transaction() as tx:
         config = tx.get_config(uuid)
-        rows = tx.history(uuid)
+        rows = tx.history_heads(uuid)  # not the whole history: it grows with every start
         stamps = metadata.journal_stamps(rows)
         decisions = metadata.decide(config, stamps, incoming)
         taken = [d for d in decisions if d.taken]

@@ -84,6 +84,7 @@ class OomWatch:
         self._by_efd: Dict[int, str] = {}
         self._run_wds: Dict[int, str] = {}
         self._rechecks: Dict[str, list] = {}  # uuid -> [monotonic times]
+        self.rescans = 0
         self._stopped = False
         self._closed = False
         self._lock = threading.Lock()
@@ -110,6 +111,7 @@ class OomWatch:
         """Watch the guests that run now, drop those that stopped."""
         from cgctl.cgroup import placement
         from cgctl.host import runfiles
+        self.rescans += 1
         self._watch_run_dirs()
         try:
             running = runfiles.all_running(self.run_dir)
@@ -239,11 +241,13 @@ class OomWatch:
                 self._stopped = True
                 return
             if fd == self.ino.fd:
-                for wd, mask, _name in self.ino.read():
+                for wd, mask, name in self.ino.read():
                     if wd in self._run_wds:
                         if mask & IN_IGNORED:
                             self._run_wds.pop(wd, None)
-                        rescan = True
+                            rescan = True
+                        elif self._may_start_or_stop(wd, name):
+                            rescan = True
                     elif wd in self._by_wd:
                         uuid = self._by_wd[wd]
                         if mask & IN_IGNORED:  # the group was removed
@@ -271,6 +275,21 @@ class OomWatch:
                 self._rechecks.pop(uuid, None)
         if rescan:
             self.rescan()
+
+    def _may_start_or_stop(self, wd: int, name: str) -> bool:
+        """Whether a change of ``name`` in a run directory may mean a guest started or
+        stopped. libvirtd rewrites a running guest's status file (NAME.xml) at every change it
+        makes to it (each ``virsh memtune``, ``setmem``, ``cgctl set`` publishing its metadata),
+        and a rescan parses every running guest's status file: for a guest watched already
+        that rewrite changes nothing here (its start and stop come and go with NAME.pid).
+        libvirt rewrites it as NAME.xml.new renamed to NAME.xml (four events)."""
+        if name.endswith(".new"):
+            name = name[:-4]
+        if not name.endswith(".xml"):
+            return True
+        driver = os.path.basename(self._run_wds.get(wd, ""))
+        return not any(w.guest.driver == driver and w.guest.name == name[:-4]
+                       for w in self.guests.values())
 
     def stop(self) -> None:
         with self._lock:

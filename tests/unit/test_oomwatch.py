@@ -79,3 +79,38 @@ def test_limit_hits_are_rate_limited(world, caplog):
         wait_for(lambda: w.guests[UUID].counts.get("max") == n, what=f"max {n} read")
     assert [e for e in world["events"] if e[1] == "max"] == [("web1", "max", 1)]
     assert w.guests[UUID].unlogged_max == 2  # in the next line, a minute later at the most
+
+
+def test_a_watched_guests_status_rewrites_do_not_rescan(world):
+    """libvirtd rewrites NAME.xml at every change to a running guest; a rescan parses every
+    running guest's status file, so a watched guest's rewrites must not start one
+    (docs/performance.md, section 4). Synchronised on memory.events reads, never on time:
+    inotify delivers the run dir's and the group's events in the order they happened."""
+    w = world["watch"]
+    wait_for(lambda: w._run_wds, what="the run dirs watched")
+    world["running"][UUID] = world["guest"]
+    (world["run"] / "qemu" / "web1.pid").write_text("4242")
+    wait_for(lambda: UUID in w.guests, what="the guest watched")
+    before = w.rescans
+    for n in (6, 7, 8, 9):
+        if n < 9:  # the last round only makes sure the one before was handled whole
+            # as libvirt does it (virFileRewrite): NAME.xml.new, renamed over NAME.xml
+            new = world["run"] / "qemu" / "web1.xml.new"
+            new.write_text(f"<domstatus n='{n}'/>")
+            new.rename(world["run"] / "qemu" / "web1.xml")
+        (world["machine"] / "memory.events").write_text(EVENTS.format(max=n, oom=1, kill=1))
+        wait_for(lambda: w.guests[UUID].counts.get("max") == n, what=f"max {n} read")
+    assert w.rescans == before
+
+
+def test_a_status_file_of_a_guest_not_watched_yet_still_rescans(world):
+    """A start writes NAME.pid and then NAME.xml; a guest not watched when its pid file came
+    (no status file yet) is found when the status file is written."""
+    w = world["watch"]
+    wait_for(lambda: w._run_wds, what="the run dirs watched")
+    (world["run"] / "qemu" / "web1.pid").write_text("4242")  # all_running: not yet
+    wait_for(lambda: w.rescans >= 2, what="the rescan after the pid file")
+    assert UUID not in w.guests
+    world["running"][UUID] = world["guest"]
+    (world["run"] / "qemu" / "web1.xml").write_text("<domstatus/>")
+    wait_for(lambda: UUID in w.guests, what="the guest watched after its status file")
