@@ -112,8 +112,18 @@ def take(driver: str, name: str):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
     os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
+    os.write(fd, holder_line())
     return fd
+
+
+def holder_line() -> bytes:
+    """What a lock's holder writes into its lock file once it holds it: ``PID TICKS`` (its start
+    in clock ticks after boot). The installed script reads it with the shell's own ``read`` and
+    compares TICKS with /proc/PID/stat: a live holder is seen without starting ``flock(1)``, and
+    a PID reused by another process does not match (docs/hook.md, "Locks the shell tests")."""
+    from cgctl.host.runfiles import start_ticks
+    pid = os.getpid()
+    return f"{pid} {start_ticks(pid)}\n".encode()
 
 
 class Held:
@@ -130,8 +140,12 @@ class Held:
 
 
 def release(driver: str, name: str, fd: int) -> None:
-    """The lock file removed (still ours: we hold it), then the lock let go."""
+    """The lock file emptied and removed (still ours: we hold it), then the lock let go.
+    Emptied first: were the unlink to fail, the script must not take a live PID left in it
+    for a holder (it then asks ``flock(1)``)."""
     import contextlib
+    with contextlib.suppress(OSError):
+        os.ftruncate(fd, 0)
     with contextlib.suppress(OSError):
         os.unlink(lock_path(driver, name))
     os.close(fd)
