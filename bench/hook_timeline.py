@@ -74,6 +74,22 @@ def _parse(log: str):
     return out
 
 
+def _answers(log: str):
+    """(find, apply, answer) ms of each `started begin` the service answered
+    (cgctl/start/applier.py logs them)."""
+    import re
+    out = []
+    try:
+        with open(log) as f:
+            for line in f:
+                m = re.search(r"find/apply/answer ms: ([\d.]+)/([\d.]+)/([\d.]+)", line)
+                if m:
+                    out.append(tuple(float(x) for x in m.groups()))
+    except FileNotFoundError:
+        pass
+    return out
+
+
 def _daemon(journal: str, log: str):
     import signal
     p = subprocess.Popen([sys.executable, "-m", "cgctl.cli", "--journal", journal, "daemon",
@@ -136,6 +152,7 @@ def run(runs: int = 6, early: bool = True, settings=None, service: bool = False)
                     _stop(daemon)
                     daemon = None
             rows = _parse(log)
+            answers = _answers(os.path.join(wd, "daemon.log"))
         finally:
             _stop(locals().get("daemon"))
             subprocess.run(cg + ["hook", "uninstall", "--drivers", "qemu"], capture_output=True,
@@ -155,12 +172,17 @@ def run(runs: int = 6, early: bool = True, settings=None, service: bool = False)
     p99 = {m: {k: round(pct([r[k] for r in rows if r["mode"] == m], 99), 1) for k in keys}
            for m in modes}
     data = {"early_applier": early, "settings": settings, "starts": len(rows), "median": med,
-            "p99": p99, "load": os.getloadavg(), "runs": rows}
+            "p99": p99, "load": os.getloadavg(), "runs": rows, "service_answers": answers}
     name = "hook_timeline" + ("-service" if service else "") + ("" if early else "-no-early") + \
         ("" if settings == SETTINGS else "-" + "-".join(a.split("=")[0] for a in settings))
     path = write_result(name, data)
     print(table([[k] + [f"{med[m][k]} / {p99[m][k]}" for m in modes] for k in keys],
                 ["ms: median / p99"] + modes))
+    if answers:  # the service's applier: find the guest / apply again / write the answer
+        cols = list(zip(*answers))
+        print("service's answer to `started begin`, ms median (p99): " + ", ".join(
+            f"{k} {statistics.median(c):.2f} ({pct(c, 99):.2f})"
+            for k, c in zip(("find", "apply", "answer"), cols)))
     print(f"early applier: {early}; starts: {len(rows)}\n(results: {path})")
     return data
 

@@ -299,9 +299,11 @@ def _answer(ctl, driver, name, uuid, config, overlay, journal, token, result, wh
     write and our record. A crash in between loses that record only (docs/hook.md, "The answer
     before the commit"), never a setting: the cgroups hold the config, and the next reconcile
     applies again what has no instance row."""
+    import time
     from cgctl.core.batch import Batch
     from cgctl.host import runfiles
     pending = None
+    marks = [time.perf_counter()]  # where the script's wait goes (docs/performance.md §2 F)
     try:
         if not config:
             _write_result(result, f"ok {token}")
@@ -310,16 +312,20 @@ def _answer(ctl, driver, name, uuid, config, overlay, journal, token, result, wh
         if guest is None or guest.uuid != uuid:
             _write_result(result, f"fail {token} no running guest {name} with {uuid}")
             return "started: guest not found; the hook applies"
+        marks.append(time.perf_counter())
         pending = Batch(journal, max_guests=1, max_age=EARLY_RECHECK)
         outcome = ctl.apply_config(guest, source="hook", command="hook started",
                                    journal=journal, overlay=overlay, batch=pending)
+        marks.append(time.perf_counter())
         if outcome.errors:
             _write_result(result, f"fail {token} {len(outcome.errors)} setting(s) not applied")
             what = f"started: {len(outcome.errors)} failed; the hook applies"
         else:
             _write_result(result, f"ok {token}")
+            marks.append(time.perf_counter())
+            ms = [f"{(b - a) * 1000:.2f}" for a, b in zip(marks, marks[1:])]
             what = (f"{what or 'early: not applied'}; started: {len(outcome.changes)} "
-                    "setting(s) applied")
+                    f"setting(s) applied (find/apply/answer ms: {'/'.join(ms)})")
     except Exception as exc:  # noqa: BLE001  the script falls back to the hook in Python
         try:
             _write_result(result, f"fail {token} {type(exc).__name__}: {exc}")
