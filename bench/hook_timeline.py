@@ -1,7 +1,7 @@
 """Where a ``virsh start`` spends its time when the cgctl hook is installed, from libvirt itself.
 
     .venv/bin/python -m bench.hook_timeline [--runs 6] [--no-early-apply] [--settings P=V ...]
-        [--service]    (root; RESTARTS libvirtd)
+        [--service] [--floor]    (root; RESTARTS libvirtd)
 
 ``--service``: every start is done twice, interleaved: once with ``cgctl daemon`` running (the
 script hands the start to it, cgctl/start/handoff.py) and once without (the hook alone); the
@@ -122,7 +122,14 @@ def _stop(p) -> None:
             p.wait()
 
 
-def run(runs: int = 6, early: bool = True, settings=None, service: bool = False) -> dict:
+# `--floor`: cgctl's script swapped (same path; libvirt execs it by name at each call) for one
+# that only reads its stdin as the no-op calls do: what any hook script costs, measured the
+# same way, stamps included. What cgctl adds is the difference.
+FLOOR = "#!/bin/sh\n[ -t 0 ] || while IFS= read -r _l; do :; done\nexit 0\n"
+
+
+def run(runs: int = 6, early: bool = True, settings=None, service: bool = False,
+        floor: bool = False) -> dict:
     settings = list(settings or SETTINGS)
     need_root()
     compile_repo()
@@ -139,10 +146,16 @@ def run(runs: int = 6, early: bool = True, settings=None, service: bool = False)
             _stamps(log)
             sb.restart_libvirtd()
             daemon = None
+            script = os.path.join(HOOKS, "cgctl")
+            with open(script) as f:
+                installed = f.read()
             for _ in range(runs):
-                for mode in (("alone", "service") if service else ("hook",)):
+                for mode in (("alone", "service") if service else ("hook",)) + \
+                        (("floor",) if floor else ()):
                     if mode == "service":
                         daemon = _daemon(journal, os.path.join(wd, "daemon.log"))
+                    with open(script, "w") as f:
+                        f.write(FLOOR if mode == "floor" else installed)
                     sb.destroy(guest.name)
                     with open(log, "a") as f:
                         f.write(f"{time.time():.6f} VIRSH-START {mode}\n")
@@ -155,6 +168,9 @@ def run(runs: int = 6, early: bool = True, settings=None, service: bool = False)
             answers = _answers(os.path.join(wd, "daemon.log"))
         finally:
             _stop(locals().get("daemon"))
+            if locals().get("installed"):  # cgctl's own again, or uninstall would keep it
+                with open(script, "w") as f:
+                    f.write(installed)
             subprocess.run(cg + ["hook", "uninstall", "--drivers", "qemu"], capture_output=True,
                            env=env)
             for name in ("00-ts", "zz-ts"):
@@ -193,7 +209,10 @@ if __name__ == "__main__":
     ap.add_argument("--no-early-apply", action="store_true")
     ap.add_argument("--service", action="store_true",
                     help="interleave starts with and without cgctl daemon running")
+    ap.add_argument("--floor", action="store_true",
+                    help="also interleave starts with cgctl's script replaced by an empty one")
     ap.add_argument("--settings", nargs="+", metavar="PARAM=VALUE",
                     help=f"the guest's journal config (default: {' '.join(SETTINGS)})")
     a = ap.parse_args()
-    run(a.runs, early=not a.no_early_apply, settings=a.settings, service=a.service)
+    run(a.runs, early=not a.no_early_apply, settings=a.settings, service=a.service,
+        floor=a.floor)
