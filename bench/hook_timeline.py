@@ -180,6 +180,13 @@ def run(runs: int = 6, early: bool = True, settings=None, service: bool = False,
                     pass
             sb.restart_libvirtd()
             sb.remove(guest.name)
+            # its last start's go and result files: `release end` ran with no script installed
+            from cgctl import consts
+            for ext in ("go", "result"):
+                try:
+                    os.unlink(os.path.join(consts.HOOK_RUN_DIR, f"early-qemu-{guest.name}.{ext}"))
+                except FileNotFoundError:
+                    pass
     from bench.common import pct
     modes = sorted({r["mode"] for r in rows})
     keys = [k for k in (rows[0] if rows else {}) if k != "mode"]
