@@ -108,10 +108,14 @@ def answer_with(path_result, text_for):
             ready.set()
             go = early.go_path("qemu", NAME)
             end = time.monotonic() + 20
-            while not os.path.exists(go) and time.monotonic() < end:
+            token = ""
+            while not token and time.monotonic() < end:  # created, then written: its token
                 time.sleep(0.005)
-            with open(go) as f:
-                token = f.read().strip()
+                try:
+                    with open(go) as f:
+                        token = f.read().strip()
+                except FileNotFoundError:
+                    pass
             with open(path_result, "w") as f:
                 f.write(text_for(token) + "\n")
         finally:
