@@ -1,7 +1,7 @@
 """Where a ``virsh start`` spends its time when the cgctl hook is installed, from libvirt itself.
 
     .venv/bin/python -m bench.hook_timeline [--runs 6] [--no-early-apply] [--settings P=V ...]
-        [--service]    (root; RESTARTS libvirtd)
+        [--service] [--floor]    (root; RESTARTS libvirtd)
 
 ``--service``: every start is done twice, interleaved: once with ``cgctl daemon`` running (the
 script hands the start to it, cgctl/start/handoff.py) and once without (the hook alone); the
@@ -74,6 +74,22 @@ def _parse(log: str):
     return out
 
 
+def _answers(log: str):
+    """(find, apply, answer) ms of each `started begin` the service answered
+    (cgctl/start/applier.py logs them)."""
+    import re
+    out = []
+    try:
+        with open(log) as f:
+            for line in f:
+                m = re.search(r"find/apply/answer ms: ([\d.]+)/([\d.]+)/([\d.]+)", line)
+                if m:
+                    out.append(tuple(float(x) for x in m.groups()))
+    except FileNotFoundError:
+        pass
+    return out
+
+
 def _daemon(journal: str, log: str):
     import signal
     p = subprocess.Popen([sys.executable, "-m", "cgctl.cli", "--journal", journal, "daemon",
@@ -106,7 +122,14 @@ def _stop(p) -> None:
             p.wait()
 
 
-def run(runs: int = 6, early: bool = True, settings=None, service: bool = False) -> dict:
+# `--floor`: cgctl's script swapped (same path; libvirt execs it by name at each call) for one
+# that only reads its stdin as the no-op calls do: what any hook script costs, measured the
+# same way, stamps included. What cgctl adds is the difference.
+FLOOR = "#!/bin/sh\n[ -t 0 ] || while IFS= read -r _l; do :; done\nexit 0\n"
+
+
+def run(runs: int = 6, early: bool = True, settings=None, service: bool = False,
+        floor: bool = False) -> dict:
     settings = list(settings or SETTINGS)
     need_root()
     compile_repo()
@@ -123,10 +146,16 @@ def run(runs: int = 6, early: bool = True, settings=None, service: bool = False)
             _stamps(log)
             sb.restart_libvirtd()
             daemon = None
+            script = os.path.join(HOOKS, "cgctl")
+            with open(script) as f:
+                installed = f.read()
             for _ in range(runs):
-                for mode in (("alone", "service") if service else ("hook",)):
+                for mode in (("alone", "service") if service else ("hook",)) + \
+                        (("floor",) if floor else ()):
                     if mode == "service":
                         daemon = _daemon(journal, os.path.join(wd, "daemon.log"))
+                    with open(script, "w") as f:
+                        f.write(FLOOR if mode == "floor" else installed)
                     sb.destroy(guest.name)
                     with open(log, "a") as f:
                         f.write(f"{time.time():.6f} VIRSH-START {mode}\n")
@@ -136,8 +165,12 @@ def run(runs: int = 6, early: bool = True, settings=None, service: bool = False)
                     _stop(daemon)
                     daemon = None
             rows = _parse(log)
+            answers = _answers(os.path.join(wd, "daemon.log"))
         finally:
             _stop(locals().get("daemon"))
+            if locals().get("installed"):  # cgctl's own again, or uninstall would keep it
+                with open(script, "w") as f:
+                    f.write(installed)
             subprocess.run(cg + ["hook", "uninstall", "--drivers", "qemu"], capture_output=True,
                            env=env)
             for name in ("00-ts", "zz-ts"):
@@ -147,6 +180,13 @@ def run(runs: int = 6, early: bool = True, settings=None, service: bool = False)
                     pass
             sb.restart_libvirtd()
             sb.remove(guest.name)
+            # its last start's go and result files: `release end` ran with no script installed
+            from cgctl import consts
+            for ext in ("go", "result"):
+                try:
+                    os.unlink(os.path.join(consts.HOOK_RUN_DIR, f"early-qemu-{guest.name}.{ext}"))
+                except FileNotFoundError:
+                    pass
     from bench.common import pct
     modes = sorted({r["mode"] for r in rows})
     keys = [k for k in (rows[0] if rows else {}) if k != "mode"]
@@ -155,12 +195,17 @@ def run(runs: int = 6, early: bool = True, settings=None, service: bool = False)
     p99 = {m: {k: round(pct([r[k] for r in rows if r["mode"] == m], 99), 1) for k in keys}
            for m in modes}
     data = {"early_applier": early, "settings": settings, "starts": len(rows), "median": med,
-            "p99": p99, "load": os.getloadavg(), "runs": rows}
+            "p99": p99, "load": os.getloadavg(), "runs": rows, "service_answers": answers}
     name = "hook_timeline" + ("-service" if service else "") + ("" if early else "-no-early") + \
         ("" if settings == SETTINGS else "-" + "-".join(a.split("=")[0] for a in settings))
     path = write_result(name, data)
     print(table([[k] + [f"{med[m][k]} / {p99[m][k]}" for m in modes] for k in keys],
                 ["ms: median / p99"] + modes))
+    if answers:  # the service's applier: find the guest / apply again / write the answer
+        cols = list(zip(*answers))
+        print("service's answer to `started begin`, ms median (p99): " + ", ".join(
+            f"{k} {statistics.median(c):.2f} ({pct(c, 99):.2f})"
+            for k, c in zip(("find", "apply", "answer"), cols)))
     print(f"early applier: {early}; starts: {len(rows)}\n(results: {path})")
     return data
 
@@ -171,7 +216,10 @@ if __name__ == "__main__":
     ap.add_argument("--no-early-apply", action="store_true")
     ap.add_argument("--service", action="store_true",
                     help="interleave starts with and without cgctl daemon running")
+    ap.add_argument("--floor", action="store_true",
+                    help="also interleave starts with cgctl's script replaced by an empty one")
     ap.add_argument("--settings", nargs="+", metavar="PARAM=VALUE",
                     help=f"the guest's journal config (default: {' '.join(SETTINGS)})")
     a = ap.parse_args()
-    run(a.runs, early=not a.no_early_apply, settings=a.settings, service=a.service)
+    run(a.runs, early=not a.no_early_apply, settings=a.settings, service=a.service,
+        floor=a.floor)

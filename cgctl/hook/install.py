@@ -74,8 +74,22 @@ case $1 in
 *) [ -d "$run" ] && command -v flock >/dev/null 2>&1 && fast=1 ;;
 esac
 lock="$run/early-{driver}-$1.lock"
-held() {{  # another process holds the lock file $1 (flock(1) says 75); never creates it
-    flock -n -E 75 9 2>/dev/null 9<"$1"
+# Locks the shell tests (docs/hook.md): a holder writes "PID TICKS" (its start, field 22 of
+# /proc/PID/stat) into its lock file once it holds it, empties the file before letting go and
+# removes a guest's lock file before that. Read with builtins: no process started.
+alive() {{  # the holder named in the lock file $1 is alive (same PID and same start: not reused)
+    _p= _t= _s=
+    read -r _p _t _s 2>/dev/null <"$1"
+    case "$_p:$_t" in *[!0-9:]*|:*|*:) return 1 ;; esac
+    read -r _s 2>/dev/null </proc/"$_p"/stat
+    _s=${{_s##*) }}
+    set -- $_s
+    [ "${{20-}}" = "$_t" ]
+}}
+held() {{  # another process holds the lock file $1; never creates it
+    [ -e "$1" ] || return 1  # an applier takes it with the file there and removes it first
+    alive "$1" && return 0
+    flock -n -E 75 9 2>/dev/null 9<"$1"  # any doubt (empty, stale, being written): the kernel
     [ $? -eq 75 ]
 }}
 if [ -n "$fast" ]; then
@@ -88,8 +102,12 @@ if [ -n "$fast" ]; then
         req="$run/{request}{driver}-$1"
         if [ "$2" = start ] && [ -e "$req" ]; then
             rm -f "$req"  # the service did not take it: the hook does the work itself
-        elif [ "$2" = prepare ] && held "$run/{service}"; then
-            # the service runs: hand it the start (it takes the guest's lock at once)
+        elif [ "$2" = prepare ] && alive "$run/{service}"; then
+            # the service runs: hand it the start (it takes the guest's lock at once). No
+            # flock(1) on doubt: a service not seen is the hook working alone, always correct;
+            # one seen but gone leaves the request to `start begin`, which runs the hook.
+            # The per-line `read` loop below costs less than a `cat` process for a domain
+            # XML of a few KiB (docs/performance.md §2 F)
             if {{ printf 'journal=%s\nconfig=%s\nstrict=%s\nearly=%s\n\n' "$journal" \
                        "$config" "$strict" "$early"
                   while IFS= read -r _l || [ -n "$_l" ]; do printf '%s\n' "$_l"; done

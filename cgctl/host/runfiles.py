@@ -404,15 +404,20 @@ def is_persistent(driver: str, name: str, etc_dir: str = consts.LIBVIRT_ETC_DIR)
 SAME_START_S = 0.005
 
 
-def _since_boot(pid: int, proc_root: str) -> float:
-    """Seconds from boot to the start of ``pid``; GuestNotRunning if it is gone."""
+def start_ticks(pid: int, proc_root: str = consts.PROC_ROOT) -> int:
+    """Field 22 of /proc/PID/stat: clock ticks from boot to the start of ``pid``, the number the
+    installed hook script compares as text (cgctl/hook/install.py); GuestNotRunning if gone."""
     try:
         with open(os.path.join(proc_root, str(int(pid)), "stat"), "rb") as f:
             stat = f.read().decode("ascii", "replace")
     except (FileNotFoundError, ProcessLookupError):
         raise errors.GuestNotRunning(f"process {pid} is gone") from None
-    ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22, counted after "(comm)"
-    return ticks / os.sysconf("SC_CLK_TCK")
+    return int(stat.rsplit(")", 1)[1].split()[19])  # field 22, counted after "(comm)"
+
+
+def _since_boot(pid: int, proc_root: str) -> float:
+    """Seconds from boot to the start of ``pid``; GuestNotRunning if it is gone."""
+    return start_ticks(pid, proc_root) / os.sysconf("SC_CLK_TCK")
 
 
 def instance_of(pid: int, proc_root: str = consts.PROC_ROOT) -> Tuple[int, float]:

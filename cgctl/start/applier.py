@@ -112,8 +112,18 @@ def take(driver: str, name: str):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
     os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
+    os.write(fd, holder_line())
     return fd
+
+
+def holder_line() -> bytes:
+    """What a lock's holder writes into its lock file once it holds it: ``PID TICKS`` (its start
+    in clock ticks after boot). The installed script reads it with the shell's own ``read`` and
+    compares TICKS with /proc/PID/stat: a live holder is seen without starting ``flock(1)``, and
+    a PID reused by another process does not match (docs/hook.md, "Locks the shell tests")."""
+    from cgctl.host.runfiles import start_ticks
+    pid = os.getpid()
+    return f"{pid} {start_ticks(pid)}\n".encode()
 
 
 class Held:
@@ -130,8 +140,12 @@ class Held:
 
 
 def release(driver: str, name: str, fd: int) -> None:
-    """The lock file removed (still ours: we hold it), then the lock let go."""
+    """The lock file emptied and removed (still ours: we hold it), then the lock let go.
+    Emptied first: were the unlink to fail, the script must not take a live PID left in it
+    for a holder (it then asks ``flock(1)``)."""
     import contextlib
+    with contextlib.suppress(OSError):
+        os.ftruncate(fd, 0)
     with contextlib.suppress(OSError):
         os.unlink(lock_path(driver, name))
     os.close(fd)
@@ -285,9 +299,11 @@ def _answer(ctl, driver, name, uuid, config, overlay, journal, token, result, wh
     write and our record. A crash in between loses that record only (docs/hook.md, "The answer
     before the commit"), never a setting: the cgroups hold the config, and the next reconcile
     applies again what has no instance row."""
+    import time
     from cgctl.core.batch import Batch
     from cgctl.host import runfiles
     pending = None
+    marks = [time.perf_counter()]  # where the script's wait goes (docs/performance.md §2 F)
     try:
         if not config:
             _write_result(result, f"ok {token}")
@@ -296,16 +312,20 @@ def _answer(ctl, driver, name, uuid, config, overlay, journal, token, result, wh
         if guest is None or guest.uuid != uuid:
             _write_result(result, f"fail {token} no running guest {name} with {uuid}")
             return "started: guest not found; the hook applies"
+        marks.append(time.perf_counter())
         pending = Batch(journal, max_guests=1, max_age=EARLY_RECHECK)
         outcome = ctl.apply_config(guest, source="hook", command="hook started",
                                    journal=journal, overlay=overlay, batch=pending)
+        marks.append(time.perf_counter())
         if outcome.errors:
             _write_result(result, f"fail {token} {len(outcome.errors)} setting(s) not applied")
             what = f"started: {len(outcome.errors)} failed; the hook applies"
         else:
             _write_result(result, f"ok {token}")
+            marks.append(time.perf_counter())
+            ms = [f"{(b - a) * 1000:.2f}" for a, b in zip(marks, marks[1:])]
             what = (f"{what or 'early: not applied'}; started: {len(outcome.changes)} "
-                    "setting(s) applied")
+                    f"setting(s) applied (find/apply/answer ms: {'/'.join(ms)})")
     except Exception as exc:  # noqa: BLE001  the script falls back to the hook in Python
         try:
             _write_result(result, f"fail {token} {type(exc).__name__}: {exc}")

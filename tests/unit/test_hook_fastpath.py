@@ -108,10 +108,14 @@ def answer_with(path_result, text_for):
             ready.set()
             go = early.go_path("qemu", NAME)
             end = time.monotonic() + 20
-            while not os.path.exists(go) and time.monotonic() < end:
+            token = ""
+            while not token and time.monotonic() < end:  # created, then written: its token
                 time.sleep(0.005)
-            with open(go) as f:
-                token = f.read().strip()
+                try:
+                    with open(go) as f:
+                        token = f.read().strip()
+                except FileNotFoundError:
+                    pass
             with open(path_result, "w") as f:
                 f.write(text_for(token) + "\n")
         finally:
@@ -418,3 +422,102 @@ def test_the_service_takes_a_request_and_serves_it(tmp_path, monkeypatch):
 def test_a_bad_request_is_refused(data):
     with pytest.raises(ValueError):
         handoff.parse_request(data)
+
+
+# Locks the shell tests (docs/hook.md): a holder names itself ("PID TICKS") in its lock file,
+# and the script believes a live holder without starting flock(1); any doubt asks flock(1).
+
+@pytest.fixture
+def flock_calls(tmp_path):
+    """A PATH whose flock(1) records each call, then runs the real one."""
+    d = tmp_path / "recbin"
+    d.mkdir()
+    log = tmp_path / "flock-calls"
+    (d / "flock").write_text(f"#!/bin/sh\necho \"$*\" >> {log}\nexec {shutil.which('flock')} \"$@\"\n")
+    (d / "flock").chmod(0o755)
+
+    class Calls:
+        path = f"{d}:/usr/sbin:/usr/bin:/sbin:/bin"
+
+        def __call__(self):
+            return log.read_text().splitlines() if log.exists() else []
+    return Calls()
+
+
+def hold_named(path, line=None):
+    """The lock held as an applier holds it: flock, then its holder line written."""
+    fd = hold(path)
+    os.write(fd, early.holder_line() if line is None else line)
+    return fd
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=lambda s: s[0])
+def test_a_named_live_holder_is_seen_without_flock_or_python(hook, shell, flock_calls):
+    fd = hold_named(early.lock_path("qemu", NAME))
+    try:
+        for op in ("prepare", "start"):
+            r = hook.run(op, "begin", shell, PATH=flock_calls.path)
+            assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
+    finally:
+        os.close(fd)
+    assert hook.python_ran() == [] and flock_calls() == []
+
+
+@pytest.mark.parametrize("line", [b"", b"garbage\n", b"999999999 1\n", b"%d 1\n" % os.getpid()],
+                         ids=["empty", "garbage", "dead-pid", "reused-pid"])
+def test_a_lock_file_that_names_no_live_holder_is_asked_of_flock(hook, flock_calls, line):
+    path = early.lock_path("qemu", NAME)
+    fd = hold_named(path, line)  # held, but the file does not name its holder (yet)
+    try:
+        r = hook.run("start", "begin", PATH=flock_calls.path)
+    finally:
+        os.close(fd)
+    assert r.returncode == 0 and hook.python_ran() == [] and len(flock_calls()) == 1
+    # the same file, no one holding it (an applier killed; a PID reused): Python applies
+    r = hook.run("start", "begin", PATH=flock_calls.path)
+    assert r.returncode == 0 and hook.python_ran() == ["start begin"]
+    assert len(flock_calls()) == 2
+
+
+def test_no_lock_file_is_no_holder_without_a_process(hook, flock_calls):
+    r = hook.run("start", "begin", PATH=flock_calls.path)
+    assert r.returncode == 0 and hook.python_ran() == ["start begin"] and flock_calls() == []
+
+
+def test_the_holder_line_is_pid_and_start_ticks_and_goes_before_the_lock(waiter):
+    fd = early.take("qemu", NAME)
+    path = early.lock_path("qemu", NAME)
+    pid, ticks = open(path).read().split()
+    with open(f"/proc/{os.getpid()}/stat") as f:
+        assert (int(pid), ticks) == (os.getpid(), f.read().rsplit(")", 1)[1].split()[19])
+    keep = os.open(path, os.O_RDONLY)  # the inode, to see what was left in it
+    try:
+        early.Held("qemu", NAME, fd).let_go()
+        assert not os.path.exists(path) and os.fstat(keep).st_size == 0
+    finally:
+        os.close(keep)
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=lambda s: s[0])
+def test_the_service_is_seen_without_flock_and_not_after_it_closed(hook, shell, flock_calls):
+    h = handoff.Handoff(str(hook.run_dir))
+    assert h.open()
+    req = hook.run_dir / f"{options.REQUEST_PREFIX}qemu-{NAME}"
+    try:
+        r = hook.run("prepare", "begin", shell, PATH=flock_calls.path)
+        assert (r.returncode, r.stderr) == (0, "") and req.exists()
+        assert hook.python_ran() == [] and flock_calls() == []
+    finally:
+        h.close()
+    req.unlink()
+    assert (hook.run_dir / options.SERVICE_LOCK).read_bytes() == b""  # emptied at close
+    r = hook.run("prepare", "begin", shell, PATH=flock_calls.path, CGCTL_HOOK_EARLY_APPLY="no")
+    assert r.returncode == 0 and not req.exists() and hook.python_ran() == ["prepare begin"]
+
+
+def test_a_service_lock_naming_a_reused_pid_is_no_service(hook):
+    # a service killed (-9) whose PID now belongs to another process: the hook works alone
+    (hook.run_dir / options.SERVICE_LOCK).write_text(f"{os.getpid()} 1\n")
+    r = hook.run("prepare", "begin", CGCTL_HOOK_EARLY_APPLY="no")
+    assert r.returncode == 0 and hook.python_ran() == ["prepare begin"]
+    assert [p for p in os.listdir(hook.run_dir) if p.startswith(options.REQUEST_PREFIX)] == []
