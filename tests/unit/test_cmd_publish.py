@@ -207,3 +207,22 @@ def test_one_journal_connection_is_kept_and_reopened_when_replaced(served, sock_
     with pytest.raises(Exception):
         first.get_config(UUID)  # the replaced one was closed (no command used it any more)
     assert not controller_mod.SHARED_JOURNAL.get()  # nothing leaks into this thread
+
+
+# -- the client's side: what `cgctl` imports before it sends -----------------------------------
+
+def test_the_client_imports_nothing_but_its_own_before_it_sends(tmp_path):
+    """``bin/cgctl``'s path to the socket: the interpreter's core, ``_socket`` and three small
+    modules of cgctl; not ``__future__`` (~0.15 ms), ``socket``, ``re``, ``struct``, ``json``."""
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    code = ("import sys; base = set(sys.modules); sys.path.insert(0, %r)\n"
+            "from cgctl.cli import fast\n"
+            "fast.ask_service(['set', 'g', 'hard_limit=1G', '--live'], %r)\n"
+            "print(' '.join(sorted(set(sys.modules) - base)))" % (root, str(tmp_path / "no.sock")))
+    out = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True,
+                         text=True, check=True).stdout.split()
+    assert sorted(m for m in out if m.startswith("cgctl")) == \
+        ["cgctl", "cgctl.cli", "cgctl.cli.fast", "cgctl.consts", "cgctl.wire"]
+    assert not {"__future__", "socket", "re", "struct", "json", "logging", "typing"} & set(out)
