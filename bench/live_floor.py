@@ -29,7 +29,7 @@ import time
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import (REPO, VENV_CGCTL, bench_env, interleave, need_root, qemu_guest,  # noqa: E402
+from bench.common import (REPO, VENV_CGCTL, bench_env, interleave, need_root, pct, qemu_guest,  # noqa: E402
                           sandbox, summary, table, time_process, write_result)
 
 PY = "/usr/bin/python3"  # the venv's python is this one; -S skips the venv's site anyway
@@ -37,24 +37,46 @@ FAST = (f"import sys; sys.path.insert(0, {str(REPO)!r}); "
         "from cgctl.cli.fast import main; sys.exit(main())")
 
 
-def run(runs: int) -> dict:
+def _start_service(tmp: str, name: str, tree: str = None):
+    """``cgctl daemon`` with its own journal, socket and log; ``tree``: run that source tree's
+    cgctl (``--before``) instead of this one. (process, env for its clients, log path)"""
+    d = os.path.join(tmp, name)
+    os.makedirs(d)
+    sock, journal = os.path.join(d, "cmd.sock"), os.path.join(d, "journal.db")
+    env = bench_env(CGCTL_SOCKET=sock, CGCTL_JOURNAL=journal)
+    denv = dict(env, PYTHONPATH=tree) if tree else env
+    cmd = ([sys.executable, "-m", "cgctl.cli"] if tree else [str(VENV_CGCTL)]) + \
+        ["daemon", "--config-file", os.path.join(d, "none.toml")]
+    log_path = os.path.join(d, "daemon.log")
+    with open(log_path, "w") as log:
+        daemon = subprocess.Popen(cmd, env=denv, stdout=log, stderr=subprocess.STDOUT,
+                                  cwd=tree or None)
+    end = time.monotonic() + 30
+    while not os.path.exists(sock):
+        if time.monotonic() > end or daemon.poll() is not None:
+            daemon.terminate()
+            raise RuntimeError(f"the service ({name}) did not open its command socket")
+        time.sleep(0.05)
+    return daemon, env, log_path
+
+
+def _service_ms(log_path: str):
+    """The service's own time per request (its log: argument parsing to the answer)."""
+    import re
+    with open(log_path) as f:
+        text = f.read()
+    return [float(m) for m in re.findall(r"served for pid .* \(([0-9.]+) ms\)", text)]
+
+
+def run(runs: int, before: str = None) -> dict:
     need_root()
     with sandbox() as sb, qemu_guest(sb) as g, \
             tempfile.TemporaryDirectory(prefix="cgctl-bench-floor-") as tmp:
-        journal = os.path.join(tmp, "journal.db")
-        sock = os.path.join(tmp, "cmd.sock")
-        env = bench_env(CGCTL_SOCKET=sock, CGCTL_JOURNAL=journal)
-        conf = os.path.join(tmp, "none.toml")
-        log_path = os.path.join(tmp, "daemon.log")
-        with open(log_path, "w") as log:
-            daemon = subprocess.Popen([str(VENV_CGCTL), "daemon", "--config-file", conf],
-                                      env=env, stdout=log, stderr=subprocess.STDOUT)
+        services = {"after": _start_service(tmp, "after")}
         try:
-            end = time.monotonic() + 30
-            while not os.path.exists(sock):
-                if time.monotonic() > end or daemon.poll() is not None:
-                    raise RuntimeError("the service did not open its command socket")
-                time.sleep(0.05)
+            if before:
+                services["before"] = _start_service(tmp, "before", before)
+            env = services["after"][1]
 
             def mib(i, k):
                 return 300 + 2 * k + i % 2  # every run a real change
@@ -72,35 +94,37 @@ def run(runs: int) -> dict:
                                                                  env=env),
                 "/bin/true": lambda i: time_process(["/bin/true"], env=env),
             }
+            if before:  # the same client, handed to the other tree's service
+                benv = services["before"][1]
+                contenders["bin/cgctl set --live (service, --before tree)"] = \
+                    lambda i: time_process([str(VENV_CGCTL), "set", g.name,
+                                            f"hard_limit={mib(i, 3)}M", "--live"], env=benv)
             load0 = os.getloadavg()
             times = interleave(contenders, runs)
             load1 = os.getloadavg()
         finally:
-            daemon.terminate()
-            daemon.wait(20)
-        with open(log_path) as f:
-            text = f.read()
-        served = text.count("served for pid")
-        # the service's own time per request (its log: argument parsing to the answer)
-        import re
-        service_ms = [float(m) for m in re.findall(r"served for pid .* \(([0-9.]+) ms\)", text)]
+            for daemon, _env, _log in services.values():
+                daemon.terminate()
+                daemon.wait(20)
+        service_ms = {k: _service_ms(v[2]) for k, v in services.items()}
     res = {k: summary(t) for k, t in times.items()}
+    for k, t in times.items():
+        res[k]["p99_ms"] = round(pct(t, 99), 3)
     virsh = res["virsh memtune --live"]["median_ms"]
     for r in res.values():
         r["ratio_vs_virsh"] = round(r["median_ms"] / virsh, 2)
-    data = {"runs": runs, "results": res, "served_by_the_service": served,
-            "service_own_ms": summary(service_ms) if service_ms else None,
+    own = {k: dict(summary(v), p99_ms=round(pct(v, 99), 3)) for k, v in service_ms.items() if v}
+    data = {"runs": runs, "results": res, "served_by_the_service": len(service_ms["after"]),
+            "service_own_ms": own, "before_tree": before,
             "expected_served": 2 * (runs + 2), "load_before": load0, "load_after": load1}
     path = write_result("live_floor", data)
-    rows = [[k, f"{r['median_ms']:.2f}", f"{r['p90_ms']:.2f}", f"{r['ratio_vs_virsh']:.2f}x"]
-            for k, r in res.items()]
-    print(table(rows, ["HOW", "MEDIAN ms", "P90 ms", "VS VIRSH"]))
-    if data["service_own_ms"]:
-        so = data["service_own_ms"]
-        print(f"the service's own time per request (its log): median {so['median_ms']} ms, "
-              f"p90 {so['p90_ms']} ms")
-    print(f"served by the service: {served} of {data['expected_served']}; load average "
-          f"{load0[0]:.1f} -> {load1[0]:.1f}\n(results: {path})")
+    rows = [[k, f"{r['median_ms']:.2f}", f"{r['p90_ms']:.2f}", f"{r['p99_ms']:.2f}",
+             f"{r['ratio_vs_virsh']:.2f}x"] for k, r in res.items()]
+    print(table(rows, ["HOW", "MEDIAN ms", "P90 ms", "P99 ms", "VS VIRSH"]))
+    for k, so in own.items():
+        print(f"the service's own time per request ({k}, its log): median {so['median_ms']} "
+              f"ms, p90 {so['p90_ms']} ms, p99 {so['p99_ms']} ms ({so['runs']} requests)")
+    print(f"load average {load0[0]:.1f} -> {load1[0]:.1f}\n(results: {path})")
     return data
 
 
@@ -147,13 +171,16 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.live_floor",
                                  description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=40)
+    ap.add_argument("--before", metavar="DIR",
+                    help="also a service run from this source tree (e.g. `git archive` of the "
+                         "commit before), handed the same client, interleaved")
     ap.add_argument("--profile", action="store_true",
                     help="cProfile of the service's work per request instead")
     a = ap.parse_args(argv)
     if a.profile:
         profile(a.runs)
     else:
-        run(a.runs)
+        run(a.runs, a.before)
     return 0
 
 

@@ -144,7 +144,9 @@ def run(runs: int = 40) -> dict:
         # the same command while the service runs: bin/cgctl hands it over its socket
         # (cgctl/cli/fast.py) and the service, with everything imported, makes the change
         sock = os.path.join(tmp, "cmd.sock")
-        svc_env = bench_env(CGCTL_SOCKET=sock)
+        # the journal by $CGCTL_JOURNAL: a `--journal` on the command line is not served (the
+        # service runs only what means its own journal: cgctl/service/cmdserver.py refusal)
+        svc_env = bench_env(CGCTL_SOCKET=sock, CGCTL_JOURNAL=journal)
         with open(os.path.join(tmp, "daemon.log"), "w") as daemon_log:
             daemon = subprocess.Popen([inst_cgctl, "daemon", "--journal", journal, "--config-file",
                                        os.path.join(tmp, "none.toml")], env=svc_env,
@@ -156,8 +158,7 @@ def run(runs: int = 40) -> dict:
                     raise RuntimeError("the service did not open its command socket")
                 time.sleep(0.05)
             contenders["cgctl via the service (cgctl daemon running)"] = lambda i: time_process(
-                [inst_cgctl, "--journal", journal, "set", g.name, f"hard_limit={v(i) + 5}M",
-                 "--live"], env=svc_env)
+                [inst_cgctl, "set", g.name, f"hard_limit={v(i) + 5}M", "--live"], env=svc_env)
             times = interleave(contenders, runs)
         finally:
             daemon.terminate()

@@ -198,12 +198,16 @@ def set_metadata(dom, text: str, *, live: bool) -> None:
         raise translate_error(e, guest=dom.name()) from e
 
 
-def update_metadata(guest: Guest, change: Callable, *, live: bool, config: bool) -> None:
+def update_metadata(guest: Guest, change: Callable, *, live: bool, config: bool,
+                    conn=None) -> None:
     """Read, ``change(Doc or None) -> Doc``, write back cgctl's metadata of the live and/or
-    persistent copy (each read and written on its own: libvirt keeps them apart)."""
+    persistent copy (each read and written on its own: libvirt keeps them apart).
+    ``conn``: a read-write connection the caller keeps (and closes); else one of its own."""
     from cgctl.model import metadata
     libvirt = _libvirt()
-    conn = open_connection(guest.uri, readonly=False)
+    own = conn is None
+    if own:
+        conn = open_connection(guest.uri, readonly=False)
     try:
         try:
             dom = conn.lookupByUUIDString(guest.uuid)
@@ -214,8 +218,9 @@ def update_metadata(guest: Guest, change: Callable, *, live: bool, config: bool)
                 doc = metadata.parse(get_metadata(dom, live=flag_live))
                 set_metadata(dom, metadata.serialize(change(doc)), live=flag_live)
     finally:
-        with contextlib.suppress(Exception):
-            conn.close()
+        if own:
+            with contextlib.suppress(Exception):
+                conn.close()
 
 
 def domain_xml(dom, *, inactive: bool = False) -> str:

@@ -8,7 +8,7 @@ itself), or ``R``, the exit status (4 bytes, signed) and two length-prefixed tex
 stderr). A reader is handed ``recv(n)``, which returns exactly n bytes or raises.
 """
 
-from __future__ import annotations
+# no `from __future__ import annotations` (~0.15 ms of every `cgctl` run, cgctl/cli/fast.py)
 
 # the commands the service may run for a client
 FORWARDED = frozenset({"set", "memtune", "schedinfo", "blkiotune", "cpuset"})

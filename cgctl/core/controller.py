@@ -12,6 +12,8 @@ config that a concurrent ``set`` has replaced.
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import os
 import time
 
@@ -39,6 +41,12 @@ STALE = "stale:"   # device of a clear for a renumbered device's old MAJ:MIN ("s
 
 
 TEST_WINDOW_ENV = "CGCTL_TEST_APPLY_WINDOW"
+
+# the command server's journal (cgctl/service/cmdserver.py), set in the thread running a command:
+# one connection kept for every command instead of an open and close each (Journal is
+# thread-safe); used when it is this controller's journal file
+SHARED_JOURNAL: "contextvars.ContextVar[Optional[Journal]]" = contextvars.ContextVar(
+    "cgctl_shared_journal", default=None)
 
 
 def _test_window() -> None:
@@ -87,6 +95,9 @@ class Controller:
         return self._router
 
     def journal(self, create: bool = True) -> Journal:
+        shared = SHARED_JOURNAL.get()
+        if shared is not None and shared.path == os.path.abspath(self.journal_path):
+            return shared  # the service's, kept open across commands (not closed by close())
         if self._journal is None or (create and self._journal.missing):
             if self._journal is not None:
                 self._journal.close()
@@ -212,13 +223,20 @@ class Controller:
                 if writes:
                     live.undo(writes, guest.name)
                 raise
+            # --- settings travel with the guest (cgctl/core/travel.py): after the commit, never
+            # fatal. In the service: queued here, under the lock (the journal's order), and
+            # written after the answer (cgctl/service/publisher.py); else written just below.
+            from cgctl.core import travel
+            publish = functools.partial(
+                travel.publish, guest, mode,
+                {s.key: None if s.removes else s.text() for s in settings.values()},
+                live_changes={s.key: s.text() for s in settings.values()}, at=at, user=user)
+            deferred = travel.deferring()
+            if deferred:
+                publish(defer=True)
         log_changes(guest, changes, source, mode)
         outcome = Outcome(guest, mode, changes)
-        # --- settings travel with the guest (cgctl/core/travel.py): after the commit, never fatal
-        from cgctl.core import travel
-        warning = travel.publish(
-            guest, mode, {s.key: None if s.removes else s.text() for s in settings.values()},
-            live_changes={s.key: s.text() for s in settings.values()}, at=at, user=user)
+        warning = None if deferred else publish()
         if warning:
             outcome.warnings.append(warning)
         if mode in (CONFIG, BOTH):
@@ -256,22 +274,26 @@ class Controller:
             dev = n.split("=", 1)[1] if "=" in n else None
             wanted.append((p.name, dev))
         at, user = now(), current_user()
-        with self.locked(guest), self.journal().transaction() as tx:
-            config = tx.get_config(guest.uuid)
-            drop = {k: None for k in config
-                    for name, dev in wanted if k[0] == name and (dev is None or k[1] == dev)}
-            if not drop:
-                raise UsageError("nothing to unset: the config holds none of "
-                                 + ", ".join(n for n, _ in wanted), guest=guest.name)
-            old = tx.set_config(guest.uuid, guest.name, guest.driver, drop)
-            changes = [Change(p, d, old[(p, d)], None) for (p, d) in drop]
-            tx.add_history(guest.uuid, guest.name, command="unset", source=source, mode=CONFIG,
-                           changes=changes, at=at, user=user)
+        from cgctl.core import travel  # tombstones in the persistent metadata (cgctl/core/travel.py)
+        deferred = travel.deferring() and guest.persistent
+        with self.locked(guest):
+            with self.journal().transaction() as tx:
+                config = tx.get_config(guest.uuid)
+                drop = {k: None for k in config
+                        for name, dev in wanted if k[0] == name and (dev is None or k[1] == dev)}
+                if not drop:
+                    raise UsageError("nothing to unset: the config holds none of "
+                                     + ", ".join(n for n, _ in wanted), guest=guest.name)
+                old = tx.set_config(guest.uuid, guest.name, guest.driver, drop)
+                changes = [Change(p, d, old[(p, d)], None) for (p, d) in drop]
+                tx.add_history(guest.uuid, guest.name, command="unset", source=source,
+                               mode=CONFIG, changes=changes, at=at, user=user)
+            if deferred:  # queued under the lock, as in set()
+                travel.publish(guest, CONFIG, dict(drop), at=at, user=user, defer=True)
         log_changes(guest, changes, source, CONFIG)
         outcome = Outcome(guest, CONFIG, changes)
-        from cgctl.core import travel  # tombstones in the persistent metadata (cgctl/core/travel.py)
         warning = travel.publish(guest, CONFIG, dict(drop), at=at, user=user) \
-            if guest.persistent else None
+            if guest.persistent and not deferred else None
         if warning:
             outcome.warnings.append(warning)
         return outcome

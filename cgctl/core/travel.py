@@ -15,6 +15,7 @@ the metadata its copy for other hosts. Whatever is wrong is said in one line.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 from typing import Dict, List, Optional, Tuple
@@ -31,6 +32,12 @@ ENV = "CGCTL_METADATA"  # "0"/"off": never write metadata (a host whose libvirt 
 COMMAND = "metadata"  # the history command of an imported setting
 
 
+# set by the command server (cgctl/service/cmdserver.py) in the thread running a command: its
+# publisher (cgctl/service/publisher.py), and the list of the command's deferred writes
+PUBLISHER: "contextvars.ContextVar" = contextvars.ContextVar("cgctl_publisher", default=None)
+PENDING: "contextvars.ContextVar" = contextvars.ContextVar("cgctl_pending", default=None)
+
+
 def enabled() -> bool:
     return os.environ.get(ENV, "1").strip().lower() not in ("0", "off", "no", "false")
 
@@ -38,24 +45,31 @@ def enabled() -> bool:
 # --------------------------------------------------------------------------- publishing
 
 def publish(guest, mode: str, changes: Dict[Tuple[str, str], Optional[str]], *, at: str,
-            user: str, live_changes: Optional[Dict[Tuple[str, str], str]] = None) -> Optional[str]:
+            user: str, live_changes: Optional[Dict[Tuple[str, str], str]] = None,
+            defer: bool = False) -> Optional[str]:
     """Write a committed change into the domain's metadata; returns a warning or None.
 
     ``changes``: config key → canonical text (None: removed), for 'config'/'live+config';
     ``live_changes``: key → text in force now, for 'live' (and 'live+config', where the
-    live copy's ``<config>`` gets ``changes`` and its ``<live>`` entries for them go)."""
+    live copy's ``<config>`` gets ``changes`` and its ``<live>`` entries for them go).
+    ``defer`` (only from under the guest's lock): in the service, after the answer (``_update``)."""
     if not enabled() or not (changes or live_changes):
         return None
     kw = dict(at=at, host=metadata.hostname(), user=user)
     if mode == "live":
         return _update(guest, "change", lambda d: metadata.record(
-            d, live_changes or {}, section="live", **kw), live=True, config=False)
+            d, live_changes or {}, section="live", **kw), live=True, config=False, defer=defer)
     if mode == "config":
         return _update(guest, "change", lambda d: metadata.record(
-            d, changes, section="config", **kw), live=False, config=True)
+            d, changes, section="config", **kw), live=False, config=True, defer=defer)
     return _update(guest, "change", lambda d: metadata.record(
         d, changes, section="config", drop_live=True, **kw),
-        live=guest.running, config=guest.persistent)
+        live=guest.running, config=guest.persistent, defer=defer)
+
+
+def deferring() -> bool:
+    """True in a service command thread: ``publish(defer=True)`` queues rather than writes."""
+    return PUBLISHER.get() is not None and PENDING.get() is not None
 
 
 def publish_profile(guest, mode: str, name: Optional[str], values: Dict[Tuple[str, str], str], *,
@@ -73,11 +87,49 @@ def publish_profile(guest, mode: str, name: Optional[str], values: Dict[Tuple[st
                    config=guest.persistent and mode != "live")
 
 
-def _update(guest, what: str, edit, *, live: bool, config: bool) -> Optional[str]:
-    """``virt.update_metadata``, never fatal: a failure is one warning (returned and logged)."""
+def _update(guest, what: str, edit, *, live: bool, config: bool,
+            defer: bool = False) -> Optional[str]:
+    """``virt.update_metadata``, never fatal: a failure is one warning (returned and logged).
+
+    In the service's command threads (``PUBLISHER`` set, cgctl/service/publisher.py) the write
+    goes through its publisher, in order; ``defer``: made after the command's answer (the
+    caller holds the guest's lock, so the queue's order is the journal's), nothing returned."""
+    pub = PUBLISHER.get()
+    if pub is None:
+        return _write(guest, what, edit, live=live, config=config)
+
+    def run(conn_for):
+        return _write(guest, what, edit, live=live, config=config, conn_for=conn_for)
+
+    pending = PENDING.get()
+    if defer and pending is not None:
+        pending.append(pub.submit(run, guest.name, ready=False))
+        return None
+    release(pending)  # this command's own deferred writes first: never wait on ourselves
+    return pub.submit(run, guest.name, ready=True).wait()
+
+
+def release(pending) -> None:
+    """The command's answer is out (or it waits on its own writes): let its writes run."""
+    for item in pending or ():
+        item.ready.set()
+
+
+def _write(guest, what: str, edit, *, live: bool, config: bool, conn_for=None) -> Optional[str]:
+    from cgctl import virt
+    from cgctl.errors import LibvirtError
     try:
-        from cgctl import virt
-        virt.update_metadata(guest, edit, live=live, config=config)
+        if conn_for is None:
+            virt.update_metadata(guest, edit, live=live, config=config)
+        else:
+            try:  # the publisher's kept connection; once more on a fresh one if it failed
+                virt.update_metadata(guest, edit, live=live, config=config,
+                                     conn=conn_for(guest.uri))
+            except LibvirtError as exc:
+                log.info("guest=%s metadata: kept libvirt connection failed (%s); "
+                         "reconnecting", guest.name, exc)
+                virt.update_metadata(guest, edit, live=live, config=config,
+                                     conn=conn_for(guest.uri, fresh=True))
     except (CgctlError, metadata.MetadataError) as exc:
         msg = (f"the {what} is in force and in the journal, but not in the domain's metadata "
                f"(it will not travel with the guest): {exc}")

@@ -13,6 +13,11 @@ Anything else is answered ``F``. It runs ``cgctl.cli.main.main`` in its own thre
 with its output captured and the client recorded as the one who asked
 (uid from the kernel, login uid, ``SUDO_USER``: docs/operations.md).
 
+Kept across commands (docs/performance.md, goal 4): one journal connection (``Journal`` is
+thread-safe; reopened when the file at the path is another one) and, in the publisher's own
+thread, the libvirt connections the metadata writes use (cgctl/service/publisher.py). A change
+is answered once it is in force and committed; its metadata is written right after the answer.
+
 Bounds: at most ``MAX_CONNECTIONS`` open connections (one more is answered
 ``F`` and closed before any thread is made), ``MAX_CONCURRENT`` commands
 running, and ``REQUEST_DEADLINE_S`` to send a whole request (a client
@@ -83,6 +88,11 @@ class CommandServer:
         self._refused = 0
         self._refused_logged = 0.0
         self._stopping = threading.Event()
+        self.publisher = None  # cgctl/service/publisher.py, from start()
+        self._jlock = threading.Lock()
+        self._cjournal = None  # (journal, (st_dev, st_ino)) kept for commands
+        self._jusers: dict = {}  # journal -> commands using it now
+        self._retired: set = set()  # replaced journals, closed when their last user is done
 
     def configure(self, journal: str, uris) -> None:
         """The journal and URIs requests run with (the service's; changed by SIGHUP)."""
@@ -120,6 +130,8 @@ class CommandServer:
         os.chmod(self.path, 0o600)
         s.listen(16)
         self._sock = s
+        from cgctl.service.publisher import Publisher
+        self.publisher = Publisher().start()
         self._thread = threading.Thread(target=self._accept, name="cgctl-commands", daemon=True)
         self._thread.start()
         log.info("answering cgctl commands on %s", self.path)
@@ -140,6 +152,55 @@ class CommandServer:
                 pass
         if self._thread is not None:
             self._thread.join(5)
+        if self.publisher is not None:
+            self.publisher.stop()  # the writes still queued are made first
+        with self._jlock:
+            if self._cjournal is not None:
+                self._retire(self._cjournal[0])
+                self._cjournal = None
+
+    # -- the journal kept for commands ----------------------------------------------------
+    def _lease_journal(self, path: str):
+        """The kept journal for ``path`` (opened, or reopened if the file was replaced), with
+        one more user; None if it cannot be opened (the command opens its own and says why)."""
+        from cgctl.core.journal import Journal
+        try:
+            st = os.stat(path)
+            ident = (st.st_dev, st.st_ino)
+        except OSError:
+            ident = None
+        with self._jlock:
+            kept = self._cjournal
+            if kept is None or kept[0].path != path or kept[1] != ident or ident is None:
+                if kept is not None:
+                    self._retire(kept[0])
+                    self._cjournal = None
+                if ident is None:
+                    return None  # no file yet: the command creates it, the next one keeps it
+                try:
+                    self._cjournal = kept = (Journal(path), ident)
+                except CgctlError as exc:
+                    log.info("command socket: journal %s not kept open: %s", path, exc)
+                    return None
+            j = kept[0]
+            self._jusers[j] = self._jusers.get(j, 0) + 1
+            return j
+
+    def _release_journal(self, j) -> None:
+        with self._jlock:
+            self._jusers[j] -= 1
+            if not self._jusers[j]:
+                del self._jusers[j]
+                if j in self._retired:
+                    self._retired.discard(j)
+                    j.close()
+
+    def _retire(self, j) -> None:
+        """Under _jlock: close ``j`` now, or when the commands using it are done."""
+        if self._jusers.get(j):
+            self._retired.add(j)
+        else:
+            j.close()
 
     def _someone_listens(self) -> bool:
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -193,6 +254,11 @@ class CommandServer:
                         "at once", self._refused, self.max_connections)
 
     def _serve(self, conn: socket.socket) -> None:
+        from cgctl.core import travel
+        pending: list = []  # this command's metadata writes, made after its answer
+        if self.publisher is not None:
+            travel.PUBLISHER.set(self.publisher)  # this thread's own context: no reset needed
+            travel.PENDING.set(pending)
         try:
             with conn:
                 try:
@@ -214,6 +280,7 @@ class CommandServer:
                 except OSError as exc:
                     log.warning("command socket: the client left before the answer: %s", exc)
         finally:
+            travel.release(pending)  # answered (or failed): its metadata writes may run now
             self._done()
 
     def _recv(self, conn: socket.socket, n: int, deadline: float) -> bytes:
@@ -261,9 +328,15 @@ class CommandServer:
         if not self._slots.acquire(blocking=False):
             return None  # busy: the client runs it itself
         t0 = time.monotonic()
+        from cgctl.core import controller
+        kept = self._lease_journal(journal)
+        token = controller.SHARED_JOURNAL.set(kept)
         try:
             rc, out, err = self.runner(run, who)
         finally:
+            controller.SHARED_JOURNAL.reset(token)
+            if kept is not None:
+                self._release_journal(kept)
             self._slots.release()
         log.info("served for pid %d (%s): cgctl %s -> exit %d (%.1f ms)", pid, who,
                  _printable(argv), rc, (time.monotonic() - t0) * 1000)
