@@ -91,6 +91,24 @@ def _copy_cpuset(src_dir: str, dst: str) -> None:
             w.write(value)
 
 
+def make_guest_group(base: str, ctrls, pid: int) -> str:
+    """libvirt's v1 shape of one guest in one hierarchy (emulator/ and vcpu0/ where the CPU
+    controllers are), the process placed in it; returns the group the process is in."""
+    os.mkdir(base)
+    if "cpuset" in ctrls:
+        _copy_cpuset(os.path.dirname(base), base)
+    target = base
+    if ctrls & {"cpu", "cpuset", "cpuacct"}:
+        for sub in ("emulator", "vcpu0"):
+            os.mkdir(os.path.join(base, sub))
+            if "cpuset" in ctrls:
+                _copy_cpuset(base, os.path.join(base, sub))
+        target = os.path.join(base, "emulator")
+    with open(os.path.join(target, "cgroup.procs"), "w") as f:
+        f.write(str(pid))
+    return target
+
+
 def remove_parent(mounts, parent_name: str) -> None:
     """Remove PARENT under each mount (its tasks must be gone; a killed one may take a moment)."""
     from tests.realcg.conftest import _rmtree_cgroup
@@ -121,19 +139,7 @@ class SimGuests:
                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
             self.procs.append(p)
             for mount, ctrls in self.hier:
-                base = os.path.join(mount, self.parent_name, self.group(i))
-                os.mkdir(base)
-                if "cpuset" in ctrls:
-                    _copy_cpuset(os.path.join(mount, self.parent_name), base)
-                target = base
-                if ctrls & {"cpu", "cpuset", "cpuacct"}:
-                    for s in ("emulator", "vcpu0"):
-                        os.mkdir(os.path.join(base, s))
-                        if "cpuset" in ctrls:
-                            _copy_cpuset(base, os.path.join(base, s))
-                    target = os.path.join(base, "emulator")
-                with open(os.path.join(target, "cgroup.procs"), "w") as f:
-                    f.write(str(p.pid))
+                make_guest_group(os.path.join(mount, self.parent_name, self.group(i)), ctrls, p.pid)
 
     def destroy(self) -> None:
         for p in self.procs:

@@ -96,25 +96,14 @@ class Driver:
 
     def start(self, i: int) -> float:
         """libvirt's part of a start; returns ms until the settings were read back, or -1."""
-        from bench.reconcile_sim import _copy_cpuset
+        from bench.reconcile_sim import make_guest_group
         p = subprocess.Popen(["sleep", "3600"], preexec_fn=_die_with_parent,
                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         name = self.names[i]
         self.procs[name] = p
         files = []
         for mount, ctrls, base in self.group_dirs(i):
-            os.mkdir(base)
-            if "cpuset" in ctrls:
-                _copy_cpuset(os.path.dirname(base), base)
-            target = base
-            if ctrls & {"cpu", "cpuset", "cpuacct"}:
-                for s in ("emulator", "vcpu0"):
-                    os.mkdir(os.path.join(base, s))
-                    if "cpuset" in ctrls:
-                        _copy_cpuset(base, os.path.join(base, s))
-                target = os.path.join(base, "emulator")
-            with open(os.path.join(target, "cgroup.procs"), "w") as f:
-                f.write(str(p.pid))
+            make_guest_group(base, ctrls, p.pid)
             for (ctrl, fname), want in WANT.items():
                 if ctrl in ctrls:
                     files.append((os.path.join(base, fname), want))

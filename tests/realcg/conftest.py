@@ -11,6 +11,7 @@ with threaded vCPU and emulator groups.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -224,6 +225,28 @@ def real_host():
 
 def memory_on_v1(host) -> bool:
     return host.owner("memory").version == 1
+
+
+@contextlib.contextmanager
+def simulated_guests(host, prefix: str, n: int):
+    """bench/reconcile_sim.py's n guests (v1 groups, a sleeping process each) under a unique
+    parent, removed afterwards with the lock files a killed holder leaves behind."""
+    from bench.reconcile_sim import SimGuests, hierarchies
+    from cgctl.core import guestlock
+    if not memory_on_v1(host):
+        pytest.skip("the simulated groups are v1")
+    hierarchies(host)
+    s = SimGuests(host, f"{prefix}-{uuid.uuid4().hex[:8]}", n)
+    try:
+        s.create()
+        yield s
+    finally:
+        s.destroy()
+        for u in s.uuids:  # a killed holder leaves its (unlocked) lock file
+            try:
+                os.unlink(guestlock.path_for(u))
+            except FileNotFoundError:
+                pass
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ import os
 import signal
 import subprocess
 import sys
-import uuid as uuidlib
 from pathlib import Path
 
 import pytest
@@ -72,23 +71,9 @@ def _run(args):
 
 @pytest.fixture
 def sim(real_host):
-    from bench.reconcile_sim import SimGuests, hierarchies
-    from tests.realcg.conftest import memory_on_v1
-    if not memory_on_v1(real_host):
-        pytest.skip("the simulated groups are v1")
-    hierarchies(real_host)
-    s = SimGuests(real_host, f"cgctl-test-answer-{uuidlib.uuid4().hex[:8]}", 1)
-    try:
-        s.create()
+    from tests.realcg.conftest import simulated_guests
+    with simulated_guests(real_host, "cgctl-test-answer", 1) as s:
         yield s
-    finally:
-        s.destroy()
-        from cgctl.core import guestlock
-        for u in s.uuids:  # a killed holder leaves its (unlocked) lock file
-            try:
-                os.unlink(guestlock.path_for(u))
-            except FileNotFoundError:
-                pass
 
 
 def _hard(sim) -> str:
