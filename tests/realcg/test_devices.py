@@ -303,7 +303,8 @@ def test_throttle_follows_a_renumbered_device(blkio_v1, real_host, loops, tmp_pa
     row = _show_row(P.BY_NAME["device_write_bytes_sec"], lv, {link: "2M"}, True,
                     names=ctl.device_names(guest, [link]))
     assert row["live"] == f"{link} ({new})=2M" and row["differs"] is False
-    assert row["devices"] == [{"device": link, "majmin": new, "live": "2M", "config": "2M",
+    # named by the config: the operator's name, no kernel node beside it
+    assert row["devices"] == [{"device": link, "majmin": new, "node": None, "live": "2M", "config": "2M",
                                "live_number": 2 * MiB, "config_number": 2 * MiB,
                                "differs": False}]
     ctl.close()
