@@ -107,3 +107,17 @@ def test_early_apply_off_in_the_config_file_is_obeyed_by_the_child(env, uuid, tm
     assert not os.path.exists(lock)  # an applier would hold it for its 30 s
     with Journal(env["CGCTL_JOURNAL"]) as j:
         assert [h.command for h in j.history(uuid) if h.command.startswith("hook")] == []
+
+
+def test_the_installed_command_runs_the_hook_without_runpy(env, uuid):
+    """The script's Python runs `-c ENTRY`, not `-m cgctl.hook` (runpy's imports cost every
+    call libvirt waits for ~4 ms); the hook still answers through it."""
+    from cgctl.hook import install as hookinstall
+    from cgctl.start.options import Options
+    cmd = hookinstall.hook_command(sys.executable, Options())
+    r = subprocess.run([*cmd, "qemu", NAME, "started", "begin", "-"], input=xml(uuid),
+                       capture_output=True, text=True, cwd="/", timeout=30,
+                       env=dict(env, PYTHONPROFILEIMPORTTIME="1"))
+    imported = {ln.split("|")[-1].strip() for ln in r.stderr.splitlines() if "|" in ln}
+    assert r.returncode == 0 and "cgctl.hook.main" in imported, r.stderr
+    assert "runpy" not in imported
