@@ -27,7 +27,7 @@ def launch(driver: str, name: str, dom, opts: Options, log: Log,
     info = dom.info()
     if info is None:
         return
-    from cgctl.host.runfiles import validate_name
+    from cgctl.model.ident import validate_name
     validate_name(name)
     # None: an applier (launched at `prepare begin`, or the service's) waits for this guest
     # already; the child then only takes the domain's metadata, as the call always did

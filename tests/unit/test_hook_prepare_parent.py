@@ -19,7 +19,8 @@ from tests.unit.test_metadata import T1, UUID, doc_xml
 
 # what deciding does not need: each costs the call libvirt waits for milliseconds
 NOT_IN_THE_PARENT = ("libvirt", "sqlite3", "tomllib", "cgctl.config", "cgctl.core.controller",
-                     "cgctl.core.journal", "cgctl.model.metadata", "cgctl.core.travel")
+                     "cgctl.core.journal", "cgctl.model.metadata", "cgctl.core.travel",
+                     "xml.etree.ElementTree", "cgctl.host.runfiles")
 
 
 def _prepare_in_subprocess(env, name, stdin, out):
@@ -121,3 +122,71 @@ def test_the_installed_command_runs_the_hook_without_runpy(env, uuid):
     imported = {ln.split("|")[-1].strip() for ln in r.stderr.splitlines() if "|" in ln}
     assert r.returncode == 0 and "cgctl.hook.main" in imported, r.stderr
     assert "runpy" not in imported
+
+
+def _with_elementtree(doc: bytes):
+    """What parse_domain_xml returned when it used ElementTree (its code before expat)."""
+    import xml.etree.ElementTree as ET
+    from cgctl.model.units import normalize_uuid
+    try:
+        root = ET.fromstring(doc)
+    except ET.ParseError:
+        return "malformed"
+    if root.tag == "domstatus":
+        root = root.find("domain") if root.find("domain") is not None else root
+    if root.tag != "domain":
+        return "not a domain"
+    uuid = normalize_uuid((root.findtext("uuid") or "").strip())
+    if not uuid:
+        return "no uuid"
+    vcpus = 0
+    v = root.find("vcpu")
+    if v is not None:
+        try:
+            vcpus = int(v.get("current") or (v.text or "0").strip())
+        except ValueError:
+            vcpus = 0
+    return ((root.findtext("name") or "").strip(), uuid, vcpus)
+
+
+U = "6b1c1b8e-2f57-4d2a-9b7a-1a2b3c4d5e6f"
+DOCS = [
+    f"<domain type='kvm'><name>g</name><uuid>{U}</uuid><vcpu>2</vcpu></domain>",
+    f"<domain><name> g </name><uuid>{U.upper()}</uuid><vcpu current='3'>4</vcpu></domain>",
+    f"<domain><vcpu current=''>x</vcpu><uuid>{U}</uuid></domain>",
+    f"<domain><uuid>{U}</uuid><vcpu>  </vcpu><vcpu>5</vcpu><name>a</name><name>b</name></domain>",
+    f"<domain><devices><name>inner</name><uuid>{U}</uuid></devices><uuid>{U}</uuid></domain>",
+    f"<domain><name>a<b/>tail</name><uuid>{U}</uuid></domain>",
+    f"<domstatus><domain><name>s</name><uuid>{U}</uuid><vcpu>1</vcpu></domain></domstatus>",
+    f"<domstatus pid='1'><uuid>{U}</uuid></domstatus>",
+    f"<domain xmlns='urn:x'><name>g</name><uuid>{U}</uuid></domain>",
+    f"<x:domain xmlns:x='urn:x'><uuid>{U}</uuid></x:domain>",
+    f"<domain><name>&amp;&lt;</name><uuid><![CDATA[{U}]]></uuid></domain>",
+    f"<domain><uuid>{U}x</uuid></domain>",
+    "<domain><name>g</name></domain>",
+    "<network><name>default</name></network>",
+    "<domain><name>",
+    "<domain>&undefined;</domain>",
+    '<?xml version="1.0"?><!DOCTYPE d [<!ENTITY a "aaaa"><!ENTITY b "&a;&a;&a;">]>'
+    f"<domain><name>&b;</name><uuid>{U}</uuid></domain>",
+    '<!DOCTYPE d [<!ENTITY e SYSTEM "file:///etc/passwd">]>'
+    f"<domain><name>&e;</name><uuid>{U}</uuid></domain>",
+]
+
+
+def test_the_expat_parse_takes_what_elementtree_took():
+    """parse_domain_xml reads with expat (no ElementTree import in the process libvirt waits
+    for): the same facts, or a refusal, for the same documents."""
+    from cgctl.start import domain
+    from cgctl.start.options import HookFailure
+    for doc in DOCS:
+        want = _with_elementtree(doc.encode())
+        try:
+            i = domain.parse_domain_xml(doc.encode())
+            got = (i.name, i.uuid, i.vcpus)
+        except HookFailure as exc:
+            got = str(exc)
+        if isinstance(want, tuple):
+            assert got == want, doc
+        else:
+            assert isinstance(got, str) and want.split()[-1] in got, (doc, got)
