@@ -10,8 +10,8 @@ import os
 import sys
 
 from cgctl.hook.hooklog import Log
-from cgctl.start.options import (ACTIONS, DRIVERS, EXIT_OK, EXIT_REFUSE, EXIT_SCRIPT_REFUSE,
-                                EXIT_USAGE, SCRIPT_ENV, STDIN_LIMIT, STRICT_ENV, HookFailure,
+from cgctl.start.options import (ACTIONS, DRIVERS, EARLY_ENV, EXIT_OK, EXIT_REFUSE,
+                                EXIT_SCRIPT_REFUSE, EXIT_USAGE, SCRIPT_ENV, STDIN_LIMIT, STRICT_ENV, HookFailure,
                                 HookUsage, Options, env_bool, parse_options, resolve_settings,
                                 timeouts)
 
@@ -54,13 +54,15 @@ def run(driver: str, name: str, op: str, subop: str, opts: Options, ctl=None) ->
     _start_watchdog(call_timeout, lambda: refuse if action == "started" and state["strict"]
                     else EXIT_OK, log)
     try:
+        if action == "early" and _maybe_early(opts):
+            # the config file may still say no: the detached child reads it (cgctl/hook/early.py)
+            from cgctl.hook import early as applier
+            applier.launch(driver, name, dom, opts, log, early_timeout)
+            return EXIT_OK
         from cgctl.hook import apply
         state["strict"], early = resolve_settings(opts, log)
-        if action == "early":
-            overlay = apply.receive_metadata(driver, name, dom, opts, ctl, log)
-            if early:
-                from cgctl.hook import early as applier
-                applier.launch(driver, name, dom, opts, log, early_timeout, overlay)
+        if action == "early":  # early apply off: the metadata is taken here, no applier
+            apply.receive_metadata(driver, name, dom, opts, ctl, log)
             return EXIT_OK
         if action == "started":
             apply.started(driver, name, dom, opts, ctl, log)  # receives the metadata itself
@@ -79,6 +81,13 @@ def run(driver: str, name: str, op: str, subop: str, opts: Options, ctl=None) ->
         else:
             log(why, error=True)
         return EXIT_OK
+
+
+def _maybe_early(opts: Options) -> bool:
+    """Early apply not turned off by the option or the environment (what libvirt waits for
+    must not read the configuration file: the detached child does)."""
+    early = opts.early if opts.early is not None else env_bool(EARLY_ENV)
+    return early is not False
 
 
 def _describe(exc: BaseException) -> str:

@@ -75,16 +75,7 @@ class Guest(NamedTuple):
 
 # --------------------------------------------------------------------------- names
 
-def validate_name(name: str) -> str:
-    """Return ``name`` if it can only ever be a guest name, never a path; else UsageError."""
-    if not isinstance(name, str) or not name:
-        raise errors.UsageError(f"invalid guest name {name!r}: empty")
-    bad = [c for c in ("/", "\0", "\n") if c in name]
-    if bad or name in (".", ".."):
-        why = "a guest name cannot be '.' or '..'" if not bad else \
-            f"a guest name cannot contain {', '.join(repr(c) for c in bad)}"
-        raise errors.UsageError(f"invalid guest name {name!r}: {why}")
-    return name
+from cgctl.model.ident import validate_name  # noqa: E402,F401  (one place: ident.py)
 
 
 # --------------------------------------------------------------------------- runtime files

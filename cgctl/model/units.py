@@ -186,17 +186,4 @@ def format_number(value: Number) -> str:
     return "unlimited" if value == UNLIMITED else str(int(value))
 
 
-_UUID_RE = re.compile(r"[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}",
-                      re.IGNORECASE | re.ASCII)
-
-
-def normalize_uuid(ident: str) -> Optional[str]:
-    """The canonical lower-case form of ``ident`` if it is a UUID (with or without dashes).
-
-    A regex, not the uuid module: that one imports platform and costs ~3 ms per start."""
-    if not isinstance(ident, str) or not _UUID_RE.fullmatch(ident):
-        return None
-    h = ident.replace("-", "").lower()
-    if len(h) != 32:
-        return None
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+from cgctl.model.ident import normalize_uuid  # noqa: E402,F401  (one place: ident.py)

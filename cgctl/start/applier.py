@@ -104,10 +104,17 @@ def try_lock(path: str):
 def take(driver: str, name: str):
     """The guest's lock (an fd) for one applier, stale go/result files removed; or None if
     another applier (the hook's or the service's) holds it already."""
-    import contextlib
     fd = try_lock(lock_path(driver, name))
     if fd is None:
         return None
+    return claim(driver, name, fd)
+
+
+def claim(driver: str, name: str, fd: int) -> int:
+    """The lock ``fd`` (held) made this process's: stale go/result files removed, our
+    ``holder_line`` written. The hook's applier calls it in the detached child, on the lock its
+    parent took before forking (cgctl/hook/early.py)."""
+    import contextlib
     for path in (go_path(driver, name), result_path(driver, name)):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)

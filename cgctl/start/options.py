@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 from cgctl import consts
-from cgctl.host.runfiles import DRIVERS  # noqa: F401  (the drivers a hook is installed for)
+from cgctl.consts import DRIVERS  # noqa: F401  (the drivers a hook is installed for)
 
 # defaults; the environment may change them (read by timeouts(), never at import)
 HOOK_TIMEOUT = 5.0  # hard bound of one call, s (CGCTL_HOOK_TIMEOUT)

@@ -401,4 +401,5 @@ def test_install_with_a_cgctl_executable(tmp_path):
     o.journal, o.strict = "/j.db", True
     assert hookinstall.hook_command("/usr/bin/cgctl", o) == ["/usr/bin/cgctl", "hook", "--",
                                                       "--journal", "/j.db", "--strict"]
-    assert hookinstall.hook_command("/v/bin/python3", o)[:3] == ["/v/bin/python3", "-m", "cgctl.hook"]
+    assert hookinstall.hook_command("/v/bin/python3", o)[:3] == ["/v/bin/python3", "-c",
+                                                                 hookinstall.ENTRY]
