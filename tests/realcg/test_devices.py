@@ -369,5 +369,4 @@ def test_dd_runs_at_the_throttled_rate(blkio_v1, router, loops, record_property)
     record_property("dd_rate_bytes_per_s", int(rate))
     print(f"\ndd through a 1 MiB/s write throttle: {count * 64} KiB in {elapsed:.2f} s "
           f"= {rate / MiB:.2f} MiB/s")
-    assert rate < 3 * MiB
-    assert elapsed < 30
+    assert rate < 3 * MiB  # the throttle's effect (unthrottled, a loop device takes >100 MiB/s)

@@ -182,6 +182,21 @@ def shares(m) -> str:
     return read(os.path.join(m.machine["cpu"], "cpu.shares"))
 
 
+def applier_pid(run_dir: str, name: str, timeout: float = 5.0) -> int:
+    """The PID the early applier of qemu guest ``name`` wrote into its lock file (it writes it
+    as soon as it holds the lock); waits for it, a bounded while."""
+    import time
+    path = os.path.join(run_dir, f"early-qemu-{name}.lock")
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            with open(path) as f:
+                return int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            time.sleep(0.01)
+    raise AssertionError("no early applier")
+
+
 def one_line_error(err: str) -> str:
     """The one line an operator gets for an error (no traceback); returns it."""
     assert "Traceback" not in err

@@ -41,16 +41,9 @@ def _prepare_in_subprocess(env, name, stdin, out):
                           input=stdin, timeout=30)
 
 
-def _applier_pid(env, name, timeout=5.0):
-    path = os.path.join(env["CGCTL_HOOK_RUN_DIR"], f"early-qemu-{name}.lock")
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            with open(path) as f:
-                return int(f.read().split()[0])
-        except (OSError, ValueError, IndexError):
-            time.sleep(0.01)
-    raise AssertionError("no early applier")
+def _applier_pid(env, name):
+    from tests.unit.conftest import applier_pid
+    return applier_pid(env["CGCTL_HOOK_RUN_DIR"], name)
 
 
 def test_the_parent_imports_only_what_deciding_needs_and_returns_holding_the_lock(env, uuid,
