@@ -97,14 +97,18 @@ class FakeHost:
         ticks = int((1000 - seconds_ago) * CLK_TCK)
         self.fs.get_object(os.path.join(consts.PROC_ROOT, str(pid), "stat")).set_contents(
             f"{pid} (qemu-system-x86) S 1 " + " ".join(["0"] * 17) + f" {ticks} 0 0\n")
-        # libvirt writes the pid file once the process runs: never older than the process
+        # libvirt writes the pid file once the process runs: never older than the process.
+        # Through the fake filesystem's own API: this module's `os` is not always the patched
+        # one (it depends on what else the session imported before the patcher ran).
         import time
+        from pyfakefs.fake_os import FakeOsModule
+        fos = FakeOsModule(self.fs)
         run = os.path.join(consts.LIBVIRT_RUN_DIR, "qemu")
-        for f in os.listdir(run) if os.path.isdir(run) else ():
+        for f in fos.listdir(run) if self.fs.isdir(run) else ():
             path = os.path.join(run, f)
-            if f.endswith(".pid") and open(path).read().strip() == str(pid):
+            if f.endswith(".pid") and self.fs.get_object(path).contents.strip() == str(pid):
                 t = time.time() - seconds_ago + 1
-                os.utime(path, (t, t))
+                fos.utime(path, (t, t))
 
     def define(self, name: str) -> None:
         path = os.path.join(consts.LIBVIRT_ETC_DIR, "qemu", f"{name}.xml")
