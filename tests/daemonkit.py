@@ -176,6 +176,21 @@ def in_process(daemon, timeout: float = 20.0):
     assert result.get("rc") == 0
 
 
+def shares(guest):
+    """cpu.shares of the guest's machine group now, or None while it has none."""
+    pid = guest.pid
+    if not pid:
+        return None
+    from cgctl.cgroup import hierarchy
+    from cgctl.cgroup.placement import groups_for_pid
+    try:
+        groups = groups_for_pid(pid, hierarchy.detect(), guest=guest.name, driver=guest.driver)
+        with open(os.path.join(groups.machine_dir("cpu"), "cpu.shares")) as f:
+            return f.read().strip()
+    except Exception:  # the guest is (re)starting: no group yet
+        return None
+
+
 def domain_xml(name: str, uuid: str) -> str:
     return (f"<domain type='test'><name>{name}</name><uuid>{uuid}</uuid>"
             "<memory>65536</memory><os><type>hvm</type></os></domain>")

@@ -8,34 +8,18 @@ using the sandbox at the same time (guests keep running; libvirt calls fail mean
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
 
 import pytest
 
-from cgctl.cgroup import hierarchy
 from cgctl.core.journal import Journal
-from cgctl.cgroup.placement import groups_for_pid
 from tests.clikit import cgctl
-from tests.daemonkit import Subprocess, mdwe_wrapper, wait_for
+from tests.daemonkit import Subprocess, mdwe_wrapper, shares, wait_for
 
 CONFIG, LIVE = "777", "555"  # cpu_shares: the permanent value, a --live change
 TIMEOUT = 60.0
-
-
-def shares(guest):
-    """cpu.shares of the guest's machine group now, or None while it has none."""
-    pid = guest.pid
-    if not pid:
-        return None
-    try:
-        groups = groups_for_pid(pid, hierarchy.detect(), guest=guest.name, driver=guest.driver)
-        with open(os.path.join(groups.machine_dir("cpu"), "cpu.shares")) as f:
-            return f.read().strip()
-    except Exception:  # the guest is (re)starting: no group yet
-        return None
 
 
 def wait_shares(guest, want, what=""):

@@ -16,9 +16,7 @@ import sys
 
 import pytest
 
-from cgctl.cgroup import hierarchy
-from cgctl.cgroup.placement import groups_for_pid
-from tests.daemonkit import Subprocess, wait_for
+from tests.daemonkit import Subprocess, shares, wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 OLDEST = "3.9"
@@ -60,18 +58,6 @@ def in_venv(venv, journal, *args):
     """The venv's installed cgctl, from a directory without the checkout's code in it."""
     return run(venv / "bin/cgctl", "--journal", journal, *args, cwd=str(venv),
                env={"PATH": "/usr/bin:/bin", "CGCTL_NO_SERVICE": "1"})
-
-
-def shares(guest):
-    pid = guest.pid
-    if not pid:
-        return None
-    try:
-        groups = groups_for_pid(pid, hierarchy.detect(), guest=guest.name, driver=guest.driver)
-        with open(os.path.join(groups.machine_dir("cpu"), "cpu.shares")) as f:
-            return f.read().strip()
-    except Exception:  # (re)starting: no group yet
-        return None
 
 
 def test_the_venv_is_python_39_with_cgctl_from_the_wheel(venv):
