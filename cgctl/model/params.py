@@ -314,7 +314,9 @@ def parse_device_value(param: Param, text: str) -> List[Tuple[str, Value]]:
     """``DEV,N[,DEV,N...]`` → [(device, value), ...] for a per-device parameter."""
     parts = [p.strip() for p in str(text).split(",")]
     if len(parts) < 2 or len(parts) % 2:
-        raise UsageError(f"{text!r}: expected DEVICE,VALUE (e.g. /dev/vda,50M)", param=param.name)
+        example = "50M" if param.kind == RATE else "1000" if param.kind == IOPS else "500"
+        raise UsageError(f"{text!r}: expected DEVICE,VALUE (e.g. /dev/vda,{example})",
+                         param=param.name)
     out = []
     for dev, raw in zip(parts[::2], parts[1::2]):
         check_device_name(dev, param.name)

@@ -85,3 +85,12 @@ def test_a_config_change_drops_the_same_entrys_other_parameter(ctl, fake_host):
         ("device_io_weight", "/dev/sdb"): "3000", ("device_weight", "/dev/sdc"): "200"}
     assert [(c.param, c.device, c.old, c.new) for c in o.changes][-1] == \
         ("device_weight", "/dev/sdb", "300", None)
+
+
+def test_a_malformed_device_value_is_explained_in_the_parameters_own_unit():
+    """The example in the error is a value of that parameter: a weight, IO/s or bytes/s."""
+    for name, example in (("device_io_weight", "/dev/vda,500"), ("device_read_iops_sec",
+                          "/dev/vda,1000"), ("device_write_bytes_sec", "/dev/vda,50M")):
+        with pytest.raises(UsageError) as e:
+            P.parse_device_value(P.BY_NAME[name], "abc")
+        assert f"(e.g. {example})" in str(e.value)
